@@ -1,0 +1,158 @@
+"""A pure train/eval step factory shared by experiments, tests and notebooks.
+
+The model is split once into a static ``graphdef`` and array state (``nnx.split``); every function here is a pure
+function of that state, so it can be ``jax.jit``-ed, ``jax.vmap``-ed over a leading trial axis (seeds,
+hyperparameters) and sharded over a device mesh.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from paperlab.data.batching import batch_at
+
+LossFn = Callable[[nnx.Module, Any, jax.Array], Any]
+
+
+class TrainState(NamedTuple):
+  """Everything a training run carries between steps (a pytree; checkpoint it as it is).
+
+  Attributes:
+    step: int32 scalar, number of steps taken.
+    params: trainable parameters (``nnx.Param`` values) as a plain nested dict.
+    model_state: the model's other variables (e.g. BatchNorm statistics) as a plain nested dict.
+    opt_state: the optimizer state.
+  """
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: optax.OptState
+
+
+def make_init(model_fn: Callable[[nnx.Rngs], nnx.Module], optimizer: optax.GradientTransformation
+              ) -> tuple[nnx.GraphDef, Callable[[jax.Array], TrainState]]:
+  """``(graphdef, init)`` where ``init(key) -> TrainState`` is pure (so ``jax.vmap(init)(keys)`` gives a
+  stack of independently initialized trials).
+
+  Args:
+    model_fn: builds the model from ``nnx.Rngs``, e.g. ``lambda rngs: MLP(64, [128], 10, rngs=rngs)``.
+    optimizer: any optax transformation.
+  """
+  graphdef = nnx.split(nnx.eval_shape(lambda: model_fn(nnx.Rngs(0))), nnx.Param, ...)[0]
+
+  def init(key: jax.Array) -> TrainState:
+    _, params, rest = nnx.split(model_fn(nnx.Rngs(key)), nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+    return TrainState(jnp.zeros((), jnp.int32), params, rest, optimizer.init(params))
+
+  return graphdef, init
+
+
+def _split_loss_output(out) -> tuple[jax.Array, dict]:
+  loss, aux = out if isinstance(out, tuple) else (out, {})
+  if not isinstance(aux, dict):
+    raise TypeError(f"loss_fn must return a scalar loss or (loss, dict_of_metrics), got aux of type {type(aux)}.")
+  if jnp.shape(loss) != ():
+    raise ValueError(f"loss_fn must return a scalar loss (mean over the batch), got shape {jnp.shape(loss)}.")
+  return loss, aux
+
+
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.GradientTransformation
+                    ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict]]:
+  """Build ``step(state, batch, rng) -> (state, metrics)``, pure and un-jitted (jit, vmap or scan it).
+
+  Args:
+    graphdef: the static half of ``nnx.split(model)`` (from :func:`make_init`).
+    loss_fn: ``loss_fn(model, batch, rng) -> loss`` or ``-> (loss, metrics)``, where ``loss`` is a scalar;
+      the model is in training mode.
+    optimizer: any optax transformation. A ``GradientTransformationExtraArgs`` (every ``optax.chain``) also
+      receives ``value=loss`` (MoMo, reduce-on-plateau) and ``grad_fn``: ``grad_fn(params) -> grads`` on the
+      *same* batch and rng, for methods that need a second gradient (the SAM family, AWP).
+
+  Returns:
+    The step function. ``metrics`` holds ``loss``, ``grad_norm`` and whatever ``loss_fn`` reported.
+  """
+  pass_extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
+
+  def compute_loss(params, model_state, batch, rng):
+    model = nnx.merge(graphdef, params, model_state)
+    model.train()
+    loss, aux = _split_loss_output(loss_fn(model, batch, rng))
+    new_model_state = nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
+    return loss, (aux, new_model_state)
+
+  def step(state: TrainState, batch, rng: jax.Array) -> tuple[TrainState, dict]:
+    (loss, (aux, model_state)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+        state.params, state.model_state, batch, rng)
+    if pass_extra:
+      def grad_fn(params):
+        return jax.grad(lambda p: compute_loss(p, state.model_state, batch, rng)[0])(params)
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params, grad_fn=grad_fn, value=loss)
+    else:
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+  return step
+
+
+def run_steps(step_fn: Callable, state: TrainState, data, key: jax.Array, *, batch_size: int, num_steps: int
+              ) -> tuple[TrainState, dict]:
+  """Take ``num_steps`` steps as one ``lax.scan``; returns the final state and per-step metrics.
+
+  The batch and rng of step ``s`` are pure functions of ``(key, s)`` (:func:`paperlab.data.batch_at`), so a
+  run resumed from a checkpoint at step ``s`` continues exactly as an uninterrupted run would. Jit it with
+  ``batch_size`` and ``num_steps`` static; vmap it over stacked states and keys to run trials together.
+  """
+  data_key, step_key = jax.random.split(key)
+
+  def body(state, _):
+    batch = batch_at(data, state.step, data_key, batch_size)
+    return step_fn(state, batch, jax.random.fold_in(step_key, state.step))
+
+  return jax.lax.scan(body, state, None, length=num_steps)
+
+
+def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict:
+  """Per-example cross-entropy and correctness, reduced by :func:`evaluate`."""
+  return {
+      "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+      "accuracy": (jnp.argmax(logits, -1) == labels).astype(jnp.float32),
+  }
+
+
+def evaluate(graphdef: nnx.GraphDef, state: TrainState, x: jax.Array, y: jax.Array, *,
+             metrics_fn: Callable[[jax.Array, jax.Array], dict] = classification_metrics,
+             batch_size: int = 1024) -> dict:
+  """Mean of ``metrics_fn(model(x), y)`` over a dataset, in evaluation mode, in chunks of ``batch_size``.
+
+  Jittable (``metrics_fn`` and ``batch_size`` static) and vmappable over stacked states.
+  """
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(f"x and y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
+  n = x.shape[0]
+  chunks = -(-n // batch_size)
+  pad = chunks * batch_size - n
+  xs = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(chunks, batch_size, *x.shape[1:])
+  ys = jnp.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)).reshape(chunks, batch_size, *y.shape[1:])
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  model.eval()
+  per_chunk = jax.lax.map(lambda xy: metrics_fn(model(xy[0]), xy[1]), (xs, ys))
+  valid = (jnp.arange(chunks * batch_size) < n).astype(jnp.float32)
+  return jax.tree.map(lambda m: jnp.sum(m.reshape(-1) * valid) / n, per_chunk)
+
+
+def classification_loss(model: nnx.Module, batch, rng: jax.Array) -> tuple[jax.Array, dict]:
+  """Mean softmax cross-entropy of ``model(x)`` on a batch ``(x, y)`` of integer labels, plus accuracy."""
+  x, y = batch
+  logits = model(x)
+  m = classification_metrics(logits, y)
+  return m["loss"].mean(), {"accuracy": m["accuracy"].mean()}
