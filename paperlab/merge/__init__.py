@@ -1,0 +1,18 @@
+"""Weight averaging, model merging and re-basin on parameter pytrees."""
+
+from paperlab.merge.averaging import *  # noqa: F401,F403
+from paperlab.merge.soups import *  # noqa: F401,F403
+from paperlab.merge.task_vectors import *  # noqa: F401,F403
+from paperlab.merge.subspace import *  # noqa: F401,F403
+from paperlab.merge.io import *  # noqa: F401,F403
+from paperlab.merge.fisher import *  # noqa: F401,F403
+from paperlab.merge.regmean import *  # noqa: F401,F403
+from paperlab.merge.rebasin import *  # noqa: F401,F403
+from paperlab.merge.connectivity import *  # noqa: F401,F403
+from paperlab.merge.continual import *  # noqa: F401,F403
+from paperlab.merge.evolve import *  # noqa: F401,F403
+from paperlab.merge.federated import *  # noqa: F401,F403
+
+from paperlab.merge import averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated  # noqa: E402
+
+__all__ = sorted(set().union(*(m.__all__ for m in (averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated,))))

@@ -1,0 +1,5 @@
+"""task_vectors."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""batch_size."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

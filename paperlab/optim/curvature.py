@@ -1,0 +1,5 @@
+"""curvature."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -1,0 +1,5 @@
+"""perturbation."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
