@@ -1,5 +1,201 @@
-"""robust."""
+"""Noise-robust classification losses: normalized and active-passive losses, the comp-sum family, LDR-KL.
+
+Conventions as in :mod:`paperlab.losses.classification`: per-example output, integer labels, ``where`` masks
+examples (masked-out entries are 0).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paperlab import _checks
+from paperlab.losses.classification import (_check_gamma, _check_integer_labels, _check_logits, _masked,
+                                            _one_minus_exp, _safe_pow, _take)
+
+__all__ = [
+    "normalized_cross_entropy_with_integer_labels",
+    "reverse_cross_entropy_with_integer_labels",
+    "mae_with_integer_labels",
+    "normalized_focal_loss_with_integer_labels",
+    "active_passive",
+    "nce_rce_with_integer_labels",
+    "comp_sum_loss_with_integer_labels",
+    "generalized_cross_entropy_with_integer_labels",
+    "ldr_kl_loss_with_integer_labels",
+]
+
+
+def _log_probs(logits, labels, axis):
+  logits = _check_logits(logits)
+  labels = _check_integer_labels(logits, labels, axis)
+  return jax.nn.log_softmax(jnp.moveaxis(logits, axis, -1), axis=-1), labels
+
+
+def normalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
+                                                 where: chex.Array | None = None) -> jax.Array:
+  r"""Normalized cross-entropy :math:`NCE = \log p_y / \sum_k \log p_k`, in [0, 1].
+
+  The normalisation :math:`L(f, y) / \sum_k L(f, k)` makes any loss robust to symmetric label noise
+  (Theorem 1); :math:`\sum_k NCE(f, k) = 1` for every ``f``. NCE alone underfits: pair it with a passive loss
+  via :func:`active_passive` (NCE+RCE).
+
+  References:
+    Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (3).
+  """
+  log_p, labels = _log_probs(logits, labels, axis)
+  return _masked(_take(log_p, labels) / jnp.sum(log_p, axis=-1), where)
+
+
+def reverse_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, log_zero: float = -4.0,
+                                              axis: int = -1, where: chex.Array | None = None) -> jax.Array:
+  r"""Reverse cross-entropy :math:`RCE = -\sum_k p_k \log q_k = -A (1 - p_y)` with one-hot :math:`q` and
+  :math:`\log 0 := A` (``log_zero``, paper: -4).
+
+  A passive, symmetric loss; with A = -4 it is twice :func:`mae_with_integer_labels`.
+
+  References:
+    Wang et al., `Symmetric Cross Entropy for Robust Learning with Noisy Labels
+    <https://arxiv.org/abs/1908.06112>`_, ICCV 2019, Eq. (5); used as the passive loss in Ma et al. (2020).
+  """
+  _checks.check_range("log_zero", log_zero, None, 0.0, high_inclusive=False)
+  log_p, labels = _log_probs(logits, labels, axis)
+  return _masked(-log_zero * _one_minus_exp(_take(log_p, labels)), where)
+
+
+def mae_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
+                            where: chex.Array | None = None) -> jax.Array:
+  r"""Mean absolute error between softmax and one-hot, :math:`\sum_k |p_k - q_k| = 2(1 - p_y)`.
+
+  References:
+    Ghosh et al., `Robust Loss Functions under Label Noise for Deep Neural Networks
+    <https://arxiv.org/abs/1712.09482>`_, AAAI 2017; Ma et al. (2020), Sec. 4.
+  """
+  log_p, labels = _log_probs(logits, labels, axis)
+  return _masked(2.0 * _one_minus_exp(_take(log_p, labels)), where)
+
+
+def normalized_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, gamma: float = 0.5,
+                                              axis: int = -1, where: chex.Array | None = None) -> jax.Array:
+  r"""Normalized focal loss :math:`NFL = FL(f, y) / \sum_k FL(f, k)`,
+  :math:`FL(f, k) = -(1 - p_k)^\gamma \log p_k`.
+
+  ``gamma=0`` gives NCE. The official NFL+RCE configs use :math:`\gamma = 0.5`.
+
+  References:
+    Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (4).
+  """
+  _check_gamma(gamma)
+  log_p, labels = _log_probs(logits, labels, axis)
+  focal = -_safe_pow(_one_minus_exp(log_p), gamma) * log_p
+  return _masked(_take(focal, labels) / jnp.sum(focal, axis=-1), where)
+
+
+def active_passive(active_fn: Callable[..., jax.Array], passive_fn: Callable[..., jax.Array], *,
+                   alpha: float = 1.0, beta: float = 1.0) -> Callable[..., jax.Array]:
+  r"""Active-Passive Loss :math:`APL = \alpha L_{active} + \beta L_{passive}`.
+
+  Both losses take ``(logits, labels, *, where=None, ...)``; the result has the same signature (keyword
+  arguments other than ``where`` are not forwarded; bind them with ``functools.partial`` first).
+  Paper defaults: CIFAR-10 alpha=beta=1; CIFAR-100 alpha=10, beta=0.1.
+
+  References:
+    Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (6).
+  """
+  _checks.check_non_negative("alpha", alpha)
+  _checks.check_non_negative("beta", beta)
+
+  def loss(logits, labels, *, where=None):
+    return alpha * active_fn(logits, labels, where=where) + beta * passive_fn(logits, labels, where=where)
+
+  return loss
+
+
+def nce_rce_with_integer_labels(logits: chex.Array, labels: chex.Array, *, alpha: float = 1.0, beta: float = 1.0,
+                                log_zero: float = -4.0, axis: int = -1,
+                                where: chex.Array | None = None) -> jax.Array:
+  r"""NCE+RCE, the recommended Active-Passive Loss: :math:`\alpha\, NCE + \beta\, RCE`.
+
+  References:
+    Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Sec. 4.2.
+  """
+  _checks.check_non_negative("alpha", alpha)
+  _checks.check_non_negative("beta", beta)
+  nce = normalized_cross_entropy_with_integer_labels(logits, labels, axis=axis, where=where)
+  rce = reverse_cross_entropy_with_integer_labels(logits, labels, log_zero=log_zero, axis=axis, where=where)
+  return alpha * nce + beta * rce
+
+
+def comp_sum_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, tau: float = 1.0,
+                                      axis: int = -1, where: chex.Array | None = None) -> jax.Array:
+  r"""Comp-sum loss :math:`L_\tau = \Phi^\tau\big(\sum_{y'} e^{h_{y'} - h_y}\big) = \Phi^\tau(1/p_y)`.
+
+  .. math:: \Phi^\tau(u) = \frac{u^{1-\tau} - 1}{1 - \tau} \ (\tau \ne 1), \qquad \Phi^1(u) = \log u
+
+  computed as :math:`-\mathrm{expm1}((\tau - 1)\log p_y)/(\tau - 1)` from ``log_softmax``.
+  :math:`\tau = 0`: sum-exponential :math:`\sum_{y' \ne y} e^{h_{y'} - h_y}` (exponential in the logits, so
+  its gradient overflows at extreme logits); :math:`\tau = 1`: cross-entropy; :math:`\tau \in (1, 2)`:
+  generalized CE with :math:`q = \tau - 1`; :math:`\tau = 2`: MAE :math:`1 - p_y`.
+
+  References:
+    Mao, Mohri & Zhong, `Cross-Entropy Loss Functions: Theoretical Analysis and Applications
+    <https://arxiv.org/abs/2304.07288>`_, ICML 2023, Eq. (2).
+  """
+  _checks.check_non_negative("tau", tau)
+  log_p, labels = _log_probs(logits, labels, axis)
+  log_py = _take(log_p, labels)
+  if isinstance(tau, (int, float)) and tau == 1:
+    return _masked(-log_py, where)
+  t = jnp.asarray(tau, log_py.dtype) - 1.0
+  is_one = t == 0
+  safe_t = jnp.where(is_one, 1.0, t)
+  loss = jnp.where(is_one, -log_py, -jnp.expm1(safe_t * log_py) / safe_t)
+  return _masked(loss, where)
+
+
+def generalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, q: float = 0.7,
+                                                  axis: int = -1, where: chex.Array | None = None) -> jax.Array:
+  r"""Generalized cross-entropy :math:`(1 - p_y^q)/q`: comp-sum with :math:`\tau = 1 + q`.
+
+  ``q -> 0`` is CE and ``q = 1`` is MAE (up to a factor 2); the paper's default is 0.7.
+
+  References:
+    Zhang & Sabuncu, `Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels
+    <https://arxiv.org/abs/1805.07836>`_, NeurIPS 2018, Eq. (6); Mao et al. (2023), the comp-sum family.
+  """
+  _checks.check_range("q", q, 0.0, 1.0, low_inclusive=False)
+  return comp_sum_loss_with_integer_labels(logits, labels, tau=1.0 + q, axis=axis, where=where)
+
+
+def ldr_kl_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, lam: float = 1.0,
+                                    margin: float = 0.0, axis: int = -1,
+                                    where: chex.Array | None = None) -> jax.Array:
+  r"""Label-distributionally robust loss with a KL regulariser (LDR-KL).
+
+  .. math:: L = \max_{p \in \Delta} \sum_k p_k(\delta_{k,y} + f_k - f_y) - \lambda\,KL(p, \tfrac{1}{K})
+            = \lambda \log \frac{1}{K} \sum_k \exp\Big(\frac{\delta_{k,y} + f_k - f_y}{\lambda}\Big)
+
+  with margin :math:`\delta_{k,y} = c\,[k \ne y]`. With ``margin=0`` it equals
+  :math:`\lambda\,CE(f/\lambda) - \lambda \log K`; as :math:`\lambda \to 0` it tends to the Crammer-Singer
+  hinge :math:`\max_k(\delta_{k,y} + f_k - f_y)`.
+
+  References:
+    Zhu, Ying & Yang, `Label Distributionally Robust Losses for Multi-class Classification: Consistency,
+    Robustness and Adaptivity <https://arxiv.org/abs/2112.14869>`_, ICML 2023, Eq. (4).
+  """
+  _checks.check_positive("lam", lam)
+  logits = _check_logits(logits)
+  labels = _check_integer_labels(logits, labels, axis)
+  f = jnp.moveaxis(logits, axis, -1)
+  num_classes = f.shape[-1]
+  delta = margin * (1.0 - jax.nn.one_hot(labels, num_classes, dtype=f.dtype))
+  scaled = (delta + f - _take(f, labels)[..., None]) / lam
+  return _masked(lam * (jax.nn.logsumexp(scaled, axis=-1) - np.log(num_classes)), where)
