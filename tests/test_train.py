@@ -1,0 +1,127 @@
+"""paperlab.train: convergence, vmapped trials equal separate runs, extra args for SAM-style optimizers."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from paperlab import train
+from paperlab.models import MLP
+
+
+def _mlp(norm=None):
+  return lambda rngs: MLP(64, [32], 10, norm=norm, rngs=rngs)
+
+
+def _scan_run(graphdef, init, step, data, key, num_steps, batch_size=32):
+  state = init(key)
+  return train.run_steps(step, state, data, key, batch_size=batch_size, num_steps=num_steps)
+
+
+def test_train_step_converges_on_digits(digits_data, digits_jnp):
+  opt = optax.adam(3e-3)
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  run = jax.jit(functools.partial(_scan_run, graphdef, init, step, digits_jnp, num_steps=300))
+  state, metrics = run(jax.random.key(0))
+  assert metrics["loss"][-20:].mean() < 0.2 * metrics["loss"][:5].mean()
+  acc = train.evaluate(graphdef, state, digits_data.x_test, digits_data.y_test)["accuracy"]
+  assert acc > 0.9
+  assert int(state.step) == 300
+
+
+def test_vmapped_seeds_equal_separate_runs(digits_jnp):
+  opt = optax.sgd(0.05, momentum=0.9)
+  graphdef, init = train.make_init(_mlp("batch"), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  run = functools.partial(_scan_run, graphdef, init, step, digits_jnp, num_steps=50)
+  keys = jax.random.split(jax.random.key(42), 4)
+  stacked, stacked_metrics = jax.jit(jax.vmap(run))(keys)
+  for i in range(4):
+    single, single_metrics = jax.jit(run)(keys[i])
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], stacked), single, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stacked_metrics["loss"][i], single_metrics["loss"], rtol=1e-6, atol=1e-6)
+
+
+def test_resumed_run_equals_uninterrupted_run(digits_jnp):
+  opt = optax.adam(1e-3)
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  key = jax.random.key(7)
+  run = jax.jit(train.run_steps, static_argnums=0, static_argnames=("batch_size", "num_steps"))
+  full, _ = run(step, init(key), digits_jnp, key, batch_size=32, num_steps=40)
+  half, _ = run(step, init(key), digits_jnp, key, batch_size=32, num_steps=25)
+  resumed, _ = run(step, half, digits_jnp, key, batch_size=32, num_steps=15)
+  chex.assert_trees_all_close(full, resumed, rtol=1e-6, atol=1e-7)
+
+
+def _probe(record):
+  """An extra-args transform that returns ``grad_fn(params)`` (or ``value``) as its update."""
+
+  def update(updates, state, params=None, *, grad_fn=None, value=None, **extra):
+    del extra
+    return (grad_fn(params) if record == "grad_fn" else jax.tree.map(lambda u: jnp.full_like(u, value), updates)), state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+def test_grad_fn_is_the_gradient_on_the_same_batch(digits_jnp):
+  opt = _probe("grad_fn")
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  state = init(jax.random.key(0))
+  batch = (digits_jnp[0][:16], digits_jnp[1][:16])
+  new_state, metrics = jax.jit(step)(state, batch, jax.random.key(1))
+  # the update was grad_fn(params) == the step's own gradient, so params moved by +grad
+  grads = jax.tree.map(lambda a, b: a - b, new_state.params, state.params)
+  model_loss = lambda p: train.classification_loss(__import__("flax").nnx.merge(graphdef, p, state.model_state),
+                                                   batch, None)[0]
+  chex.assert_trees_all_close(grads, jax.grad(model_loss)(state.params), rtol=1e-5, atol=1e-6)
+  assert jnp.isfinite(metrics["grad_norm"])
+
+
+def test_value_is_the_batch_loss(digits_jnp):
+  opt = _probe("value")
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  state = init(jax.random.key(0))
+  new_state, metrics = step(state, (digits_jnp[0][:16], digits_jnp[1][:16]), jax.random.key(1))
+  delta = new_state.params["head"]["bias"] - state.params["head"]["bias"]
+  np.testing.assert_allclose(delta, metrics["loss"], rtol=1e-6)
+
+
+def test_batchnorm_statistics_are_updated_and_used_in_eval(digits_data, digits_jnp):
+  opt = optax.adam(1e-3)
+  graphdef, init = train.make_init(_mlp("batch"), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  state = init(jax.random.key(0))
+  new_state, _ = step(state, (digits_jnp[0][:64], digits_jnp[1][:64]), jax.random.key(1))
+  assert not np.allclose(new_state.model_state["norms"][0]["mean"], state.model_state["norms"][0]["mean"])
+  full = train.evaluate(graphdef, new_state, digits_data.x_test, digits_data.y_test)
+  chunked = train.evaluate(graphdef, new_state, digits_data.x_test, digits_data.y_test, batch_size=100)
+  chex.assert_trees_all_close(full, chunked, rtol=1e-5)
+
+
+def test_loss_fn_must_return_a_scalar(digits_jnp):
+  opt = optax.sgd(0.1)
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, lambda m, b, r: optax.softmax_cross_entropy_with_integer_labels(
+      m(b[0]), b[1]), opt)
+  with pytest.raises(ValueError, match="scalar loss"):
+    step(init(jax.random.key(0)), (digits_jnp[0][:4], digits_jnp[1][:4]), jax.random.key(0))
+
+
+def test_wrong_batch_shape_is_a_clear_error(digits_jnp):
+  opt = optax.sgd(0.1)
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  with pytest.raises(ValueError, match="x must have shape"):
+    step(init(jax.random.key(0)), (digits_jnp[0][:4, :10], digits_jnp[1][:4]), jax.random.key(0))
+  with pytest.raises(ValueError, match="same number of examples"):
+    train.evaluate(graphdef, init(jax.random.key(0)), digits_jnp[0][:5], digits_jnp[1][:4])
