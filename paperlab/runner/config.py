@@ -1,0 +1,191 @@
+"""Experiment modules, dotted config overrides and trial ids.
+
+An experiment is a Python file with ``get_config() -> ml_collections.ConfigDict``, optionally ``get_sweep() ->
+list[dict]`` (each dict maps dotted keys to values) and ``run(config, ctx) -> dict``. Overrides follow
+``ml_collections.config_flags``: ``--config.optim.learning_rate=3e-4``, typed by the field they replace.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import importlib.util
+import json
+import pathlib
+import sys
+import types
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A user error in an experiment path, an override or a sweep; its message is one line."""
+
+
+def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
+  """Import an experiment file by path (it needs ``get_config``)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    hint = ""
+    if path.parent.is_dir():
+      close = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.py")], n=1)
+      hint = f"; did you mean {str(path.parent / close[0])!r}?" if close else ""
+    raise ConfigError(f"experiment file not found: {str(path)!r}{hint}")
+  name = "paperlab_experiment_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+  if name in sys.modules:
+    return sys.modules[name]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses and pickling look modules up by name
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[name]
+    raise
+  if not callable(getattr(module, "get_config", None)):
+    raise ConfigError(f"experiment {str(path)!r} defines no get_config() function")
+  return module
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """``{"a.b": value}`` for every leaf of a (nested) ConfigDict or dict."""
+  out = {}
+  for key, value in config.items():
+    dotted = f"{prefix}{key}"
+    if isinstance(value, (ml_collections.ConfigDict, dict)) and len(value):
+      out.update(flatten(value, dotted + "."))
+    else:
+      out[dotted] = value
+  return out
+
+
+def _suggest(key: str, known: Iterable[str]) -> str:
+  known = list(known)
+  close = difflib.get_close_matches(key, known, n=3, cutoff=0.8)
+  if not close:  # a typo in the last part only: compare last parts
+    last = key.rsplit(".", 1)[-1]
+    close = [k for k in known if k.rsplit(".", 1)[-1] in difflib.get_close_matches(last, [
+        k.rsplit(".", 1)[-1] for k in known], n=3, cutoff=0.6)][:3]
+  if close:
+    return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+  return ""
+
+
+def _type_name(t: type) -> str:
+  return getattr(t, "__name__", str(t))
+
+
+def parse_value(key: str, text: str, expected: type) -> Any:
+  """Parse the string ``text`` as a value for a field of type ``expected`` (``config_flags`` rules)."""
+  def literal():
+    try:
+      return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      return text
+
+  def fail():
+    raise ConfigError(f"--config.{key}={text!r}: expected {_type_name(expected)}")
+
+  if expected is bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes", "on"):
+      return True
+    if low in ("false", "0", "no", "off"):
+      return False
+    fail()
+  if expected is int:
+    value = literal()
+    if isinstance(value, bool) or not isinstance(value, int):
+      fail()
+    return value
+  if expected is float:
+    try:
+      return float(text)
+    except ValueError:
+      fail()
+  if expected is str:
+    value = literal()
+    return value if isinstance(value, str) else text
+  if expected in (tuple, list):
+    value = literal()
+    if not isinstance(value, (tuple, list)):
+      value = (value,) if "," not in text else fail()
+    return expected(value)
+  return literal()  # None-valued or other fields: a Python literal, else the raw string
+
+
+def _check_value(key: str, value: Any, expected: type) -> Any:
+  if expected in (type(None), object) or value is None:
+    return value
+  if expected is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if expected in (tuple, list) and isinstance(value, (tuple, list)):
+    return expected(value)
+  if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    raise ConfigError(f"config.{key}={value!r}: expected {_type_name(expected)}, got {type(value).__name__}")
+  return value
+
+
+def _field_type(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str, type]:
+  """The parent ConfigDict, last key and declared type of a dotted ``key`` (or a ConfigError)."""
+  parts = key.split(".")
+  node = config
+  for i, part in enumerate(parts):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      known = flatten(config).keys()
+      raise ConfigError(f"unknown config key {key!r}{_suggest(key, known)}")
+    if i < len(parts) - 1:
+      node = node[part]
+  value = node[parts[-1]]
+  if isinstance(value, ml_collections.ConfigDict):
+    raise ConfigError(f"config key {key!r} is a section; override one of its fields, e.g. "
+                      f"{key + '.' + next(iter(value.keys()), '?')!r}")
+  return node, parts[-1], node.get_type(parts[-1])
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Iterable[str]
+                    ) -> ml_collections.ConfigDict:
+  """Return a copy of ``config`` with ``overrides`` applied, then locked.
+
+  Args:
+    config: the experiment's config.
+    overrides: either strings ``"a.b=V"`` (``V`` parsed by the field's type, as on the command line) or a
+      mapping ``{"a.b": value}`` of Python values (a sweep point; ints are accepted for float fields).
+
+  Raises:
+    ConfigError: an unknown key (with the nearest existing keys) or a value of the wrong type.
+  """
+  config = ml_collections.ConfigDict(config.to_dict(preserve_field_references=False))
+  if isinstance(overrides, Mapping):
+    items = [(k, v, False) for k, v in overrides.items()]
+  else:
+    items = []
+    for text in overrides:
+      text = text[len("--config."):] if text.startswith("--config.") else text
+      text = text[len("config."):] if text.startswith("config.") else text
+      if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like --config.a.b=VALUE")
+      k, v = text.split("=", 1)
+      items.append((k, v, True))
+  for key, value, is_text in items:
+    parent, leaf, expected = _field_type(config, key)
+    value = parse_value(key, value, expected) if is_text else _check_value(key, value, expected)
+    try:
+      parent[leaf] = value
+    except TypeError as e:
+      raise ConfigError(f"config.{key}={value!r}: expected {_type_name(expected)}") from e
+  config.lock()
+  return config
+
+
+def config_json(config: Mapping[str, Any]) -> str:
+  """Canonical JSON of a resolved config (sorted keys, tuples as lists)."""
+  data = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+  return json.dumps(data, sort_keys=True, default=repr)
+
+
+def trial_id(config: Mapping[str, Any]) -> str:
+  """Stable 12-hex-digit id of a resolved config (the same config always gets the same id)."""
+  return hashlib.sha256(config_json(config).encode()).hexdigest()[:12]
