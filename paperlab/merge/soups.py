@@ -1,5 +1,171 @@
-"""soups."""
+"""Model soups: uniform and greedy soups, DiWA, Model Stock, and BCWI's interpolation-coefficient search.
+
+Soups average models fine-tuned from one shared initialization. Greedy selection is a host loop (it calls a
+user-supplied evaluation function); the averages themselves are per-leaf and jittable.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paperlab import _checks
+from paperlab.merge.averaging import (_check_models, _compute_dtype, _is_float, _selected, interpolate,
+                                     uniform_average)
+
+PyTree = Any
+
+__all__ = ["uniform_soup", "greedy_soup", "diwa", "model_stock", "bcwi_select"]
+
+
+def uniform_soup(models: Sequence[PyTree], *, include: str | None = None, exclude: str | None = None) -> PyTree:
+  """Uniform soup: the mean of all ingredients (Wortsman et al., "Model soups: averaging weights of multiple
+  fine-tuned models improves accuracy without increasing inference time", arXiv:2203.05482, Sec. 3,
+  ``f(x, 1/k sum_i theta_i)``). A soup of identical models is that model."""
+  return uniform_average(models, include=include, exclude=exclude)
+
+
+def greedy_soup(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float], *,
+                order: Sequence[int] | None = None) -> tuple[PyTree, list[int]]:
+  """Greedy soup (arXiv:2203.05482, Recipe 1): sort ingredients by held-out score (descending), start from the
+  best, and add each next ingredient iff the score of the averaged soup does not decrease.
+
+  Host loop over ``eval_fn`` calls; it keeps a running float32 sum and a count (memory 2x params, not k x).
+
+  Args:
+    models: non-empty list of ingredients fine-tuned from one initialization.
+    eval_fn: ``params -> float``, higher is better (held-out accuracy); never the test set.
+    order: visiting order (indices into ``models``); default: by ``eval_fn`` of each ingredient, best first.
+
+  Returns:
+    ``(soup, selected)``: the soup and the indices of its ingredients in the order they were added. By
+    construction ``eval_fn(soup) >= eval_fn(models[selected[0]])``.
+  """
+  models = _check_models(models)
+  n = len(models)
+  if order is None:
+    scores = [float(eval_fn(m)) for m in models]
+    order = [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")]
+  else:
+    order = [int(i) for i in order]
+    if sorted(set(order)) != sorted(order) or any(not 0 <= i < n for i in order) or not order:
+      raise ValueError(f"order must be a non-empty list of distinct indices in [0, {n}), got {order}.")
+
+  def to_acc(m):
+    return jax.tree.map(lambda x: x.astype(_compute_dtype(x.dtype)) if _is_float(x) else x, m)
+
+  first = order[0]
+  total = to_acc(models[first])
+  count = 1
+  add = jax.jit(lambda t, m: jax.tree.map(lambda a, x: a + x.astype(a.dtype) if _is_float(a) else a, t, m))
+  mean = jax.jit(lambda t, c, like: jax.tree.map(
+      lambda a, x: (a / c).astype(x.dtype) if _is_float(a) else x, t, like))
+  soup = models[first]
+  best = float(eval_fn(soup))
+  selected = [first]
+  for i in order[1:]:
+    cand_total = add(total, models[i])
+    cand = mean(cand_total, jnp.asarray(count + 1, jnp.float32), models[first])
+    score = float(eval_fn(cand))
+    if score >= best:
+      total, count, soup, best = cand_total, count + 1, cand, score
+      selected.append(i)
+  return soup, selected
+
+
+def diwa(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float] | None = None) -> PyTree:
+  """Diverse Weight Averaging (Ramé et al., "Diverse Weight Averaging for Out-of-Distribution Generalization",
+  arXiv:2205.09739, Sec. 2.1, eq. 1): the uniform mean of models fine-tuned from one shared (linear-probed)
+  initialization with diverse hyperparameters; with ``eval_fn`` the greedy "DiWA-restricted" variant
+  (:func:`greedy_soup`). Returns the averaged parameters."""
+  if eval_fn is None:
+    return uniform_soup(models)
+  return greedy_soup(models, eval_fn)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("axis", "return_ratio"))
+def _stock_leaf(w0, ws, axis, return_ratio):
+  ct = _compute_dtype(w0.dtype)
+  k = len(ws)
+  b = w0.astype(ct)
+  if axis is None or w0.ndim == 0:
+    flat = lambda x: x.reshape(1, -1)
+  else:
+    flat = lambda x: jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+  offs = [flat(w.astype(ct) - b) for w in ws]
+  norms = [jnp.linalg.norm(o, axis=1) for o in offs]
+  cos = []
+  for i in range(k):
+    for j in range(i + 1, k):
+      c = jnp.sum(offs[i] * offs[j], axis=1) / jnp.maximum(norms[i] * norms[j], 1e-6)
+      cos.append(jnp.clip(c, -1.0, 1.0))
+  cos = sum(cos) / len(cos)
+  den = 1 + (k - 1) * cos
+  singular = jnp.abs(den) < 1e-6  # no finite estimate: keep the base there
+  t = jnp.where(singular, 0.0, k * cos / jnp.where(singular, 1.0, den))
+  avg = sum(w.astype(ct) for w in ws) / k
+  if axis is None or w0.ndim == 0:
+    tb = t.reshape(())
+  else:
+    tb = t.reshape([-1 if a == axis % w0.ndim else 1 for a in range(w0.ndim)])
+  out = (tb * avg + (1 - tb) * b).astype(w0.dtype)
+  return (out, t) if return_ratio else out
+
+
+def model_stock(base: PyTree, finetuned: Sequence[PyTree], *, axis: int | None = None, return_ratios: bool = False,
+                include: str | None = None, exclude: str | None = None) -> PyTree | tuple[PyTree, PyTree]:
+  """Model Stock (Jang et al., "Model Stock: All we need is just a few fine-tuned models", arXiv:2403.19522,
+  eq. 6-7), per layer: with ``cos`` the mean pairwise cosine between the task vectors ``w_i - w_0``,
+  ``t = k cos / (1 + (k - 1) cos)`` and ``w_H = t * mean_i(w_i) + (1 - t) * w_0``.
+
+  Args:
+    base: the pre-trained weights ``w_0``.
+    finetuned: ``k >= 2`` fine-tunes of it (the paper uses 2 with different seeds).
+    axis: ``None`` computes one ratio per leaf; an int one ratio per slice along that axis (``axis=0`` on a
+      PyTorch ``(out, in)`` weight is mergekit's ``filter_wise``; ``axis=-1`` on a Flax ``(in, out)`` kernel).
+    return_ratios: also return the pytree of ratios ``t``.
+    include, exclude: path filters; unselected leaves are the base's.
+
+  Where ``1 + (k-1) cos`` vanishes (opposed task vectors) the base is kept, as mergekit does.
+  """
+  finetuned = _check_models(finetuned, "finetuned", base=base)
+  if len(finetuned) < 2:
+    raise ValueError(f"finetuned must hold at least 2 models for model_stock (angles need pairs), got "
+                     f"{len(finetuned)}.")
+  sel = _selected(base, include, exclude)
+  leaves, treedef = jax.tree.flatten(base)
+  others = [treedef.flatten_up_to(m) for m in finetuned]
+  merged, ratios = [], []
+  for j, (s, w0) in enumerate(zip(sel, leaves)):
+    if s and _is_float(w0):
+      ax = axis if (axis is not None and jnp.ndim(w0) > 0) else None
+      out, t = _stock_leaf(w0, tuple(o[j] for o in others), ax, True)
+    else:
+      out, t = w0, None
+    merged.append(out)
+    ratios.append(t)
+  merged = jax.tree.unflatten(treedef, merged)
+  if not return_ratios:
+    return merged
+  return merged, jax.tree.unflatten(treedef, ratios)
+
+
+def bcwi_select(old: PyTree, new: PyTree, alphas: Sequence[float], score_fn: Callable[[PyTree], float]
+                ) -> tuple[PyTree, float, list[float]]:
+  """Backward-compatible weight interpolation (Schumann et al., arXiv:2301.10546, Sec. 3): evaluate
+  ``interpolate(old, new, alpha)`` for every ``alpha`` and return the best by ``score_fn`` (e.g. validation
+  accuracy minus a negative-flip penalty, see :func:`paperlab.merge.negative_flip_rate`). Host loop.
+
+  Returns ``(params, alpha, scores)``."""
+  alphas = [float(a) for a in alphas]
+  if not alphas:
+    raise ValueError("alphas must hold at least one value, got an empty sequence.")
+  for a in alphas:
+    _checks.check_range("alphas[i]", a, 0.0, 1.0)
+  scores = [float(score_fn(interpolate(old, new, a))) for a in alphas]
+  best = int(np.argmax(scores))
+  return interpolate(old, new, alphas[best]), alphas[best], scores

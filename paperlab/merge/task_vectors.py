@@ -1,5 +1,627 @@
-"""task_vectors."""
+"""Task-vector merging and delta editing: task arithmetic, TIES, DARE (and DARE the Extreme's rescaling),
+breadcrumbs, PCB, extrapolation (ExPO) and BitDelta-style sign compression.
+
+A task vector is ``tau = theta_ft - theta_base`` (Ilharco et al., arXiv:2212.04089). Every merge here has the form
+``theta = theta_base + lam * combine(edit(tau_1), ..., edit(tau_T))`` and runs leaf by leaf: one jitted kernel
+per leaf reads the base leaf and the same leaf of every fine-tuned model, so a large model streams tensor by
+tensor (memory O(n_models x largest leaf)). Leaves keep their dtype (arithmetic in float32, float64 stays
+float64); leaves outside the path filter (``include``/``exclude`` regexes on ``/``-joined key paths) and
+non-floating leaves are copied from the base.
+
+Magnitude thresholds ("keep the top ``density`` fraction of |tau|") are exact by default: the k-th largest
+magnitude with ``k = max(1, int(density * n))`` (mergekit's convention), found by sorting the float bits, so
+entries tied with the threshold are all kept. ``threshold="sample"`` estimates the same order statistic from
+``sample_size`` entries drawn without regard to layout (a fixed hash of the index, so the result is deterministic)
+-- two passes over memory instead of a sort, for models too large to sort quickly; the kept fraction is then
+within about ``sqrt(density (1 - density) / sample_size)`` of ``density``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paperlab import _checks
+from paperlab._tree import check_same_structure
+from paperlab.merge.averaging import _check_models, _check_weights, _compute_dtype, _is_float, _selected
+
+PyTree = Any
+
+__all__ = [
+    "task_vector", "apply_task_vector", "task_arithmetic", "magnitude_threshold", "trim_to_density",
+    "elect_sign", "disjoint_merge", "ties", "random_mask", "dare", "dare_merge", "darex_q", "breadcrumbs",
+    "pcb", "extrapolate", "bitdelta",
+]
+
+_SCOPES = ("tensor", "global")
+_THRESHOLDS = ("exact", "sample")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# validation and leaf plumbing
+
+
+def _check_density(name: str, value) -> float:
+  _checks.check_range(name, value, 0.0, 1.0, low_inclusive=False)
+  return value
+
+
+def _split(base: PyTree, finetuned: Sequence[PyTree], include, exclude):
+  """Flattened leaves: ``(treedef, base_leaves, [model_leaves...], selected_mask)``."""
+  finetuned = _check_models(finetuned, "finetuned", base=base)
+  treedef = jax.tree.structure(base)
+  b = treedef.flatten_up_to(base)
+  ms = [treedef.flatten_up_to(m) for m in finetuned]
+  sel = [s and _is_float(x) for s, x in zip(_selected(base, include, exclude), b)]
+  return treedef, b, ms, sel
+
+
+def _abs_bits(x: jax.Array) -> jax.Array:
+  """|x| as int32 bit patterns: for non-negative float32 the integer order is the numeric order (and integer
+  sorts are several times faster than float sorts on CPU)."""
+  return jax.lax.bitcast_convert_type(jnp.abs(x.astype(jnp.float32)).reshape(-1), jnp.int32)
+
+
+def _bits_to_float(b: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(b, jnp.float32)
+
+
+def _hash_u32(i: jax.Array, seed: jax.Array) -> jax.Array:
+  """A counter-based 32-bit hash (murmur3 finalizer): uniform bits from ``(index, seed)`` at memory speed."""
+  h = i.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) + seed.astype(jnp.uint32)
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _sample_bits(x: jax.Array, m: int, salt: int) -> jax.Array:
+  n = x.size
+  if m >= n:
+    return _abs_bits(x)
+  idx = _hash_u32(jnp.arange(m, dtype=jnp.uint32), jnp.uint32(salt)) % jnp.uint32(n)
+  return _abs_bits(x.reshape(-1)[idx.astype(jnp.int32)])
+
+
+@functools.partial(jax.jit, static_argnames=("ranks", "threshold", "sample_size"))
+def _order_stats(xs: tuple, ranks: tuple, threshold: str, sample_size: int):
+  """Values of |concat(xs)| at ascending ``ranks`` (fractions of the total size, rounded as mergekit does)."""
+  n = sum(x.size for x in xs)
+  if threshold == "exact" or n <= sample_size:
+    bits = jnp.sort(jnp.concatenate([_abs_bits(x) for x in xs]))
+    return [_bits_to_float(bits[min(max(r, 0), n - 1)]) for r in ranks]
+  parts = [_sample_bits(x, max(1, -(-sample_size * x.size // n)), 7919 * i + 1) for i, x in enumerate(xs)]
+  bits = jnp.sort(jnp.concatenate(parts))
+  m = bits.size
+  return [_bits_to_float(bits[min(max(int(round(r * m / n)), 0), m - 1)]) for r in ranks]
+
+
+def _topk_rank(n: int, density: float) -> int:
+  """Ascending rank of the smallest kept magnitude when keeping the top ``density`` fraction."""
+  return n - max(1, int(density * n))
+
+
+def magnitude_threshold(x: jax.Array | Sequence[jax.Array], density: float, *, threshold: str = "exact",
+                        sample_size: int = 1 << 16) -> jax.Array:
+  """Smallest magnitude among the top ``density`` fraction of ``|x|`` (over all arrays when given a sequence).
+
+  Keeping ``|x| >= magnitude_threshold(x, density)`` is the "trim" step of TIES (Yadav et al., arXiv:2306.01708,
+  Sec. 4, step 1) with ``k = max(1, int(density * n))``. ``threshold="sample"`` estimates it from
+  ``sample_size`` entries (see the module docstring)."""
+  _check_density("density", density)
+  _checks.check_choice("threshold", threshold, _THRESHOLDS)
+  xs = tuple(x) if isinstance(x, (list, tuple)) else (x,)
+  n = sum(int(np.prod(jnp.shape(a))) for a in xs)
+  if n == 0:
+    raise ValueError("x must hold at least one element, got empty arrays.")
+  return _order_stats(tuple(map(jnp.asarray, xs)), (_topk_rank(n, density),), threshold, int(sample_size))[0]
+
+
+def trim_to_density(x: jax.Array, density: float, *, threshold: str = "exact",
+                    sample_size: int = 1 << 16) -> jax.Array:
+  """Zero all but the ``density`` fraction of largest-magnitude entries of ``x`` (TIES trim, arXiv:2306.01708,
+  Sec. 4). ``density=1`` returns ``x``."""
+  if density >= 1:
+    _check_density("density", density)
+    return x
+  thr = magnitude_threshold(x, density, threshold=threshold, sample_size=sample_size)
+  return jnp.where(jnp.abs(x) >= thr.astype(x.dtype), x, jnp.zeros_like(x))
+
+
+def elect_sign(deltas: Sequence[jax.Array]) -> jax.Array:
+  """TIES sign election (arXiv:2306.01708, Sec. 4, step 2): ``+1`` where ``sum_t delta_t >= 0``, else ``-1``
+  (the total mass decides; a zero sum elects ``+1`` as mergekit does)."""
+  total = sum(d for d in deltas)
+  return jnp.where(total >= 0, 1, -1).astype(total.dtype)
+
+
+def disjoint_merge(deltas: Sequence[jax.Array], sign: jax.Array, weights: Sequence[float] | None = None, *,
+                   merge: str = "mean") -> jax.Array:
+  """TIES disjoint merge (arXiv:2306.01708, Sec. 4, step 3): combine only entries whose sign agrees with the
+  elected ``sign``. ``merge="mean"``: ``sum_t w_t d_t [agree] / sum_t w_t [agree]`` (the paper's disjoint mean,
+  mergekit's normalized form; an entry with no agreeing task is 0); ``merge="sum"``: the sum of agreeing entries
+  (FusionBench's ``merge_func=sum``). ``deltas`` are already weighted."""
+  _checks.check_choice("merge", merge, ("mean", "sum"))
+  weights = [1.0] * len(deltas) if weights is None else weights
+  num = sum(jnp.where(jnp.sign(d) == sign, d, 0) for d in deltas)
+  if merge == "sum":
+    return num
+  den = sum(jnp.where(jnp.sign(d) == sign, jnp.asarray(w, d.dtype), 0) for d, w in zip(deltas, weights))
+  return num / jnp.where(den == 0, 1, den)
+
+
+def _finish(treedef, base_leaves, sel, fn):
+  return jax.tree.unflatten(treedef, [fn(i) if s else b for i, (b, s) in enumerate(zip(base_leaves, sel))])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# task arithmetic
+
+
+def task_vector(base: PyTree, finetuned: PyTree) -> PyTree:
+  """``tau = theta_ft - theta_base`` (Ilharco et al., "Editing Models with Task Arithmetic", arXiv:2212.04089,
+  Sec. 2). Non-floating leaves become zeros of their dtype."""
+  check_same_structure([base, finetuned], ["base", "finetuned"])
+  return jax.tree.map(lambda b, f: (f - b) if _is_float(b) else jnp.zeros_like(b), base, finetuned)
+
+
+def apply_task_vector(base: PyTree, tau: PyTree, scale: float | jax.Array = 1.0) -> PyTree:
+  """``theta_base + scale * tau`` (arXiv:2212.04089, Sec. 2: addition, negation with ``scale < 0``)."""
+  check_same_structure([base, tau], ["base", "tau"])
+
+  def leaf(b, t):
+    if not _is_float(b):
+      return b
+    ct = _compute_dtype(b.dtype)
+    return (b.astype(ct) + jnp.asarray(scale, ct) * t.astype(ct)).astype(b.dtype)
+
+  return jax.tree.map(leaf, base, tau)
+
+
+@jax.jit
+def _ta_leaf(b, ms, w, lam):
+  ct = _compute_dtype(b.dtype)
+  bc = b.astype(ct)
+  tot = sum(w[i].astype(ct) * (m.astype(ct) - bc) for i, m in enumerate(ms))
+  return (bc + lam.astype(ct) * tot).astype(b.dtype)
+
+
+def task_arithmetic(base: PyTree, finetuned: Sequence[PyTree], lam: float | jax.Array = 0.3, *,
+                    weights: Sequence[float] | jax.Array | None = None, include: str | None = None,
+                    exclude: str | None = None) -> PyTree:
+  """Task arithmetic: ``theta = theta_base + lam * sum_t w_t (theta_t - theta_base)`` (Ilharco et al., "Editing
+  Models with Task Arithmetic", arXiv:2212.04089, Sec. 2 "addition").
+
+  Args:
+    base: the pre-trained parameters.
+    finetuned: non-empty list of fine-tuned parameters (same structure and shapes as ``base``).
+    lam: scaling coefficient; the paper picks it on validation data from {0, 0.05, ..., 1}; 0.3 is FusionBench's
+      default for 8 tasks. ``lam=0`` returns the base.
+    weights: optional per-model weights ``w_t`` (default 1), as in mergekit's ``weight``.
+    include, exclude: path filters; unselected leaves are the base's.
+  """
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  w = _check_weights(weights, len(ms))
+  w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
+  lam_a = jnp.asarray(lam, jnp.float32)
+  return _finish(treedef, b, sel, lambda i: _ta_leaf(b[i], tuple(m[i] for m in ms), w, lam_a))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TIES
+
+
+@functools.partial(jax.jit, static_argnames=("merge",))
+def _ties_leaf(b, ms, thr, w, lam, merge):
+  ct = _compute_dtype(b.dtype)
+  bc = b.astype(ct)
+  ds = []
+  for i, m in enumerate(ms):
+    d = m.astype(ct) - bc
+    ds.append(w[i].astype(ct) * jnp.where(jnp.abs(d) >= thr[i].astype(ct), d, 0))
+  merged = disjoint_merge(ds, elect_sign(ds), [w[i].astype(ct) for i in range(len(ms))], merge=merge)
+  return (bc + lam.astype(ct) * merged).astype(b.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("density", "threshold", "sample_size"))
+def _leaf_thresholds(b, ms, density, threshold, sample_size):
+  rank = _topk_rank(b.size, density)
+  return jnp.stack([_order_stats((m.astype(jnp.float32) - b.astype(jnp.float32),), (rank,), threshold,
+                                 sample_size)[0] for m in ms])
+
+
+def _global_thresholds(b, ms, sel, density, threshold, sample_size):
+  idx = [i for i, s in enumerate(sel) if s]
+  n = sum(b[i].size for i in idx)
+  rank = _topk_rank(n, density)
+  out = []
+  for m in ms:
+    deltas = tuple(m[i].astype(jnp.float32) - b[i].astype(jnp.float32) for i in idx)
+    out.append(_order_stats(deltas, (rank,), threshold, sample_size)[0])
+  return jnp.stack(out)
+
+
+def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: float | jax.Array = 1.0, *,
+         scope: str = "global", merge: str = "mean", weights: Sequence[float] | jax.Array | None = None,
+         threshold: str = "exact", sample_size: int = 1 << 16, include: str | None = None,
+         exclude: str | None = None) -> PyTree:
+  """TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., "TIES-Merging: Resolving Interference When
+  Merging Models", arXiv:2306.01708, Sec. 4 and Alg. 1).
+
+  For each task vector keep the top ``density`` fraction of entries by magnitude (trim), elect per entry the sign
+  with the larger total mass, then average the entries that agree with it:
+  ``theta = theta_base + lam * disjoint_mean_t(trim(w_t tau_t))``.
+
+  Args:
+    base, finetuned: the pre-trained model and a non-empty list of fine-tunes of it.
+    density: fraction of each task vector kept, in (0, 1] (the paper's k = 20%).
+    lam: scaling of the merged task vector (the paper tunes it on validation data; 1 when there is none).
+    scope: ``"global"`` ranks magnitudes over the whole (selected) task vector, as the paper and FusionBench do;
+      ``"tensor"`` ranks within each leaf, as mergekit does.
+    merge: ``"mean"`` (the paper's disjoint mean) or ``"sum"`` (FusionBench's ``merge_func=sum``; with
+      ``density=1`` and no sign conflicts this equals :func:`task_arithmetic`).
+    weights: optional per-model weights applied after trimming (mergekit's ``weight``).
+    threshold: ``"exact"`` or ``"sample"`` (see the module docstring).
+    sample_size: entries drawn per threshold when ``threshold="sample"``.
+    include, exclude: path filters; unselected leaves are the base's.
+  """
+  _check_density("density", density)
+  _checks.check_choice("scope", scope, _SCOPES)
+  _checks.check_choice("merge", merge, ("mean", "sum"))
+  _checks.check_choice("threshold", threshold, _THRESHOLDS)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  w = _check_weights(weights, len(ms))
+  w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
+  lam_a = jnp.asarray(lam, jnp.float32)
+  keep_all = jnp.full((len(ms),), -jnp.inf)
+  if density < 1 and scope == "global" and any(sel):
+    thr_g = _global_thresholds(b, ms, sel, density, threshold, int(sample_size))
+
+  def leaf(i):
+    leaves = tuple(m[i] for m in ms)
+    if density >= 1:
+      thr = keep_all
+    elif scope == "global":
+      thr = thr_g
+    else:
+      thr = _leaf_thresholds(b[i], leaves, density, threshold, int(sample_size))
+    return _ties_leaf(b[i], leaves, thr, w, lam_a, merge)
+
+  return _finish(treedef, b, sel, leaf)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DARE
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "sampler"))
+def _mask_leaf(key, density, shape, sampler):
+  if sampler == "prng":
+    return jax.random.bernoulli(key, density, shape)
+  seed = jax.random.bits(key, (), jnp.uint32)
+  n = int(np.prod(shape))
+  u = _hash_u32(jnp.arange(n, dtype=jnp.uint32), seed)
+  # compare the top 24 bits to density scaled to 2^24, so density=1 keeps everything exactly
+  return ((u >> 8).astype(jnp.float32) < density * float(1 << 24)).reshape(shape)
+
+
+def random_mask(key: jax.Array, like: PyTree, density: float | jax.Array, *, sampler: str = "prng") -> PyTree:
+  """Boolean pytree shaped like ``like`` with entries kept independently with probability ``density``
+  (DARE's Bernoulli mask, Yu et al., arXiv:2311.03099, eq. 1). Leaf ``j`` uses ``jax.random.fold_in(key, j)``.
+
+  ``sampler="prng"`` draws from ``jax.random.bernoulli``; ``sampler="hash"`` hashes each entry's index with a
+  per-leaf seed from ``key`` (murmur3 finalizer): the same distribution for practical purposes at memory speed,
+  tens of times faster than threefry on CPU."""
+  _checks.check_choice("sampler", sampler, ("prng", "hash"))
+  _checks.check_range("density", density, 0.0, 1.0)
+  leaves, treedef = jax.tree.flatten(like)
+  d = jnp.asarray(density, jnp.float32)
+  return jax.tree.unflatten(treedef, [_mask_leaf(jax.random.fold_in(key, j), d, tuple(jnp.shape(x)), sampler)
+                                      for j, x in enumerate(leaves)])
+
+
+def _check_rescale(rescale) -> None:
+  if rescale is None or (isinstance(rescale, str) and rescale in ("inverse", "l1")):
+    return
+  if isinstance(rescale, str) or _checks._concrete(rescale) is None:
+    raise ValueError(f"rescale must be 'inverse', 'l1', None or a positive number, got {rescale!r}.")
+  _checks.check_positive("rescale", rescale)
+
+
+@functools.partial(jax.jit, static_argnames=("mode", "sign_consensus", "merge"))
+def _dare_merge_leaf(b, ms, keeps, w, lam, factor, mode, sign_consensus, merge):
+  ct = _compute_dtype(b.dtype)
+  bc = b.astype(ct)
+  ds = []
+  for i, (m, keep) in enumerate(zip(ms, keeps)):
+    d = m.astype(ct) - bc
+    kept = jnp.where(keep, d, 0)
+    if mode == "scale":
+      kept = kept * factor.astype(ct)
+    elif mode == "l1":
+      # mergekit's rescale: match the L1 norm of the unmasked delta (skipped when either norm is ~0)
+      before, after = jnp.sum(jnp.abs(d)), jnp.sum(jnp.abs(kept))
+      ok = (before >= 1e-7) & (after >= 1e-7)
+      kept = jnp.where(ok, kept * (before / jnp.where(ok, after, 1)), kept)
+    ds.append(w[i].astype(ct) * kept)
+  if sign_consensus:
+    merged = disjoint_merge(ds, elect_sign(ds), [w[i].astype(ct) for i in range(len(ms))], merge=merge)
+  else:
+    merged = sum(ds)
+  return (bc + lam.astype(ct) * merged).astype(b.dtype)
+
+
+def dare_merge(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], density: float = 0.1,
+               lam: float | jax.Array = 1.0, *, rescale: str | float | None = "inverse", sign_consensus: bool = False,
+               merge: str = "mean", weights: Sequence[float] | jax.Array | None = None, sampler: str = "prng",
+               include: str | None = None, exclude: str | None = None) -> PyTree:
+  """DARE: drop and rescale each task vector, then merge (Yu et al., "Language Models are Super Mario: Absorbing
+  Abilities from Homologous Models as a Free Lunch", arXiv:2311.03099, eq. 1-2).
+
+  ``tau'_t = m_t * tau_t * r`` with ``m_t ~ Bernoulli(density)`` (``density = 1 - p``, drop rate ``p``) and
+  ``r = 1 / density``; then task arithmetic ``theta_base + lam * sum_t w_t tau'_t`` (mergekit ``dare_linear``),
+  or with ``sign_consensus=True`` TIES' sign election and disjoint mean (``dare_ties``).
+
+  Args:
+    key: PRNG key; model ``t`` uses ``jax.random.fold_in(key, t)`` and :func:`random_mask` on its task vector.
+    density: keep probability ``1 - p`` in (0, 1] (the paper drops p = 0.9 of the delta).
+    lam: scaling of the merged delta.
+    rescale: ``"inverse"`` (1/density, unbiased: E[tau'] = tau), a positive float factor (DARE the Extreme's
+      ``1/q``, arXiv:2410.09344), ``"l1"`` (mergekit: match the L1 norm of the unmasked leaf) or ``None``.
+    sign_consensus: TIES sign election + disjoint merge instead of a plain sum.
+    merge: with ``sign_consensus``, ``"mean"`` (TIES' disjoint mean) or ``"sum"`` of agreeing entries
+      (mergekit's ``dare_ties``, which does not normalize).
+    weights: per-model weights; sampler: ``"prng"`` or ``"hash"`` (see :func:`random_mask`).
+    include, exclude: path filters; unselected leaves are the base's.
+  """
+  _check_density("density", density)
+  _check_rescale(rescale)
+  _checks.check_choice("merge", merge, ("mean", "sum"))
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  w = _check_weights(weights, len(ms))
+  w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
+  masks = [treedef.flatten_up_to(random_mask(jax.random.fold_in(key, t), base, density, sampler=sampler))
+           for t in range(len(ms))]
+  lam_a = jnp.asarray(lam, jnp.float32)
+  if rescale is None or rescale == "l1":
+    mode, factor = rescale, jnp.ones(())
+  else:
+    mode = "scale"
+    factor = 1.0 / jnp.asarray(density, jnp.float32) if rescale == "inverse" else jnp.asarray(rescale, jnp.float32)
+  return _finish(treedef, b, sel, lambda i: _dare_merge_leaf(
+      b[i], tuple(m[i] for m in ms), tuple(k[i] for k in masks), w, lam_a, factor, mode, sign_consensus, merge))
+
+
+def dare(key: jax.Array, base: PyTree, finetuned: PyTree, density: float = 0.1, *,
+         rescale: str | float | None = "inverse", sampler: str = "prng", include: str | None = None,
+         exclude: str | None = None) -> PyTree:
+  """DARE on one model: ``theta_base + m * (theta_ft - theta_base) * r`` (arXiv:2311.03099, eq. 1), the
+  "competitive" delta edit of Tang et al. (arXiv:2410.13841): unbiased, ``E_m[result] = theta_ft`` when
+  ``rescale="inverse"``. ``rescale`` as in :func:`dare_merge` (a float ``1/q`` gives DAREx-q)."""
+  return dare_merge(key, base, [finetuned], density, 1.0, rescale=rescale,
+                    sampler=sampler, include=include, exclude=exclude)
+
+
+def darex_q(key: jax.Array, base: PyTree, finetuned: PyTree, density: float, q_grid: Sequence[float],
+            score_fn: Callable[[PyTree], float], *, sampler: str = "prng") -> tuple[PyTree, float]:
+  """DARE the Extreme's DAREx-q (Deng et al., "DARE the Extreme: Revisiting Delta-Parameter Pruning For
+  Fine-Tuned Models", arXiv:2410.09344, Sec. 4.1): replace DARE's ``1/(1-p)`` by ``1/q`` and pick ``q`` from
+  ``q_grid`` maximizing ``score_fn`` (e.g. validation accuracy). Host loop; every candidate shares one mask.
+
+  Returns ``(params, q)`` for the best ``q``."""
+  q_grid = [float(q) for q in q_grid]
+  if not q_grid:
+    raise ValueError("q_grid must hold at least one value, got an empty sequence.")
+  for q in q_grid:
+    _checks.check_positive("q_grid[i]", q)
+  best = None
+  for q in q_grid:
+    cand = dare(key, base, finetuned, density, rescale=1.0 / q, sampler=sampler)
+    s = float(score_fn(cand))
+    if best is None or s > best[0]:
+      best = (s, q, cand)
+  return best[2], best[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# breadcrumbs
+
+
+def _band_ranks(n: int, density: float, gamma: float) -> tuple[int, int, int]:
+  """(first kept ascending rank, last kept rank, number kept): drop the top ``int(gamma n)`` and enough of the
+  smallest to keep ``int(density n)`` (mergekit's ``magnitude_outliers`` convention)."""
+  n_keep = int(density * n)
+  n_top = int(gamma * n)
+  n_bot = max(0, n - n_keep - n_top)
+  return n_bot, n_bot + n_keep - 1, n_keep
+
+
+@functools.partial(jax.jit, static_argnames=("sign_consensus",))
+def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus):
+  ct = _compute_dtype(b.dtype)
+  bc = b.astype(ct)
+  ds = []
+  for i, m in enumerate(ms):
+    d = m.astype(ct) - bc
+    a = jnp.abs(d)
+    ds.append(w[i].astype(ct) * jnp.where((a >= lo[i].astype(ct)) & (a <= hi[i].astype(ct)), d, 0))
+  merged = disjoint_merge(ds, elect_sign(ds), merge="sum") if sign_consensus else sum(ds)
+  return (bc + lam.astype(ct) * merged).astype(b.dtype)
+
+
+def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, gamma: float = 0.01,
+                lam: float | jax.Array = 0.3, *, scope: str = "tensor", sign_consensus: bool = False,
+                weights: Sequence[float] | jax.Array | None = None, include: str | None = None,
+                exclude: str | None = None) -> PyTree:
+  """Model Breadcrumbs (Davari & Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse
+  Masks", arXiv:2312.06795, Sec. 3): per layer, drop the ``gamma`` fraction of largest-magnitude entries of each
+  task vector (outliers) and the smallest ones so that ``1 - beta - gamma`` are kept, then
+  ``theta = theta_base + lam * sum_t w_t m_t * tau_t``.
+
+  Counts follow mergekit's ``breadcrumbs`` with ``density = 1 - beta - gamma``: ``int(density n)`` kept,
+  ``int(gamma n)`` dropped from the top. ``sign_consensus=True`` adds TIES' sign election (mergekit's
+  ``breadcrumbs_ties``: sum of agreeing entries). Exact thresholds; entries tied with a band edge are kept.
+
+  Args:
+    beta: fraction dropped from the bottom (0.85 in the paper's typical masks); gamma: fraction dropped from the
+      top (0.01); both >= 0 with ``beta + gamma < 1``. ``beta = gamma = 0`` is task arithmetic.
+    lam: scaling (the paper tunes it once on validation data, ~0.3).
+    scope: ``"tensor"`` (per layer, the paper and mergekit) or ``"global"``.
+  """
+  _checks.check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
+  _checks.check_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+  if beta + gamma >= 1:
+    raise ValueError(f"beta + gamma must be < 1 so that some entries are kept, got beta={beta}, gamma={gamma}.")
+  _checks.check_choice("scope", scope, _SCOPES)
+  density = 1.0 - beta - gamma
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  w = _check_weights(weights, len(ms))
+  w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
+  lam_a = jnp.asarray(lam, jnp.float32)
+
+  def band(deltas, n):
+    lo_r, hi_r, n_keep = _band_ranks(n, density, gamma)
+    if beta == 0 and gamma == 0:
+      return -jnp.inf, jnp.inf
+    if n_keep <= 0:
+      return jnp.inf, -jnp.inf
+    lo, hi = _order_stats(deltas, (lo_r, hi_r), "exact", 1)
+    return lo, hi
+
+  def bands(idx):
+    n = sum(b[i].size for i in idx)
+    lohi = [band(tuple(m[i].astype(jnp.float32) - b[i].astype(jnp.float32) for i in idx), n) for m in ms]
+    return jnp.stack([jnp.asarray(l, jnp.float32) for l, _ in lohi]), jnp.stack([jnp.asarray(h, jnp.float32)
+                                                                                for _, h in lohi])
+
+  if scope == "global" and any(sel):
+    g = bands([i for i, s in enumerate(sel) if s])
+
+  def leaf(i):
+    lo, hi = g if scope == "global" else bands([i])
+    return _bc_leaf(b[i], tuple(m[i] for m in ms), lo, hi, w, lam_a, sign_consensus)
+
+  return _finish(treedef, b, sel, leaf)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PCB
+
+
+def _minmax(x, axis):
+  lo = jnp.min(x, axis=axis, keepdims=True)
+  hi = jnp.max(x, axis=axis, keepdims=True)
+  return (x - lo) / jnp.where(hi > lo, hi - lo, 1)
+
+
+def _clamp_quantiles(x, low_q, high_q):
+  """Per row, clamp to the values at sorted positions ``int(d * low_q)`` and ``int(d * (1 - high_q)) - 1``."""
+  d = x.shape[1]
+  s = jnp.sort(x, axis=1)
+  lo = s[:, int(d * low_q)][:, None]
+  hi = s[:, max(int(d * (1 - high_q)) - 1, 0)][:, None]
+  return jnp.clip(x, lo, hi)
+
+
+@functools.partial(jax.jit, static_argnames=("ratio", "clamp_q"))
+def _pcb_flat(tau, ratio, clamp_q):
+  """PCB on stacked flat task vectors ``tau`` of shape (n, d): merged (d,) task vector."""
+  n = tau.shape[0]
+  mag = _clamp_quantiles(jnp.abs(tau), clamp_q, clamp_q)
+  clamped = jnp.sign(tau) * mag
+  intra = jnp.exp(n * _minmax(mag, 1) ** 2)  # intra-balancing: emphasize large entries within a task
+  inter = jnp.tanh(tau * jnp.sum(tau, axis=0, keepdims=True))  # inter-balancing: agreement with the others
+  score = intra * inter
+  scale = _minmax(_clamp_quantiles(score, 1 - ratio, 0.0), 1)  # drop all but the top `ratio` per task
+  return jnp.sum(clamped * scale, axis=0) / jnp.maximum(jnp.sum(scale, axis=0), 1e-12)
+
+
+def pcb(base: PyTree, finetuned: Sequence[PyTree], ratio: float = 0.1, lam: float | jax.Array = 1.0, *,
+        scope: str = "global", clamp_q: float = 1e-4, include: str | None = None,
+        exclude: str | None = None) -> PyTree:
+  """PCB-merging (Du et al., "Parameter Competition Balancing for Model Merging", arXiv:2410.02396, Sec. 3,
+  eq. 2-6), following the authors' ``PCB_merge`` on stacked flat task vectors ``tau`` (n, d):
+
+  ``|tau|`` clamped to its ``clamp_q`` / ``1 - clamp_q`` quantiles; intra-balancing
+  ``exp(n * minmax(|tau_i|)^2)``; inter-balancing ``tanh(tau_i * sum_j tau_j)``; their product is the score;
+  scores below each task's top-``ratio`` quantile are clamped and min-max normalized to 0, giving weights
+  ``s_i``; ``tau = sum_i s_i tau_i / sum_i s_i`` and ``theta = theta_base + lam * tau``.
+
+  Args:
+    ratio: fraction of entries kept per task, in (0, 1] (0.1 default; 0.05 in the authors' search script).
+    lam: scaling (searched on validation data in the paper).
+    scope: ``"global"`` (the whole selected model is one flat vector, as in the paper) or ``"tensor"``.
+      ``"global"`` concatenates the model: for models that fit in memory n times.
+    clamp_q: outlier clamping quantile (1e-4).
+  """
+  _check_density("ratio", ratio)
+  _checks.check_range("clamp_q", clamp_q, 0.0, 0.5, high_inclusive=False)
+  _checks.check_choice("scope", scope, _SCOPES)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  lam_a = jnp.asarray(lam, jnp.float32)
+
+  def tau_of(i):
+    return jnp.stack([(m[i].astype(jnp.float32) - b[i].astype(jnp.float32)).reshape(-1) for m in ms])
+
+  def put(i, merged):
+    ct = _compute_dtype(b[i].dtype)
+    return (b[i].astype(ct) + lam_a.astype(ct) * merged.reshape(b[i].shape).astype(ct)).astype(b[i].dtype)
+
+  if scope == "tensor":
+    return _finish(treedef, b, sel, lambda i: put(i, _pcb_flat(tau_of(i), float(ratio), float(clamp_q))))
+  idx = [i for i, s in enumerate(sel) if s]
+  if not idx:
+    return base
+  flat = _pcb_flat(jnp.concatenate([tau_of(i) for i in idx], axis=1), float(ratio), float(clamp_q))
+  offsets = np.cumsum([0] + [b[i].size for i in idx])
+  pieces = {i: flat[offsets[j]:offsets[j + 1]] for j, i in enumerate(idx)}
+  return _finish(treedef, b, sel, lambda i: put(i, pieces[i]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# other delta edits
+
+
+def extrapolate(base: PyTree, finetuned: PyTree, alpha: float | jax.Array = 0.3, *, include: str | None = None,
+                exclude: str | None = None) -> PyTree:
+  """ExPO / model extrapolation: ``theta_base + (1 + alpha) (theta_ft - theta_base)`` (Zheng et al., "Weak-to-Strong
+  Extrapolation Expedites Alignment", arXiv:2404.16792, eq. 3; the "improved" edit class of Tang et al.,
+  arXiv:2410.13841). ``alpha=0`` returns the fine-tune."""
+  return task_arithmetic(base, [finetuned], 1.0 + alpha, include=include, exclude=exclude)
+
+
+@functools.partial(jax.jit, static_argnames=("axis",))
+def _bitdelta_leaf(b, f, axis):
+  ct = _compute_dtype(b.dtype)
+  d = f.astype(ct) - b.astype(ct)
+  if axis is None:
+    scale = jnp.mean(jnp.abs(d))
+  else:
+    red = tuple(a for a in range(d.ndim) if a != axis % d.ndim)
+    scale = jnp.mean(jnp.abs(d), axis=red, keepdims=True)
+  return (b.astype(ct) + scale * jnp.sign(d)).astype(b.dtype)
+
+
+def bitdelta(base: PyTree, finetuned: PyTree, *, axis: int | None = None, include: str | None = None,
+             exclude: str | None = None) -> PyTree:
+  """BitDelta-style 1-bit delta: ``theta_base + alpha * sign(theta_ft - theta_base)`` with ``alpha = mean |delta|``
+  per leaf (or per slice along ``axis``, e.g. ``-1`` = per output unit of a Flax kernel): the L2-optimal scale
+  for a sign code (Liu et al., "BitDelta: Your Fine-Tune May Only Be Worth One Bit", arXiv:2402.10193, eq. 2;
+  a "competitive" edit in Tang et al., arXiv:2410.13841). Returns the reconstructed parameters; 0-d leaves are
+  kept exactly."""
+  check_same_structure([base, finetuned], ["base", "finetuned"])
+  mask = _selected(base, include, exclude)
+  leaves_b, treedef = jax.tree.flatten(base)
+  leaves_f = treedef.flatten_up_to(finetuned)
+  out = []
+  for m, x, y in zip(mask, leaves_b, leaves_f):
+    if not (m and _is_float(x)) or jnp.ndim(x) == 0:
+      out.append(y if (m and _is_float(x)) else x)
+    else:
+      out.append(_bitdelta_leaf(x, y, axis if jnp.ndim(x) >= 2 else None))
+  return jax.tree.unflatten(treedef, out)
