@@ -1,0 +1,30 @@
+"""Reproduction: MoMo's learning-rate robustness on digits softmax regression (catalogue [176])."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+EXPERIMENT = pathlib.Path(__file__).parents[2] / "experiments" / "optim" / "momo.py"
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("experiments_optim_momo", EXPERIMENT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce at CI scale: digits softmax regression is separable and SGD-M never diverges (final "
+    "train loss 0.0196..1.2e-6 for lr 0.1..10), while MoMo's Polyak cap with f*=0 is conservative (0.099..0.0029); "
+    "worst-case MoMo 0.099 vs SGD-M 0.0196, MoMo within 1.5x of its best at 1/5 lrs"))
+def test_momo_is_robust_to_the_learning_rate(tmp_path):
+  module = _load()
+  result = module.run(module.get_config(), Context(tmp_path, quiet=True))
+  assert result["claim"]["passed"]
