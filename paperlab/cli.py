@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 from typing import Sequence
@@ -84,7 +85,21 @@ def _print_run_summary(summaries: list[dict]) -> None:
     print(f"{s['trial_id']}  {s.get('status', '?'):7s}  {point}  {detail}")
 
 
+def _enable_compilation_cache() -> None:
+  """Keep compiled XLA programs on disk, so a resumed or repeated run skips compilation.
+
+  ``$PAPERLAB_COMPILATION_CACHE`` names the directory (default ``~/.cache/paperlab/xla``; ``0`` turns it off).
+  Set through JAX's environment variables, so worker processes inherit it.
+  """
+  path = os.environ.get("PAPERLAB_COMPILATION_CACHE", str(pathlib.Path.home() / ".cache" / "paperlab" / "xla"))
+  if path.lower() in ("", "0", "off", "false") or "jax" in sys.modules:
+    return
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", path)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
 def _cmd_run(args, overrides: list[str]) -> int:
+  _enable_compilation_cache()
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
   summaries = run_experiment(args.experiment, overrides, sweep=args.sweep, workdir=args.workdir,
                              backend=args.backend, max_parallel=args.max_parallel, fresh=args.fresh,
@@ -109,6 +124,7 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   from paperlab import papers  # pylint: disable=g-import-not-at-top
   from paperlab.runner.config import ConfigError  # pylint: disable=g-import-not-at-top
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
+  _enable_compilation_cache()
   key = int(args.paper) if args.paper.isdigit() else args.paper
   try:
     paper = papers.get(key)

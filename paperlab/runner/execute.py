@@ -136,16 +136,21 @@ def _stack(trees: Sequence[Any]):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _run_default(trials: Sequence[Trial], quiet: bool) -> None:
-  """The default trainer over one vmappable group, resuming each trial from its last checkpoint."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -> None:
+  """The default trainer over (part of) one vmappable group, resuming each trial from its last checkpoint.
+
+  The compiled program always has the whole group's trial axis and each trial keeps its slot in it (free
+  slots repeat a running trial and are discarded), so a trial resumed alone computes bit for bit what it
+  computes in the uninterrupted group.
+  """
   try:
-    trainer = trainer_lib.GroupTrainer(trials[0].config)
+    trainer = trainer_lib.GroupTrainer(group[0].config)
     abstract = trainer.abstract_checkpoint()
   except Exception as e:  # pylint: disable=broad-except
     for t in trials:
       t.dir.fail(_failure_reason(e), traceback=traceback.format_exc()[-4000:])
     return
+  slots = {t.id: i for i, t in enumerate(group)}
   by_start: dict[int, list[tuple[Trial, Any]]] = {}
   for t in trials:
     steps = t.dir.checkpoint_steps()
@@ -158,26 +163,40 @@ def _run_default(trials: Sequence[Trial], quiet: bool) -> None:
     by_start.setdefault(start, []).append((t, ckpt))
   for start, members in sorted(by_start.items()):
     try:
-      _run_partition(trainer, [m[0] for m in members], start, [m[1] for m in members], quiet)
+      _run_partition(trainer, members, start, [slots[t.id] for t, _ in members], group, quiet)
     except Exception as e:  # pylint: disable=broad-except
       for t, _ in members:
         if not t.dir.is_done():
           t.dir.fail(_failure_reason(e), traceback=traceback.format_exc()[-4000:])
-  del jax
 
 
-def _run_partition(trainer: trainer_lib.GroupTrainer, trials: Sequence[Trial], start: int,
-                   restored: Sequence[Any], quiet: bool) -> None:
+def _final_train_metrics(trial: Trial, num_steps: int) -> dict:
+  for record in reversed(trial.dir.metrics()):
+    if record.get("step") == num_steps:
+      return {f"train_{k}": v for k, v in record.items() if k != "step"}
+  return {}
+
+
+def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Trial, Any]], start: int,
+                   slots: Sequence[int], group: Sequence[Trial], quiet: bool) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   cfg = trainer.train_cfg
   num_steps, every = trainer.num_steps, max(int(cfg["checkpoint_every"]), 1)
   log_every = max(int(cfg["log_every"]), 1)
-  hp = trainer.stack_hparams([t.config for t in trials])
-  ckpt = trainer.init(hp) if start == 0 else _stack(restored)
-  active = [True] * len(trials)
-  contexts = [_context(t, quiet) for t in trials]
-  last_metrics: list[dict] = [{} for _ in trials]
+  trials = [t for t, _ in members]
+  # Fill the group's slots: ours in place, the others with a copy of our first trial.
+  fill = [trials[0]] * len(group)
+  for t, slot in zip(trials, slots):
+    fill[slot] = t
+  hp = trainer.stack_hparams([t.config for t in fill])
+  if start == 0:
+    ckpt = trainer.init(hp)
+  else:
+    restored = {t.id: c for t, c in members}
+    ckpt = _stack([restored[t.id] for t in fill])
+  active = {slot: True for slot in slots}
+  contexts = {slot: _context(t, quiet) for t, slot in zip(trials, slots)}
   step = start
   bar = Progress(num_steps - start, f"{trials[0].dir.experiment} x{len(trials)} steps", quiet=quiet)
   try:
@@ -185,7 +204,7 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, trials: Sequence[Trial], s
       n = min(every - step % every, num_steps - step)
       ckpt, metrics = trainer.chunk(hp, ckpt, n)
       metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-      for i, t in enumerate(trials):
+      for t, i in zip(trials, slots):
         if not active[i]:
           continue
         bad = trainer_lib.first_nonfinite(metrics["loss"][i])
@@ -194,8 +213,6 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, trials: Sequence[Trial], s
           global_step = step + s + 1
           if global_step % log_every == 0 or global_step == num_steps:
             contexts[i].log(global_step, {k: v[i, s] for k, v in metrics.items()})
-        if upto:
-          last_metrics[i] = {k: float(v[i, upto - 1]) for k, v in metrics.items()}
         if bad is not None:
           value = float(metrics["loss"][i, bad])
           t.dir.fail(f"loss became {value} at step {step + bad + 1}", step=step + bad + 1)
@@ -204,31 +221,30 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, trials: Sequence[Trial], s
       bar.update(n)
       if step % every == 0 or step == num_steps:
         host = jax.device_get(ckpt)  # slice on the host: no per-slice XLA programs
-        for i, t in enumerate(trials):
+        for t, i in zip(trials, slots):
           if active[i]:
             t.dir.save_checkpoint(step, jax.tree.map(lambda a, i=i: np.asarray(a[i]), host))
   finally:
     bar.close()
-    for c in contexts:
+    for c in contexts.values():
       c.close()
   evals = {k: np.asarray(v) for k, v in jax.device_get(trainer.evaluate(ckpt)).items()}
-  for i, t in enumerate(trials):
+  for t, i in zip(trials, slots):
     if not active[i]:
       continue
     test = {f"test_{k}": float(v[i]) for k, v in evals.items()}
     if not all(trainer_lib.is_finite_number(v) for v in test.values()):
       t.dir.fail(f"evaluation is not finite: {test}", step=num_steps)
       continue
-    result = {"step": num_steps, **{f"train_{k}": v for k, v in last_metrics[i].items()}, **test}
-    t.dir.finish(result)
+    t.dir.finish({"step": num_steps, **_final_train_metrics(t, num_steps), **test})
 
 
-def _run_job_trials(module, trials: Sequence[Trial], quiet: bool) -> None:
+def _run_job_trials(module, trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -> None:
   if callable(getattr(module, "run", None)):
     for t in trials:
       _run_custom(module, t, quiet)
   elif trials:
-    _run_default(trials, quiet)
+    _run_default(trials, group, quiet)
 
 
 def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points: Sequence[Mapping[str, Any]],
@@ -256,7 +272,7 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
       else:
         mine.append(t)
     try:
-      _run_job_trials(module, mine, quiet)
+      _run_job_trials(module, mine, trials, quiet)
     finally:
       for t in mine:
         t.dir.unlock()
