@@ -1,0 +1,82 @@
+"""Unit tests for paperlab.merge.soups: uniform/greedy soups, DiWA, Model Stock, BCWI selection."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import paperlab.merge as pm
+
+
+def _models(n, seed=0):
+  keys = jax.random.split(jax.random.key(seed), n)
+  return [{"w": jax.random.normal(k, (5, 4)), "b": jax.random.normal(jax.random.fold_in(k, 1), (4,))} for k in keys]
+
+
+def test_uniform_soup_is_order_invariant_mean():
+  ms = _models(4)
+  a = pm.uniform_soup(ms)
+  b = pm.uniform_soup(ms[::-1])
+  np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(a["w"], np.mean([m["w"] for m in ms], 0), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(pm.diwa(ms)["w"], a["w"], rtol=1e-6)
+
+
+def test_greedy_soup_with_a_constant_score_keeps_every_ingredient():
+  ms = _models(4)
+  soup, selected = pm.greedy_soup(ms, lambda p: 1.0)
+  assert sorted(selected) == [0, 1, 2, 3]
+  np.testing.assert_allclose(soup["w"], pm.uniform_soup(ms)["w"], rtol=1e-5, atol=1e-6)
+
+
+def test_greedy_soup_rejects_ingredients_that_hurt_the_score():
+  target = {"w": jnp.ones((5, 4)), "b": jnp.ones(4)}
+  good = [jax.tree.map(lambda x, s=s: x + 0.1 * s, target) for s in (1.0, -1.0, 0.5)]
+  bad = jax.tree.map(lambda x: x + 10.0, target)
+  score = lambda p: -float(sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target))))
+  soup, selected = pm.greedy_soup([good[0], bad, good[1], good[2]], score)
+  assert 1 not in selected
+  assert selected[0] == 3  # the best single ingredient (smallest offset) comes first
+  assert score(soup) >= max(score(m) for m in good)
+  _, sel = pm.greedy_soup(good, score, order=[1, 0, 2])
+  assert sel[0] == 1
+  with pytest.raises(ValueError, match="order"):
+    pm.greedy_soup(good, score, order=[0, 0])
+
+
+def test_model_stock_with_aligned_task_vectors_returns_the_finetune():
+  base = {"w": jnp.zeros((3, 3))}
+  ft = {"w": jnp.arange(9.0).reshape(3, 3)}
+  out, ratios = pm.model_stock(base, [ft, ft], return_ratios=True)
+  np.testing.assert_allclose(out["w"], ft["w"], rtol=1e-6)
+  assert float(ratios["w"][0]) == pytest.approx(1.0)
+
+
+def test_model_stock_with_orthogonal_task_vectors_returns_the_base():
+  base = {"w": jnp.ones(4)}
+  a = {"w": base["w"] + jnp.array([1.0, 0, 0, 0])}
+  b = {"w": base["w"] + jnp.array([0, 1.0, 0, 0])}
+  np.testing.assert_allclose(pm.model_stock(base, [a, b])["w"], base["w"], atol=1e-6)
+
+
+def test_model_stock_ratio_is_in_unit_interval_for_positive_cosines():
+  base = {"w": jnp.zeros((6, 5))}
+  shared = jax.random.normal(jax.random.key(0), (6, 5))
+  fts = [{"w": shared + 0.5 * jax.random.normal(jax.random.key(i + 1), (6, 5))} for i in range(2)]
+  _, ratios = pm.model_stock(base, fts, axis=-1, return_ratios=True)
+  assert ratios["w"].shape == (5,)
+  assert bool(jnp.all((ratios["w"] >= 0) & (ratios["w"] <= 1)))
+  with pytest.raises(ValueError, match="at least 2"):
+    pm.model_stock(base, fts[:1])
+
+
+def test_bcwi_select_returns_the_best_interpolation():
+  old = {"w": jnp.zeros(3)}
+  new = {"w": jnp.ones(3)}
+  params, alpha, scores = pm.bcwi_select(old, new, [0.0, 0.3, 0.6, 1.0], lambda p: -abs(float(p["w"][0]) - 0.6))
+  assert alpha == 0.6 and len(scores) == 4
+  np.testing.assert_allclose(params["w"], 0.6, rtol=1e-6)
+  with pytest.raises(ValueError, match="alphas"):
+    pm.bcwi_select(old, new, [1.5], lambda p: 0.0)
