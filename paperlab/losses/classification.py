@@ -72,7 +72,8 @@ def _check_integer_labels(logits: jax.Array, labels: Any, axis: int = -1) -> jax
                      f"got {labels.shape}.")
   num_classes = logits.shape[axis]
   if _is_concrete(labels) and labels.size:
-    lo, hi = int(np.min(labels)), int(np.max(labels))
+    host = np.asarray(labels)
+    lo, hi = int(host.min()), int(host.max())
     if lo < 0 or hi >= num_classes:
       raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}].")
   return labels

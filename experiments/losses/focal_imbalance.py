@@ -1,0 +1,106 @@
+"""Focal loss (Lin et al., 2017) on a long-tailed split: higher recall on the rarest classes than BCE.
+
+Digits subsampled to an exponential long tail (imbalance ratio 50: 130 examples of class 0 down to 2 of class 9,
+``paperlab.data.imbalanced``), balanced test set. An MLP 64-64-10 is trained full-batch with Adam, each class an
+independent sigmoid (the RetinaNet setting), with BCE and with the sigmoid focal loss (gamma=2, alpha=None).
+The softmax CE / softmax focal pair is reported too. Metric: mean test recall of the three rarest classes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+import paperlab.losses as pl
+from paperlab import data, models, train
+
+PAPER_ID = 39
+CLAIM = ("On digits with a 50:1 long tail, the sigmoid focal loss (gamma=2) raises the mean test recall of the "
+         "three rarest classes by at least 5 points over sigmoid cross-entropy.")
+
+
+def _one_hot(y):
+  return jax.nn.one_hot(y, 10)
+
+
+LOSSES = {
+    "bce": lambda z, y: optax.sigmoid_binary_cross_entropy(z, _one_hot(y)).sum(-1),
+    "sigmoid_focal": lambda z, y: pl.sigmoid_focal_loss(z, _one_hot(y), alpha=None, gamma=2.0).sum(-1),
+    "ce": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y),
+    "softmax_focal": lambda z, y: pl.softmax_focal_loss_with_integer_labels(z, y, gamma=2.0),
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.imbalance_ratio = 50.0
+  config.num_rare = 3
+  config.num_seeds = 3
+  config.num_steps = 300
+  config.width = 64
+  config.learning_rate = 1e-3
+  config.losses = ("bce", "sigmoid_focal")  # also available: "ce", "softmax_focal"
+  config.margin_points = 5.0
+  config.seed = 0
+  return config
+
+
+def per_class_recall(graphdef, state, x, y, num_classes=10):
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  model.eval()
+  pred = jnp.argmax(model(x), -1)
+  hits = jax.ops.segment_sum((pred == y).astype(jnp.float32), y, num_classes)
+  return hits / jnp.maximum(jax.ops.segment_sum(jnp.ones_like(y, jnp.float32), y, num_classes), 1.0)
+
+
+def train_recall(loss, ds, config):
+  """Per-seed, per-class test recall ``[num_seeds, 10]`` and train-loss curves after full-batch Adam."""
+  model_fn = lambda rngs: models.MLP(64, [config.width], 10, rngs=rngs)
+  optimizer = optax.adam(config.learning_rate)
+  graphdef, init = train.make_init(model_fn, optimizer)
+  step = train.make_train_step(graphdef, lambda m, b, r: jnp.mean(loss(m(b[0]), b[1])), optimizer)
+  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+
+  @jax.jit
+  def run(key):
+    state, metrics = jax.lax.scan(lambda s, _: step(s, (x, y), key), init(key), None, length=config.num_steps)
+    return per_class_recall(graphdef, state, jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)), metrics["loss"]
+
+  recall, losses = jax.vmap(run)(jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds))
+  return np.asarray(recall), np.asarray(losses)
+
+
+def run(config: ml_collections.ConfigDict, ctx) -> dict:
+  start = time.time()
+  ds = data.imbalanced(data.digits(seed=config.seed), imbalance_ratio=config.imbalance_ratio, seed=config.seed)
+  results = {}
+  for name in config.losses:
+    recall, losses = train_recall(LOSSES[name], ds, config)
+    rare = recall[:, -config.num_rare:].mean(-1)
+    results[name] = {"rare_recall_mean": float(rare.mean()), "rare_recall_per_seed": rare.tolist(),
+                     "balanced_accuracy": float(recall.mean())}
+    for s in range(0, config.num_steps, max(config.num_steps // 5, 1)):
+      ctx.log(s, {f"{name}/train_loss": float(losses[:, s].mean())})
+    ctx.print(f"{name}: rare-class recall {rare.mean():.4f}, balanced accuracy {recall.mean():.4f}")
+  bce, focal = results["bce"]["rare_recall_mean"], results["sigmoid_focal"]["rare_recall_mean"]
+  return {
+      "claim": {"passed": bool(focal >= bce + config.margin_points / 100.0), "statement": CLAIM,
+                "bce_rare_recall": bce, "focal_rare_recall": focal, "gain_points": 100.0 * (focal - bce)},
+      "class_counts": np.bincount(ds.y_train, minlength=10).tolist(),
+      "losses": results,
+      "seconds": time.time() - start,
+  }
+
+
+if __name__ == "__main__":
+  import tempfile
+
+  from paperlab.runner import Context
+
+  print(run(get_config(), Context(tempfile.mkdtemp()))["claim"])

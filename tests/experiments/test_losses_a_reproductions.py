@@ -1,0 +1,62 @@
+"""Reproductions of the per-example loss papers (paperlab.losses part A), at CI scale."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "losses"
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"experiments_losses_{name}", EXPERIMENTS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run(name: str, tmp_path) -> dict:
+  module = _load(name)
+  result = module.run(module.get_config(), Context(tmp_path, quiet=True))
+  assert result["claim"]["statement"] == module.CLAIM
+  assert isinstance(module.PAPER_ID, int)
+  return result
+
+
+@pytest.mark.slow
+def test_nce_rce_beats_cross_entropy_under_40_percent_symmetric_noise(tmp_path):
+  assert _run("robust_noise", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
+def test_sigmoid_focal_raises_rare_class_recall_over_bce(tmp_path):
+  assert _run("focal_imbalance", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
+def test_asymmetric_loss_raises_rare_class_recall_over_bce(tmp_path):
+  assert _run("asymmetric", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
+def test_siglip_matches_softmax_clip_at_small_batch(tmp_path):
+  assert _run("siglip", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
+def test_hl_gauss_is_robust_to_cauchy_target_noise(tmp_path):
+  assert _run("hl_gauss", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce at CI scale: on digits (MLP 64-128-10, Adam 1e-3, batch 64, 1000 steps, 5 seeds) "
+    "squentropy's test ECE is 0.086 vs 0.017 for CE (ratio 5.0, claim <= 0.8; it is under-confident) with "
+    "accuracy 0.978 vs 0.973; SGD(0.05, momentum 0.9) and 4x longer training give the same direction "
+    "(0.032 vs 0.015)."))
+def test_squentropy_is_better_calibrated_than_cross_entropy(tmp_path):
+  assert _run("squentropy", tmp_path)["claim"]["passed"]
