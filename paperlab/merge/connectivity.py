@@ -25,8 +25,11 @@ def interpolate(params_a: PyTree, params_b: PyTree, alpha: float | jax.Array) ->
   """``(1 - alpha) * params_a + alpha * params_b`` leaf by leaf, in each leaf's dtype. Jittable, vmappable
   over ``alpha``."""
   check_same_structure([params_a, params_b], ["params_a", "params_b"])
-  return jax.tree.map(lambda a, b: ((1 - alpha) * a.astype(jnp.float32) + alpha * b.astype(jnp.float32)
-                                    ).astype(a.dtype), params_a, params_b)
+  def mix(a, b):
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    return ((1 - alpha) * a.astype(jnp.float32) + alpha * b.astype(jnp.float32)).astype(a.dtype)
+
+  return jax.tree.map(mix, params_a, params_b)
 
 
 def loss_barrier(losses: jax.Array, alphas: jax.Array) -> jax.Array:
