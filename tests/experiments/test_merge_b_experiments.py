@@ -1,0 +1,40 @@
+"""Reproductions of merge part B at CI scale (each <= 60 s on one core)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+ROOT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "merge"
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"experiments_merge_{name}", ROOT / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run(name, tmp_path):
+  module = _load(name)
+  result = module.run(module.get_config(), Context(tmp_path, quiet=True))
+  assert result["claim"]["statement"] == module.CLAIM
+  assert isinstance(module.PAPER_ID, int)
+  assert (tmp_path / "metrics.jsonl").exists()
+  return result
+
+
+@pytest.mark.slow
+def test_weight_matching_cuts_the_midpoint_barrier(tmp_path):
+  result = _run("rebasin", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_opcm_beats_continual_averaging(tmp_path):
+  result = _run("opcm", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
