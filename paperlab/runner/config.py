@@ -70,7 +70,14 @@ def _suggest(key: str, known: Iterable[str]) -> str:
         k.rsplit(".", 1)[-1] for k in known], n=3, cutoff=0.6)][:3]
   if close:
     return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-  return ""
+  parts = key.split(".")
+  for n in range(len(parts) - 1, 0, -1):  # the keys of the deepest section that exists
+    prefix = ".".join(parts[:n]) + "."
+    siblings = [k for k in known if k.startswith(prefix)]
+    if siblings:
+      more = f" (and {len(siblings) - 6} more)" if len(siblings) > 6 else ""
+      return f"; keys under {prefix[:-1]!r}: " + ", ".join(repr(k) for k in siblings[:6]) + more
+  return "; top-level keys: " + ", ".join(repr(k) for k in sorted({k.split(".")[0] for k in known}))
 
 
 def _type_name(t: type) -> str:

@@ -176,7 +176,7 @@ class GroupTrainer:
       if self.batch_size % n:
         raise ValueError(f"train.batch_size={self.batch_size} must be divisible by the {n} devices for "
                          "data_parallel.")
-      self.mesh = jax.make_mesh((n,), ("data",))
+      self.mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     self.train_data = (jax.numpy.asarray(self.data.x_train), jax.numpy.asarray(self.data.y_train))
     self._init = jax.jit(jax.vmap(self._init_one))
     self._chunks: dict[int, Callable] = {}
