@@ -335,8 +335,8 @@ def scale_by_complex_momentum(beta_abs: float = 0.9, beta_phase: float = float(n
   """
   check_range("beta_abs", beta_abs, 0.0, 1.0, high_inclusive=False)
   check_range("beta_phase", beta_phase, -np.pi, np.pi)
-  br = beta_abs * np.cos(beta_phase)
-  bi = beta_abs * np.sin(beta_phase)
+  br = beta_abs * jnp.cos(beta_phase)  # jnp: hyperparameters may be traced (vmapped sweeps)
+  bi = beta_abs * jnp.sin(beta_phase)
 
   def init_fn(params):
     return ComplexMomentumState(real=optax.tree.zeros_like(params), imag=optax.tree.zeros_like(params))

@@ -1,0 +1,27 @@
+"""Reproduction: complex momentum converges on the bilinear game where GDA and real momentum diverge ([290])."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+EXPERIMENT = pathlib.Path(__file__).parents[2] / "experiments" / "optim" / "complex_momentum.py"
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("experiments_optim_complex_momentum", EXPERIMENT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+def test_complex_momentum_converges_on_bilinear_game(tmp_path):
+  module = _load()
+  result = module.run(module.get_config(), Context(tmp_path, quiet=True))
+  assert result["claim"]["passed"], result["claim"]
+  assert result["complex"]["spectral_radius"] < 1 < result["real_0.9"]["spectral_radius"]
