@@ -1,4 +1,5 @@
-"""Quickstart: an MLP on scikit-learn's digits, 3 seeds trained as one vmapped program per optimizer.
+"""Quickstart: an MLP on scikit-learn's digits with AdamW, AdamP and SAM(AdamW); 3 seeds trained as one vmapped
+program per optimizer.
 
     paperlab run experiments/quickstart.py
     paperlab run experiments/quickstart.py --config.train.num_steps=2000 --config.optimizers=adamw
@@ -15,14 +16,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import data, train
+from paperlab import data, optim, train
 from paperlab.models import MLP
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seeds = 3
-  c.optimizers = "adamw"  # comma-separated names from OPTIMIZERS below
+  c.optimizers = "adamw,adamp,sam"  # comma-separated names from _optimizers() below
+  c.rho = 0.05  # SAM's neighbourhood radius
   c.model = ml_collections.ConfigDict({"widths": (128, 128), "activation": "relu", "norm": "layer"})
   c.optim = ml_collections.ConfigDict({"learning_rate": 1e-3, "weight_decay": 1e-4})
   c.train = ml_collections.ConfigDict({"batch_size": 64, "num_steps": 1500, "eval_every": 100})
@@ -31,7 +33,11 @@ def get_config() -> ml_collections.ConfigDict:
 
 def _optimizers(c: ml_collections.ConfigDict) -> dict:
   lr, wd = c.optim.learning_rate, c.optim.weight_decay
-  return {"adamw": lambda: optax.adamw(lr, weight_decay=wd)}
+  return {
+      "adamw": lambda: optax.adamw(lr, weight_decay=wd),
+      "adamp": lambda: optim.adamp(lr, weight_decay=wd),
+      "sam": lambda: optim.sam(optax.adamw(lr, weight_decay=wd), rho=c.rho),
+  }
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
