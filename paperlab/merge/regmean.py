@@ -3,7 +3,7 @@
 RegMean (Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models", ICLR 2023,
 arXiv:2212.09849) solves, for every linear layer, the least-squares problem
 ``min_W sum_i ||X_i W - X_i W_i||^2``, whose solution is ``W* = (sum_i G_i)^{-1} sum_i G_i W_i`` with
-``G_i = X_i^T X_i`` (Eq. 2). Off-diagonal entries of each Gram are shrunk by ``alpha`` (the paper's
+``G_i = X_i^T X_i`` (Sec. 3). Off-diagonal entries of each Gram are shrunk by ``alpha`` (the paper's
 ``reduce_non_diagonal_ratio``, 0.95 by default) for stability. Parameters that are not linear kernels are averaged.
 
 The per-layer inputs come from :func:`capture_layer_io`, which runs a Flax NNX model and records the input and
@@ -89,7 +89,7 @@ def gram_matrices(graphdef: nnx.GraphDef, params: PyTree, x: Any, *, model_state
                   ) -> dict[str, jax.Array]:
   """Input Gram matrices ``G = X^T X / n`` of every ``nnx.Linear`` layer, keyed by kernel path.
 
-  RegMean (arXiv:2212.09849), Eq. 2: ``X`` stacks the layer's inputs over all examples (and positions, for
+  RegMean (arXiv:2212.09849), Sec. 3: ``X`` stacks the layer's inputs over all examples (and positions, for
   sequence inputs), so ``G`` has shape ``(in_features, in_features)``. The mean over rows (not the sum) is
   used, as FusionBench does, so models measured on different numbers of examples weigh equally.
 
@@ -109,7 +109,7 @@ def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Arr
             ridge: float = 0.0) -> PyTree:
   """RegMean merge of ``models`` (same structure) given each model's input Grams.
 
-  Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models" (arXiv:2212.09849), Eq. 2:
+  Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models" (arXiv:2212.09849), Sec. 3:
   ``W* = (sum_i G~_i)^{-1} sum_i G~_i W_i`` for every linear kernel ``W_i`` (layout ``(in, out)``), where
   ``G~_i = alpha * G_i + (1 - alpha) * diag(G_i)`` scales the off-diagonal part by ``alpha`` (paper default
   0.95). Every leaf without a Gram (biases, norms, convolutions) is the plain average.
@@ -120,7 +120,8 @@ def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Arr
       e.g. from :func:`gram_matrices`; all models must give Grams for the same paths.
     alpha: off-diagonal scale in ``[0, 1]``: 1 is exact RegMean, 0 reduces to a per-input-feature weighted
       average.
-    ridge: added to the diagonal of the summed Gram (``>= 0``), for layers with dead inputs.
+    ridge: added to the diagonal of the summed Gram (``>= 0``) for ill-conditioned layers. Inputs that are zero
+      on every model's data (dead units: zero diagonal) always get the plain average of their rows.
 
   Returns:
     The merged pytree (dtype of each leaf kept). Jittable.
@@ -157,7 +158,12 @@ def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Arr
       g = alpha * g + (1.0 - alpha) * d
       lhs = lhs + g
       rhs = rhs + g @ w.astype(jnp.float32)
-    lhs = lhs + ridge * jnp.eye(lhs.shape[0], dtype=lhs.dtype)
+    # An input that is zero on every model's data (a dead ReLU unit) leaves a zero row and column; its weights
+    # do not affect any output on the data, so they fall back to the average.
+    diag = jnp.diag(lhs)
+    dead = (diag <= 1e-12 * jnp.maximum(jnp.max(diag), 1e-30)).astype(jnp.float32)
+    lhs = lhs + jnp.diag(dead * len(leaves) + ridge)
+    rhs = rhs + dead[:, None] * sum(w.astype(jnp.float32) for w in leaves)
     return jnp.linalg.solve(lhs, rhs).astype(leaves[0].dtype)
 
   return jax.tree_util.tree_map_with_path(merge_leaf, models[0], *models[1:])

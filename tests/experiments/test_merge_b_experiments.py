@@ -38,3 +38,9 @@ def test_weight_matching_cuts_the_midpoint_barrier(tmp_path):
 def test_opcm_beats_continual_averaging(tmp_path):
   result = _run("opcm", tmp_path)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_fisher_and_regmean_beat_simple_averaging(tmp_path):
+  result = _run("fisher", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
