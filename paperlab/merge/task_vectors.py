@@ -102,17 +102,20 @@ def _kth_largest(bits: jax.Array, k) -> jax.Array:
   return lo
 
 
-@functools.partial(jax.jit, static_argnames=("ranks", "threshold", "sample_size"))
-def _order_stats(xs: tuple, ranks: tuple, threshold: str, sample_size: int):
-  """Values of |concat(xs)| at ascending ``ranks`` (0-based; ranks of the sample scaled for ``"sample"``)."""
+@functools.partial(jax.jit, static_argnames=("threshold", "sample_size"))
+def _order_stats(xs: tuple, ranks: jax.Array, threshold: str, sample_size: int) -> jax.Array:
+  """Values of |concat(xs)| at ascending 0-based ``ranks`` (an int array, traced: no recompilation per density;
+  ranks of the sample are scaled for ``"sample"``)."""
   n = sum(x.size for x in xs)
+  ranks = jnp.clip(jnp.asarray(ranks, jnp.int32), 0, n - 1)
   if threshold == "exact" or n <= sample_size:
     bits = jnp.concatenate([_abs_bits(x) for x in xs]) if len(xs) > 1 else _abs_bits(xs[0])
-    return [_bits_to_float(_kth_largest(bits, n - min(max(r, 0), n - 1))) for r in ranks]
+    return jnp.stack([_bits_to_float(_kth_largest(bits, n - r)) for r in ranks])
   parts = [_sample_bits(x, max(1, -(-sample_size * x.size // n)), 7919 * i + 1) for i, x in enumerate(xs)]
   bits = jnp.concatenate(parts)
   m = bits.size
-  return [_bits_to_float(_kth_largest(bits, m - min(max(int(round(r * m / n)), 0), m - 1))) for r in ranks]
+  rs = jnp.clip(jnp.round(ranks.astype(jnp.float32) * (m / n)).astype(jnp.int32), 0, m - 1)
+  return jnp.stack([_bits_to_float(_kth_largest(bits, m - r)) for r in rs])
 
 
 def _topk_rank(n: int, density: float) -> int:
@@ -133,7 +136,8 @@ def magnitude_threshold(x: jax.Array | Sequence[jax.Array], density: float, *, t
   n = sum(int(np.prod(jnp.shape(a))) for a in xs)
   if n == 0:
     raise ValueError("x must hold at least one element, got empty arrays.")
-  return _order_stats(tuple(map(jnp.asarray, xs)), (_topk_rank(n, density),), threshold, int(sample_size))[0]
+  return _order_stats(tuple(map(jnp.asarray, xs)), jnp.array([_topk_rank(n, density)]), threshold,
+                      int(sample_size))[0]
 
 
 def trim_to_density(x: jax.Array, density: float, *, threshold: str = "exact",
@@ -253,10 +257,9 @@ def _ties_leaf(b, ms, thr, w, lam, merge):
   return (bc + lam.astype(ct) * merged).astype(b.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("density", "threshold", "sample_size"))
-def _leaf_thresholds(b, ms, density, threshold, sample_size):
-  rank = _topk_rank(b.size, density)
-  return jnp.stack([_order_stats((m.astype(jnp.float32) - b.astype(jnp.float32),), (rank,), threshold,
+@functools.partial(jax.jit, static_argnames=("threshold", "sample_size"))
+def _leaf_thresholds(b, ms, rank, threshold, sample_size):
+  return jnp.stack([_order_stats((m.astype(jnp.float32) - b.astype(jnp.float32),), rank[None], threshold,
                                  sample_size)[0] for m in ms])
 
 
@@ -267,7 +270,7 @@ def _global_thresholds(b, ms, sel, density, threshold, sample_size):
   out = []
   for m in ms:
     deltas = tuple(m[i].astype(jnp.float32) - b[i].astype(jnp.float32) for i in idx)
-    out.append(_order_stats(deltas, (rank,), threshold, sample_size)[0])
+    out.append(_order_stats(deltas, jnp.array([rank]), threshold, sample_size)[0])
   return jnp.stack(out)
 
 
@@ -314,7 +317,7 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
     elif scope == "global":
       thr = thr_g
     else:
-      thr = _leaf_thresholds(b[i], leaves, density, threshold, int(sample_size))
+      thr = _leaf_thresholds(b[i], leaves, jnp.int32(_topk_rank(b[i].size, density)), threshold, int(sample_size))
     return _ties_leaf(b[i], leaves, thr, w, lam_a, merge)
 
   return _finish(treedef, b, sel, leaf)
@@ -520,7 +523,7 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
       return -jnp.inf, jnp.inf
     if n_keep <= 0:
       return jnp.inf, -jnp.inf
-    lo, hi = _order_stats(deltas, (lo_r, hi_r), "exact", 1)
+    lo, hi = _order_stats(deltas, jnp.array([lo_r, hi_r]), "exact", 1)
     return lo, hi
 
   def bands(idx):
