@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_steps = 1000
   config.learning_rate = 1e-3
-  config.num_seeds = 3
+  config.num_seeds = 2
   config.seed = 0
   return config
 

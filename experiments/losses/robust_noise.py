@@ -34,7 +34,7 @@ LOSSES = {
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.noise_rate = 0.4
-  config.num_seeds = 3
+  config.num_seeds = 2
   config.num_steps = 300  # full-batch Adam steps (= epochs)
   config.width = 256
   config.learning_rate = 3e-3

@@ -1,6 +1,6 @@
 """Squentropy (Hui et al., 2023): cross-entropy plus the mean squared wrong-class logit, claimed better calibrated.
 
-Digits, MLP 64-128-10, 5 seeds, identical optimiser settings (Adam 1e-3, batch 64) for cross-entropy and
+Digits, MLP 64-128-10, 3 seeds (raise num_seeds for the paper's 5), identical optimiser settings (Adam 1e-3, batch 64) for cross-entropy and
 squentropy. Metric: test ECE with 15 equal-width bins (``paperlab.losses.expected_calibration_error``) and
 test accuracy.
 """
@@ -31,7 +31,7 @@ LOSSES = {
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.num_seeds = 5
+  config.num_seeds = 3
   config.num_steps = 1000
   config.batch_size = 64
   config.width = 128
