@@ -44,3 +44,9 @@ def test_opcm_beats_continual_averaging(tmp_path):
 def test_fisher_and_regmean_beat_simple_averaging(tmp_path):
   result = _run("fisher", tmp_path)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_fedprox_beats_fedavg_with_stragglers(tmp_path):
+  result = _run("fedprox", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
