@@ -1,8 +1,9 @@
 """Combining the gradients of conflicting objectives: PCGrad, ConFIG and gradient surgery with an EMA (Bloop).
 
 Per-objective gradients are a *stacked* pytree: every leaf carries a leading axis of size ``m`` (one slice per
-objective), which is what ``jax.jacrev`` of a vector-valued loss returns (see :func:`objective_grads`). A Python
-``list`` of ``m`` pytrees is accepted too and stacked. PCGrad and ConFIG only need the ``m x m`` Gram matrix of the
+objective), which is what ``jax.jacrev`` of a vector-valued loss returns (see :func:`objective_grads`); stack a list of
+``m`` gradient pytrees with :func:`stack_objectives`. (Lists are never stacked implicitly: a params pytree may
+itself be a list.) PCGrad and ConFIG only need the ``m x m`` Gram matrix of the
 gradients, so the combination is computed in coefficient space and applied with one weighted sum per leaf: no
 flattening of the model and no per-objective Python loop over leaves.
 
@@ -13,7 +14,7 @@ combined gradient pytree, so they sit first in an ``optax.chain`` whose ``init``
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import chex
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab._checks import check_choice, check_non_negative, check_range
+from paperlab._tree import check_same_structure
 
 __all__ = [
     "objective_grads",
@@ -48,15 +50,12 @@ def objective_grads(loss_fn: Callable[..., jax.Array], params: Any, *args: Any, 
   return jax.jacrev(loss_fn)(params, *args, **kwargs)
 
 
-def stack_objectives(grads: Any) -> Any:
-  """A ``list`` of ``m`` gradient pytrees -> one pytree with a leading axis ``m``; anything else is returned as is."""
-  if isinstance(grads, list):
-    if not grads:
-      raise ValueError("grads must hold at least one objective's gradient, got an empty list.")
-    from paperlab._tree import check_same_structure
-    check_same_structure(grads, "grads")
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
-  return grads
+def stack_objectives(grads: Sequence[Any]) -> Any:
+  """A sequence of ``m`` gradient pytrees (same structure and shapes) -> one pytree with a leading axis ``m``."""
+  if len(grads) == 0:
+    raise ValueError("grads must hold at least one objective's gradient, got an empty sequence.")
+  check_same_structure(list(grads), "grads")
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
 
 
 def _num_objectives(stacked: Any) -> int:
@@ -71,7 +70,7 @@ def _num_objectives(stacked: Any) -> int:
 
 def gram_matrix(grads: Any) -> jax.Array:
   """``G[i, j] = <g_i, g_j>`` over the whole pytree (float32 accumulation) for stacked per-objective grads."""
-  stacked = stack_objectives(grads)
+  stacked = grads
   m = _num_objectives(stacked)
   parts = [jnp.einsum("ik,jk->ij", x.reshape(m, -1), x.reshape(m, -1), preferred_element_type=jnp.float32)
            for x in jax.tree.leaves(stacked)]
@@ -124,12 +123,12 @@ def pcgrad_direction(grads: Any, order: jax.Array | None = None, reduction: str 
   (:func:`scale_by_pcgrad` does, from a PRNG key); ``order=None`` uses ``0..m-1`` for every objective.
 
   Args:
-    grads: stacked per-objective gradients (leading axis ``m``) or a list of ``m`` pytrees.
+    grads: stacked per-objective gradients (leading axis ``m`` on every leaf).
     order: int array ``(m, m)``; row ``i`` is a permutation of ``range(m)``.
     reduction: ``'mean'`` or ``'sum'``.
   """
   check_choice("reduction", reduction, ("mean", "sum"))
-  stacked = stack_objectives(grads)
+  stacked = grads
   m = _num_objectives(stacked)
   if order is None:
     order = jnp.tile(jnp.arange(m), (m, 1))
@@ -163,7 +162,7 @@ def scale_by_pcgrad(key: jax.Array | int | None = 0, reduction: str = "mean") ->
 
   def update_fn(updates, state, params=None):
     del params
-    stacked = stack_objectives(updates)
+    stacked = updates
     m = _num_objectives(stacked)
     if key is None:
       return pcgrad_direction(stacked, None, reduction), state
@@ -197,12 +196,12 @@ def config_direction(grads: Any, weights: jax.Array | None = None, eps: float = 
   coefficient space through the Gram matrix: ``A⁺ w = Aᵀ (AAᵀ)⁺ w``.
 
   Args:
-    grads: stacked per-objective gradients (leading axis ``m``) or a list of ``m`` pytrees.
+    grads: stacked per-objective gradients (leading axis ``m`` on every leaf).
     weights: optional positive ``(m,)`` direction weights (default equal).
     eps: guards the normalisations of zero gradients.
   """
   check_non_negative("eps", eps)
-  stacked = stack_objectives(grads)
+  stacked = grads
   m = _num_objectives(stacked)
   w = jnp.ones(m, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
   if w.shape != (m,):

@@ -39,11 +39,16 @@ def test_objective_grads_stacks_jacobian_rows():
   chex.assert_trees_all_equal_shapes(_slice(g, 0), p)
 
 
-def test_list_input_equals_stacked_input():
+def test_stack_objectives_builds_the_leading_axis():
   g = _stacked(3)
-  as_list = [_slice(g, i) for i in range(3)]
-  chex.assert_trees_all_close(optim.config_direction(as_list), optim.config_direction(g), rtol=1e-6)
-  chex.assert_trees_all_close(optim.pcgrad_direction(as_list), optim.pcgrad_direction(g), rtol=1e-6)
+  chex.assert_trees_all_close(optim.stack_objectives([_slice(g, i) for i in range(3)]), g)
+
+
+def test_list_valued_params_are_not_mistaken_for_objectives():
+  params = [{"w": jnp.ones((2, 3))}, {"w": jnp.ones((3, 1))}]
+  stacked = optim.objective_grads(lambda p: jnp.stack([jnp.sum(p[0]["w"]), jnp.sum(p[1]["w"] ** 2)]), params)
+  out = optim.config_direction(stacked)
+  chex.assert_trees_all_equal_shapes(out, params)
 
 
 def test_project_out_removes_component_and_handles_zero():
@@ -56,14 +61,14 @@ def test_project_out_removes_component_and_handles_zero():
 def test_pcgrad_leaves_non_conflicting_gradients_untouched():
   a = {"w": jnp.array([1.0, 0.0])}
   b = {"w": jnp.array([1.0, 1.0])}
-  out = optim.pcgrad_direction([a, b], reduction="sum")
+  out = optim.pcgrad_direction(optim.stack_objectives([a, b]), reduction="sum")
   np.testing.assert_allclose(out["w"], [2.0, 1.0], rtol=1e-6)
 
 
 def test_pcgrad_projects_conflicting_pair_onto_normal_planes():
   a = {"w": jnp.array([1.0, 0.0])}
   b = {"w": jnp.array([-1.0, 1.0])}
-  out = optim.pcgrad_direction([a, b], reduction="sum")
+  out = optim.pcgrad_direction(optim.stack_objectives([a, b]), reduction="sum")
   # a -> a - (<a,b>/|b|^2) b = (0.5, 0.5); b -> b - <b,a> a = (0, 1).
   np.testing.assert_allclose(out["w"], [0.5, 1.5], rtol=1e-6)
   assert float(out["w"] @ a["w"]) > 0 and float(out["w"] @ b["w"]) > 0
@@ -150,7 +155,8 @@ def test_pcgrad_random_orders_change_across_steps():
     (lambda: optim.config_direction(_stacked(2), weights=jnp.ones(3)), "weights"),
     (lambda: optim.config_multi(-1.0), "learning_rate"),
     (lambda: optim.config_direction({"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}), "leading"),
-    (lambda: optim.config_direction([]), "empty"),
+    (lambda: optim.stack_objectives([]), "empty"),
+    (lambda: optim.stack_objectives([{"a": jnp.ones(2)}, {"a": jnp.ones(3)}]), "shape"),
 ])
 def test_invalid_arguments_raise_naming_them(make, arg):
   with pytest.raises(ValueError, match=arg):
