@@ -1,0 +1,26 @@
+"""Reproduction: ConFIG vs summed-loss Adam on a toy PINN (catalogue [206])."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+EXPERIMENT = pathlib.Path(__file__).parents[2] / "experiments" / "optim" / "config_pinn.py"
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("experiments_optim_config_pinn", EXPERIMENT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+def test_config_lowers_pinn_error_against_summed_loss(tmp_path):
+  module = _load()
+  result = module.run(module.get_config(), Context(tmp_path, quiet=True))
+  assert result["claim"]["passed"], result["claim"]
