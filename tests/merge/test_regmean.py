@@ -63,3 +63,15 @@ def test_regmean_errors():
     merge.regmean_merge([m, m], [{"k": jnp.eye(2)}] * 2)
   with pytest.raises(ValueError, match="empty"):
     merge.regmean_merge([], [])
+
+
+def test_regmean_inputs_dead_on_all_data_fall_back_to_the_average():
+  rng = np.random.default_rng(0)
+  xs = [rng.normal(size=(30, 4)) for _ in range(2)]
+  for x in xs:
+    x[:, 2] = 0.0  # a dead ReLU unit feeding this layer
+  ws = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(2)]
+  grams = [{"k": jnp.asarray(x.T @ x / 30, jnp.float32)} for x in xs]
+  merged = merge.regmean_merge([{"k": w} for w in ws], grams)
+  assert np.all(np.isfinite(merged["k"]))
+  np.testing.assert_allclose(merged["k"][2], (ws[0][2] + ws[1][2]) / 2, rtol=1e-5)
