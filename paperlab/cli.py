@@ -75,12 +75,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print_run_summary(summaries: list[dict]) -> None:
+  from paperlab.runner.config import flatten  # pylint: disable=g-import-not-at-top
   for s in summaries:
-    result = s.get("result") or {}
-    shown = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if "claim" in result and isinstance(result["claim"], dict):
-      shown["claim_passed"] = result["claim"].get("passed")
-    detail = json.dumps(shown)[:300] if s.get("status") == "done" else s.get("reason", "")
+    if s.get("status") == "done":
+      flat = flatten(s.get("result") or {})
+      shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in flat.items()
+               if isinstance(v, (int, float)) and (not isinstance(v, bool) or k.endswith("passed"))}
+      detail = json.dumps(dict(list(shown.items())[:8]))
+    else:
+      detail = s.get("reason", "")
     point = json.dumps(s.get("point") or {})
     print(f"{s['trial_id']}  {s.get('status', '?'):7s}  {point}  {detail}")
 
@@ -129,7 +132,8 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   try:
     paper = papers.get(key)
   except (KeyError, ValueError, LookupError) as e:
-    raise ConfigError(f"unknown paper {args.paper!r}: {e}") from None
+    message = e.args[0] if e.args else str(e)
+    raise ConfigError(f"unknown paper {args.paper!r}: {message}") from None
   if not paper.experiment:
     raise ConfigError(f"paper {paper.id} ({paper.slug}) has no experiment yet")
   path = pathlib.Path(paper.experiment)

@@ -9,6 +9,7 @@ takes each trial's lock, skips finished trials, resumes interrupted ones and wri
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import sys
@@ -136,16 +137,34 @@ def _stack(trees: Sequence[Any]):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -> None:
+def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool, static: Sequence[str] = ()
+                 ) -> None:
   """The default trainer over (part of) one vmappable group, resuming each trial from its last checkpoint.
 
   The compiled program always has the whole group's trial axis and each trial keeps its slot in it (free
   slots repeat a running trial and are discarded), so a trial resumed alone computes bit for bit what it
   computes in the uninterrupted group.
+
+  Hyperparameters are validated with concrete values first (validation is skipped for traced values). An
+  optimizer or loss that cannot take traced hyperparameters (Python control flow on them) falls back to one
+  program per hyperparameter setting, vmapped over seeds only.
   """
+  import jax  # pylint: disable=g-import-not-at-top
+  valid = []
+  for t in trials:
+    try:
+      trainer_lib.build_optimizer(t.config.to_dict().get("optim", {}))
+      valid.append(t)
+    except Exception as e:  # pylint: disable=broad-except
+      t.dir.fail(f"invalid optimizer config: {_failure_reason(e)}")
+  trials = valid
+  if not trials:
+    return
   try:
-    trainer = trainer_lib.GroupTrainer(group[0].config)
+    trainer = trainer_lib.GroupTrainer(group[0].config, static=static)
     abstract = trainer.abstract_checkpoint()
+  except jax.errors.ConcretizationTypeError:
+    return _run_static_fallback(trials, group, quiet)
   except Exception as e:  # pylint: disable=broad-except
     for t in trials:
       t.dir.fail(_failure_reason(e), traceback=traceback.format_exc()[-4000:])
@@ -164,10 +183,30 @@ def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -
   for start, members in sorted(by_start.items()):
     try:
       _run_partition(trainer, members, start, [slots[t.id] for t, _ in members], group, quiet)
+    except jax.errors.ConcretizationTypeError:
+      if not static and any(k != "seed" for k in trainer.traced):
+        _run_static_fallback([t for t, _ in members], group, quiet)
+      else:
+        for t, _ in members:
+          t.dir.fail(f"cannot trace this config: {traceback.format_exc().splitlines()[-1]}")
     except Exception as e:  # pylint: disable=broad-except
       for t, _ in members:
         if not t.dir.is_done():
           t.dir.fail(_failure_reason(e), traceback=traceback.format_exc()[-4000:])
+
+
+def _run_static_fallback(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -> None:
+  from paperlab.runner.config import flatten  # pylint: disable=g-import-not-at-top
+  keys = [k for k in trainer_lib.traced_keys(group[0].config) if k != "seed"]
+  subgroups: dict[str, list[Trial]] = {}
+  for t in group:
+    flat = flatten(t.config)
+    subgroups.setdefault(json.dumps([flat.get(k) for k in keys], default=repr), []).append(t)
+  ours = {t.id for t in trials}
+  for sub in subgroups.values():
+    mine = [t for t in sub if t.id in ours]
+    if mine:
+      _run_default(mine, sub, quiet, static=keys)
 
 
 def _final_train_metrics(trial: Trial, num_steps: int) -> dict:
@@ -253,6 +292,7 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
 
   Trials locked by another runner are waited for after this runner's own work; one that runner left
   unfinished (it died) is then run here. So several runners on one store finish every trial exactly once.
+  Done trials are skipped; failed ones are retried by a later invocation.
   """
   module, trials = plan(path, overrides, workdir=workdir, points=points)
   for t in trials:
@@ -267,7 +307,9 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
         continue
       if fresh:
         t.dir.reset()
-      if t.dir.is_done():
+      # A trial another runner failed while we waited is not retried now (a later invocation retries it).
+      failed_meanwhile = blocking and t.dir.status().get("status") == FAILED
+      if t.dir.is_done() or failed_meanwhile:
         t.dir.unlock()
       else:
         mine.append(t)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,9 @@ def _reference_run(lr, seed, train_data):
 
 def test_vmapped_group_equals_one_by_one_runs():
   points = [(1e-3, 0), (1e-2, 1), (3e-2, 2)]
-  configs = [apply_overrides(_base(), {"optim.learning_rate": lr, "seed": s}) for lr, s in points]
+  base = _base()
+  base.train.data_seed = None  # data order from each trial's seed, as in train.run_steps
+  configs = [apply_overrides(base, {"optim.learning_rate": lr, "seed": s}) for lr, s in points]
   trainer = GroupTrainer(configs[0])
   hp = trainer.stack_hparams(configs)
   ckpt, metrics = trainer.chunk(hp, trainer.init(hp), 30)
@@ -127,3 +130,37 @@ def test_tensorboard_events_hold_the_logged_scalars(tmp_path):
     raw = raw[16 + n:]
     scalars += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
   assert scalars == [(3, "loss", 0.5)]
+
+
+BRANCHY_OPTIMIZER = """
+    import optax
+
+    def branchy_sgd(learning_rate, clip=1.0):
+      if learning_rate <= 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+      if clip > 0:  # Python control flow on a hyperparameter: cannot be traced
+        return optax.chain(optax.clip(clip), optax.sgd(learning_rate))
+      return optax.sgd(learning_rate)
+    """
+
+
+def test_untraceable_optimizer_falls_back_to_one_program_per_setting(write_experiment, tmp_path, monkeypatch):
+  (tmp_path / "branchy_optim.py").write_text(textwrap.dedent(BRANCHY_OPTIMIZER))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  exp = write_experiment("""
+      import ml_collections
+      def get_config():
+        c = ml_collections.ConfigDict()
+        c.seed = 0
+        c.data = dict(name="digits")
+        c.model = dict(name="MLP", widths=(8,))
+        c.optim = dict(name="branchy_optim.branchy_sgd", learning_rate=0.1, clip=1.0)
+        c.train = dict(num_steps=10, batch_size=32, log_every=5, checkpoint_every=10)
+        return c
+      def get_sweep():
+        return [{"optim.clip": c, "seed": s} for c in (0.5, 1.0) for s in (0, 1)] + [{"optim.learning_rate": -1.0}]
+      """)
+  out = run_experiment(exp, sweep=True, workdir=tmp_path / "runs", quiet=True)
+  assert [s["status"] for s in out] == ["done"] * 4 + ["failed"]
+  assert "learning_rate must be > 0, got -1.0" in out[4]["reason"]
+  assert out[0]["result"]["train_loss"] != out[2]["result"]["train_loss"]  # clip really differed
