@@ -167,8 +167,8 @@ class LRRangeTestResult(NamedTuple):
     lrs: the learning rate used at each step, shape ``(num_steps,)``.
     losses: the training loss reported by each step.
     smoothed_losses: bias-corrected exponential moving average of ``losses``.
-    suggested_lr: the largest LR before the smoothed loss stops falling: the LR of the step that produced the
-      smoothed minimum (before divergence).
+    suggested_lr: the largest LR before the loss stops falling: the LR of the step that produced the smoothed
+      minimum (before divergence), corrected for the EMA's lag of ``smoothing / (1 - smoothing)`` steps.
     diverged_at: index of the first step whose smoothed loss exceeds ``divergence_factor`` times the best one so
       far (or is not finite); ``num_steps`` if that never happens.
     state: the training state after the last step.
@@ -183,14 +183,15 @@ class LRRangeTestResult(NamedTuple):
 
 
 def lr_range_test(step_fn: Callable, state, *, lr_min: float = 1e-5, lr_max: float = 10.0,
-                  num_steps: int = 100, spacing: str = "exponential", smoothing: float = 0.98,
+                  num_steps: int = 100, spacing: str = "exponential", smoothing: float = 0.9,
                   divergence_factor: float = 4.0) -> LRRangeTestResult:
   r"""The LR range test (Smith, 2018, Sec. 4.1): a short run whose LR grows from ``lr_min`` to ``lr_max``.
 
   ``lr_t = lr_min * (lr_max / lr_min)^(t / (num_steps - 1))`` (``spacing='exponential'``) or linear in ``t``.
   The loss is smoothed by a bias-corrected EMA, ``s_t = (beta*m_{t-1} + (1-beta)*loss_t) / (1-beta^(t+1))``,
-  and the suggested maximal LR is the LR at the smoothed minimum before divergence: "the largest LR before the
-  loss stops falling" (Smith's ``lr_max`` for :func:`one_cycle`). Once the smoothed loss exceeds
+  and the suggested maximal LR is the LR at the smoothed minimum before divergence, moved back by the EMA's mean
+  lag ``beta / (1 - beta)`` steps: "the largest LR before the loss stops falling" (Smith's ``lr_max`` for
+  :func:`one_cycle`). Once the smoothed loss exceeds
   ``divergence_factor`` times the best so far, the remaining steps are ignored.
 
   The whole test is one ``jax.lax.scan``, so it jits (with ``step_fn`` static) and vmaps over seeds.
@@ -246,8 +247,11 @@ def lr_range_test(step_fn: Callable, state, *, lr_min: float = 1e-5, lr_max: flo
   bad = ~jnp.isfinite(smoothed) | (smoothed > divergence_factor * best_so_far)
   diverged_at = jnp.where(jnp.any(bad), jnp.argmax(bad), num_steps)
   valid = jnp.arange(num_steps) < diverged_at
-  # losses[t] is measured before step t, so the lowest loss was produced by the LR of the step before it.
-  suggested = lrs[jnp.maximum(jnp.argmin(jnp.where(valid, smoothed, jnp.inf)) - 1, 0)]
+  # The EMA of a loss curve that is locally quadratic around its minimum is the same parabola delayed by the
+  # EMA's mean lag beta / (1 - beta) steps; and losses[t] is measured before step t, so the lowest loss was
+  # produced by the LR one step earlier.
+  lag = round(smoothing / (1.0 - smoothing))
+  suggested = lrs[jnp.maximum(jnp.argmin(jnp.where(valid, smoothed, jnp.inf)) - 1 - lag, 0)]
   return LRRangeTestResult(lrs, losses, smoothed, suggested, diverged_at, state)
 
 
