@@ -27,6 +27,7 @@ from typing import Callable, Literal, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from paperlab import _checks
@@ -344,8 +345,8 @@ def class_balanced_weights(class_counts: chex.Array, *, beta: float | None = 0.9
   counts = jnp.asarray(class_counts, jnp.float32)
   if counts.ndim != 1 or counts.shape[0] < 1:
     raise ValueError(f"class_counts must be a non-empty vector, got shape {counts.shape}.")
-  if _is_concrete(counts) and bool(jnp.any(counts <= 0)):
-    raise ValueError(f"class_counts must all be positive, got {counts.tolist()}.")
+  if _is_concrete(counts) and bool(np.any(np.asarray(counts) <= 0)):
+    raise ValueError(f"class_counts must all be positive, got {np.asarray(counts).tolist()}.")
   _checks.check_non_negative("power", power)
   if beta is None:
     w = counts ** (-power)
@@ -361,9 +362,10 @@ def _check_int_labels(logits: jax.Array, labels: jax.Array) -> None:
   if labels.shape != logits.shape[:-1]:
     raise ValueError(f"labels shape {labels.shape} must equal logits shape without the class axis "
                      f"{logits.shape[:-1]}.")
-  if _is_concrete(labels) and labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]):
-    raise ValueError(f"labels must lie in [0, {logits.shape[-1] - 1}], got values in "
-                     f"[{int(labels.min())}, {int(labels.max())}].")
+  if _is_concrete(labels) and labels.size:
+    lab = np.asarray(labels)  # numpy, so the check also works on constants inside jit
+    if lab.min() < 0 or lab.max() >= logits.shape[-1]:
+      raise ValueError(f"labels must lie in [0, {logits.shape[-1] - 1}], got values in [{lab.min()}, {lab.max()}].")
 
 
 def _mask(where, shape) -> jax.Array:

@@ -7,6 +7,7 @@ from typing import Literal
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from paperlab import _checks
@@ -63,7 +64,7 @@ def power_law_token_weights(token_counts: chex.Array, *, alpha: float = 1.0, eps
     raise ValueError(f"token_counts must be a [vocab_size] vector, got shape {counts.shape}.")
   _checks.check_non_negative("alpha", alpha)
   _checks.check_positive("eps", eps)
-  if not isinstance(counts, jax.core.Tracer) and bool(jnp.any(counts < 0)):
+  if not isinstance(counts, jax.core.Tracer) and bool(np.any(np.asarray(counts) < 0)):
     raise ValueError("token_counts must be non-negative.")
   return (counts + eps) ** (-alpha)
 
@@ -111,10 +112,11 @@ def number_token_loss(logits: chex.Array, labels: chex.Array, number_token_ids: 
     raise ValueError(f"number_token_ids and number_values must be equal-length non-empty vectors, got shapes "
                      f"{ids.shape} and {values.shape}.")
   if not isinstance(ids, jax.core.Tracer):
-    if int(ids.min()) < 0 or int(ids.max()) >= logits.shape[-1]:
-      raise ValueError(f"number_token_ids must lie in [0, {logits.shape[-1] - 1}], got {ids.tolist()}.")
-    if len(set(ids.tolist())) != ids.shape[0]:
-      raise ValueError(f"number_token_ids must be distinct, got {ids.tolist()}.")
+    ids_np = np.asarray(ids)  # numpy, so the check also works on constants inside jit
+    if ids_np.min() < 0 or ids_np.max() >= logits.shape[-1]:
+      raise ValueError(f"number_token_ids must lie in [0, {logits.shape[-1] - 1}], got {ids_np.tolist()}.")
+    if len(set(ids_np.tolist())) != ids_np.shape[0]:
+      raise ValueError(f"number_token_ids must be distinct, got {ids_np.tolist()}.")
   is_number, value = _number_lookup(logits.shape[-1], ids, values)
   p = jax.nn.softmax(jnp.take(logits, ids, axis=-1).astype(jnp.float32), axis=-1)
   y = value[labels]

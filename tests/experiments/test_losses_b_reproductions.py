@@ -25,7 +25,16 @@ def _run(name: str, tmp_path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["uncertainty_weighting", "aux_loss_free", "vat"])
+@pytest.mark.parametrize("name", ["uncertainty_weighting", "aux_loss_free", "vat", "sample_reweighting"])
 def test_claim_reproduces(name, tmp_path):
   result = _run(name, tmp_path)
+  assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: CE+0.3 NTL-WAS MAE 0.505 vs CE 0.509 "
+                   "(ratio 0.99, claim <= 0.85; exact match 0.527 vs 0.524); with 100 / 300 training points the "
+                   "ratio is 0.986 / 0.985")
+def test_number_token_loss_claim(tmp_path):
+  result = _run("number_token", tmp_path)
   assert result["claim"]["passed"], result["claim"]
