@@ -1,0 +1,36 @@
+"""Reproduction test for experiments/merge/digits_tasks.py (FusionBench-style table on digits tasks)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "merge" / "digits_tasks.py"
+_spec = importlib.util.spec_from_file_location("experiments_merge_digits_tasks", _PATH)
+digits_tasks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(digits_tasks)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  return digits_tasks.run(digits_tasks.get_config(), Context(tmp_path_factory.mktemp("digits_tasks"), quiet=True))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: TIES 76.6 < task arithmetic 81.1 mean task "
+                   "accuracy (simple average 78.4; greedy soup 78.4 >= best ingredient 39.5 holds)")
+def test_digits_tasks_claim(result):
+  assert result["claim"]["passed"]
+
+
+@pytest.mark.slow
+def test_task_arithmetic_beats_averaging_and_greedy_soup_beats_its_best_ingredient(result):
+  c = result["claim"]
+  assert c["task_arithmetic"] >= c["simple_average"]
+  assert c["greedy_soup"] >= c["best_ingredient"]
+  mean = result["mean_task_accuracy"]
+  assert min(mean[k] for k in ("task_arithmetic", "iso_c", "iso_cts")) > mean["base"]
