@@ -69,8 +69,8 @@ def expected_calibration_error(probs: chex.Array, labels: chex.Array, *, num_bin
   or equal-mass bins (``binning="mass"``, AdaECE).
 
   References:
-    Guo et al., `On Calibration of Modern Neural Networks <https://arxiv.org/abs/1706.04599>`_, ICML 2017,
-    Eq. (3); Tao et al., `A Benchmark Study on Calibration <https://arxiv.org/abs/2308.11838>`_, ICLR 2024.
+    Guo et al., `On Calibration of Modern Neural Networks <https://arxiv.org/abs/1706.04599>`_, ICML 2017;
+    Tao et al., A Benchmark Study on Calibration, ICLR 2024.
   """
   _check_bins(num_bins, binning)
   probs, labels, weight = _inputs(probs, labels, where)
@@ -101,7 +101,7 @@ def classwise_ece(probs: chex.Array, labels: chex.Array, *, num_bins: int = 15, 
   against the indicators :math:`[y = k]`.
 
   References:
-    Kull et al., `Beyond temperature scaling <https://arxiv.org/abs/1910.12656>`_, NeurIPS 2019, Eq. (2);
+    Kull et al., `Beyond temperature scaling <https://arxiv.org/abs/1910.12656>`_, NeurIPS 2019;
     Tao et al. (2023).
   """
   _check_bins(num_bins, binning)

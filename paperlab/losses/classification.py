@@ -97,9 +97,11 @@ def _masked(loss: jax.Array, where: Any) -> jax.Array:
     return loss
   where = jnp.asarray(where)
   try:
-    jnp.broadcast_shapes(where.shape, loss.shape)
+    ok = jnp.broadcast_shapes(where.shape, loss.shape) == loss.shape
   except ValueError:
-    raise ValueError(f"where must be broadcastable to the loss shape {loss.shape}, got {where.shape}.") from None
+    ok = False
+  if not ok:
+    raise ValueError(f"where must be broadcastable to the loss shape {loss.shape}, got {where.shape}.")
   return jnp.where(where, loss, jnp.zeros_like(loss))
 
 
@@ -160,7 +162,7 @@ def softmax_focal_loss(logits: chex.Array, labels: chex.Array, *, gamma: float =
     Per-example loss with the shape of ``logits`` minus ``axis``.
 
   References:
-    Lin et al., `Focal Loss for Dense Object Detection <https://arxiv.org/abs/1708.02002>`_, ICCV 2017, Eq. (5).
+    Lin et al., `Focal Loss for Dense Object Detection <https://arxiv.org/abs/1708.02002>`_, ICCV 2017.
   """
   logits = _check_logits(logits)
   labels = jnp.moveaxis(_check_soft_labels(logits, labels), axis, -1)
@@ -224,7 +226,7 @@ def poly_loss_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex
 
   References:
     Leng et al., `PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions
-    <https://arxiv.org/abs/2204.12511>`_, ICLR 2022, Eq. (2).
+    <https://arxiv.org/abs/2204.12511>`_, ICLR 2022.
   """
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels, axis)
@@ -241,7 +243,7 @@ def poly1_sigmoid_focal_loss(logits: chex.Array, labels: chex.Array, *, epsilon:
   Defaults are the paper's detection setting (:math:`\epsilon=-1, \gamma=2, \alpha=0.25`).
 
   References:
-    Leng et al., `PolyLoss <https://arxiv.org/abs/2204.12511>`_, ICLR 2022, Eq. (5).
+    Leng et al., `PolyLoss <https://arxiv.org/abs/2204.12511>`_, ICLR 2022.
   """
   logits = _check_logits(logits)
   labels = jnp.asarray(labels, logits.dtype)
@@ -271,8 +273,7 @@ def squentropy(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
   No hyperparameters.
 
   References:
-    Hui, Belkin & Wright, `Cut your Losses with Squentropy <https://arxiv.org/abs/2302.03952>`_, ICML 2023,
-    Eq. (1).
+    Hui, Belkin & Wright, `Cut your Losses with Squentropy <https://arxiv.org/abs/2302.03952>`_, ICML 2023.
   """
   logits = _check_logits(logits)
   labels = _check_soft_labels(logits, labels)
@@ -318,7 +319,7 @@ def z_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, a: flo
 
   References:
     de Brébisson & Vincent, `The Z-loss: a shift and scale invariant classification loss belonging to the
-    Spherical Family <https://arxiv.org/abs/1604.08859>`_, 2016, Eq. (3).
+    Spherical Family <https://arxiv.org/abs/1604.08859>`_, 2016.
   """
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels, axis)
@@ -340,7 +341,7 @@ def logsumexp_penalty(logits: chex.Array, *, weight: float = 1e-4, axis: int = -
 
   References:
     Chowdhery et al., `PaLM: Scaling Language Modeling with Pathways <https://arxiv.org/abs/2204.02311>`_,
-    2022, Sec. 5 (weight 1e-4).
+    2022 (weight 1e-4).
   """
   logits = _check_logits(logits)
   _checks.check_non_negative("weight", weight)
@@ -373,7 +374,7 @@ def encouraging_loss(logits: chex.Array, labels: chex.Array, *, log_end: float =
 
   References:
     Zhao et al., `Well-classified Examples are Underestimated in Classification with Deep Neural Networks
-    <https://arxiv.org/abs/2110.06537>`_, AAAI 2022, Eq. (3) and the conservative bonus (default LE = 0.75).
+    <https://arxiv.org/abs/2110.06537>`_, AAAI 2022 (conservative bonus, default LE = 0.75).
   """
   logits = _check_logits(logits)
   labels = _check_soft_labels(logits, labels)
@@ -411,7 +412,7 @@ def one_vs_rest_loss_with_integer_labels(logits: chex.Array, labels: chex.Array,
 
   References:
     Kanai et al., `One-vs-the-Rest Loss to Focus on Important Samples in Adversarial Training
-    <https://arxiv.org/abs/2207.10283>`_, ICML 2023, Eq. (4).
+    <https://arxiv.org/abs/2207.10283>`_, ICML 2023.
   """
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels)
@@ -429,7 +430,7 @@ def switching_ovr_loss_with_integer_labels(logits: chex.Array, labels: chex.Arra
 
   References:
     Kanai et al., `One-vs-the-Rest Loss to Focus on Important Samples in Adversarial Training
-    <https://arxiv.org/abs/2207.10283>`_, ICML 2023, Sec. 4.
+    <https://arxiv.org/abs/2207.10283>`_, ICML 2023.
   """
   logits = _check_logits(logits)
   if logits.ndim != 2:
@@ -470,7 +471,7 @@ def sample_calibrated_derivative(key: chex.PRNGKey, *, generator: str = "random_
 
   References:
     Dai, `EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in Classification
-    <https://arxiv.org/abs/2409.00908>`_, 2024, Theorem 3.
+    <https://arxiv.org/abs/2409.00908>`_, ICML 2025.
   """
   _checks.check_choice("generator", generator, ("random_cdf", "logistic"))
   if generator == "logistic":
@@ -503,7 +504,7 @@ def ensloss_surrogate(margins: chex.Array, key: chex.PRNGKey, *, generator: str 
 
   References:
     Dai, `EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in Classification
-    <https://arxiv.org/abs/2409.00908>`_, 2024, Algorithm 1.
+    <https://arxiv.org/abs/2409.00908>`_, ICML 2025.
   """
   margins = _check_logits(jnp.atleast_1d(margins), "margins").reshape(jnp.shape(margins))
   dphi = sample_calibrated_derivative(key, generator=generator)

@@ -54,7 +54,7 @@ def normalized_kd_loss_with_integer_labels(student_logits: chex.Array, teacher_l
 
   References:
     Yang et al., `From Knowledge Distillation to Self-Knowledge Distillation: A Unified Approach with
-    Normalized Loss and Customized Soft Labels <https://arxiv.org/abs/2303.13005>`_, ICCV 2023, Eq. (8).
+    Normalized Loss and Customized Soft Labels <https://arxiv.org/abs/2303.13005>`_, ICCV 2023.
   """
   s, t = _check_teacher(student_logits, teacher_logits)
   labels = _check_integer_labels(s, labels)

@@ -57,7 +57,7 @@ def circle_loss(sp: chex.Array, sn: chex.Array, *, m: float = 0.25, gamma: float
 
   References:
     Sun et al., `Circle Loss: A Unified Perspective of Pair Similarity Optimization
-    <https://arxiv.org/abs/2002.10857>`_, CVPR 2020, Eq. (6).
+    <https://arxiv.org/abs/2002.10857>`_, CVPR 2020.
   """
   sp, sn = _check_logits(sp, "sp"), _check_logits(sn, "sn")
   if sp.shape[:-1] != sn.shape[:-1]:
@@ -88,7 +88,7 @@ def circle_loss_from_embeddings(embeddings: chex.Array, labels: chex.Array, *, m
   examples (``where``) are dropped as anchors and as pair partners.
 
   References:
-    Sun et al., `Circle Loss <https://arxiv.org/abs/2002.10857>`_, CVPR 2020, Eq. (6).
+    Sun et al., `Circle Loss <https://arxiv.org/abs/2002.10857>`_, CVPR 2020.
   """
   embeddings = _check_logits(embeddings, "embeddings")
   if embeddings.ndim != 2:
@@ -111,7 +111,7 @@ def circle_loss_with_integer_labels(cos_logits: chex.Array, labels: chex.Array, 
   :math:`s_p` is the target class's and :math:`s_n` the others'.
 
   References:
-    Sun et al., `Circle Loss <https://arxiv.org/abs/2002.10857>`_, CVPR 2020, Eq. (6) with class proxies.
+    Sun et al., `Circle Loss <https://arxiv.org/abs/2002.10857>`_, CVPR 2020 (class-proxy form).
   """
   cos_logits = _check_logits(cos_logits, "cos_logits")
   labels = _check_integer_labels(cos_logits, labels)
@@ -144,7 +144,7 @@ def sigmoid_contrastive_loss(x_emb: chex.Array, y_emb: chex.Array, log_temperatu
 
   References:
     Zhai et al., `Sigmoid Loss for Language Image Pre-Training <https://arxiv.org/abs/2303.15343>`_,
-    ICCV 2023, Eq. (1) and Algorithm 1.
+    ICCV 2023, Algorithm 1.
   """
   x_emb, y_emb = _check_pair(x_emb, y_emb)
   n = x_emb.shape[0]
@@ -157,7 +157,7 @@ def sigmoid_contrastive_loss(x_emb: chex.Array, y_emb: chex.Array, log_temperatu
 
 
 def siglip_init() -> dict:
-  """Initial learnable SigLIP scalars: ``{"log_temperature": log(10), "bias": -10}`` (Zhai et al., 2023, Sec. 3)."""
+  """Initial learnable SigLIP scalars: ``{"log_temperature": log(10), "bias": -10}`` (Zhai et al., 2023)."""
   return {"log_temperature": jnp.asarray(np.log(10.0), jnp.float32), "bias": jnp.asarray(-10.0, jnp.float32)}
 
 

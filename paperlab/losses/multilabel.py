@@ -46,7 +46,7 @@ def asymmetric_loss(logits: chex.Array, labels: chex.Array, *, gamma_pos: float 
 
   References:
     Ridnik et al., `Asymmetric Loss For Multi-Label Classification <https://arxiv.org/abs/2009.14119>`_,
-    ICCV 2021, Eqs. (5)-(7).
+    ICCV 2021.
   """
   logits = _check_logits(logits)
   labels = _check_soft_labels(logits, labels)
@@ -75,7 +75,7 @@ def sparsemax(logits: chex.Array, axis: int = -1) -> jax.Array:
 
   References:
     Martins & Astudillo, `From Softmax to Sparsemax: A Sparse Model of Attention and Multi-Label
-    Classification <https://arxiv.org/abs/1602.02068>`_, ICML 2016, Eq. (2).
+    Classification <https://arxiv.org/abs/1602.02068>`_, ICML 2016.
   """
   logits = _check_logits(logits)
   z = jnp.moveaxis(logits, axis, -1)
@@ -95,8 +95,7 @@ def sparsemax_loss(logits: chex.Array, label_dist: chex.Array, *, axis: int = -1
   :math:`\mathrm{sparsemax}(z) - q`. For one-hot ``q`` it equals ``optax.losses.multiclass_sparsemax_loss``.
 
   References:
-    Martins & Astudillo, `From Softmax to Sparsemax <https://arxiv.org/abs/1602.02068>`_, ICML 2016,
-    Eqs. (18) and (23).
+    Martins & Astudillo, `From Softmax to Sparsemax <https://arxiv.org/abs/1602.02068>`_, ICML 2016.
   """
   logits = _check_logits(logits)
   q = _check_soft_labels(logits, label_dist)
@@ -120,8 +119,8 @@ def self_adjusting_dice_loss(logits: chex.Array, labels: chex.Array, *, alpha: f
   ``optax.losses.dice_loss``.
 
   References:
-    Li et al., `Dice Loss for Data-imbalanced NLP Tasks <https://arxiv.org/abs/1911.02855>`_, ACL 2020,
-    Eq. (12) (official defaults: smooth=1e-4, alpha=0).
+    Li et al., `Dice Loss for Data-imbalanced NLP Tasks <https://arxiv.org/abs/1911.02855>`_, ACL 2020
+    (official defaults: smooth=1e-4, alpha=0).
   """
   logits = _check_logits(logits)
   y = _check_soft_labels(logits, labels)

@@ -35,7 +35,7 @@ def neural_sort(scores: chex.Array, *, temperature: float = 1.0, where: chex.Arr
 
   References:
     Grover et al., `Stochastic Optimization of Sorting Networks via Continuous Relaxations
-    <https://arxiv.org/abs/1903.08850>`_, ICLR 2019, Theorem 4.
+    <https://arxiv.org/abs/1903.08850>`_, ICLR 2019.
   """
   scores = _check_logits(scores, "scores")
   _checks.check_positive("temperature", temperature)
@@ -97,7 +97,7 @@ def neural_ndcg_loss(scores: chex.Array, relevance: chex.Array, *, temperature: 
 
   References:
     Pobrotyn & Bialobrzeski, `NeuralNDCG: Direct Optimisation of a Ranking Metric via Differentiable
-    Relaxation of Sorting <https://arxiv.org/abs/2102.07831>`_, 2021, Eqs. (8)-(9).
+    Relaxation of Sorting <https://arxiv.org/abs/2102.07831>`_, 2021.
   """
   scores = _check_logits(scores, "scores")
   relevance = jnp.asarray(relevance, scores.dtype)

@@ -51,7 +51,7 @@ def absolute_error(predictions: chex.Array, targets: chex.Array, *, where: chex.
 
   References:
     Jadon et al., `A Comprehensive Survey of Regression Based Loss Functions for Time Series Forecasting
-    <https://arxiv.org/abs/2211.02989>`_, 2022, Sec. 2.1.
+    <https://arxiv.org/abs/2211.02989>`_, 2022.
   """
   predictions, targets = _pair(predictions, targets)
   return _masked(jnp.abs(targets - predictions), where)
@@ -66,7 +66,7 @@ def pinball_loss(predictions: chex.Array, targets: chex.Array, *, quantile: floa
 
   References:
     Koenker & Bassett, Regression Quantiles, Econometrica 1978; Jadon et al. (2022)
-    <https://arxiv.org/abs/2211.02989>, Sec. 2.14.
+    <https://arxiv.org/abs/2211.02989>.
   """
   _checks.check_range("quantile", quantile, 0.0, 1.0)
   predictions, targets = _pair(predictions, targets)
@@ -79,7 +79,7 @@ def squared_log_error(predictions: chex.Array, targets: chex.Array, *,
   r"""Squared log error :math:`(\log(1 + y) - \log(1 + \hat y))^2` (MSLE once averaged); inputs > -1.
 
   References:
-    Jadon et al. (2022) <https://arxiv.org/abs/2211.02989>, Sec. 2.8.
+    Jadon et al. (2022) <https://arxiv.org/abs/2211.02989>.
   """
   predictions, targets = _pair(predictions, targets)
   return _masked((jnp.log1p(targets) - jnp.log1p(predictions)) ** 2, where)
@@ -91,7 +91,7 @@ def absolute_percentage_error(predictions: chex.Array, targets: chex.Array, *, e
   averaged, sklearn's convention).
 
   References:
-    Jadon et al. (2022) <https://arxiv.org/abs/2211.02989>, Sec. 2.7.
+    Jadon et al. (2022) <https://arxiv.org/abs/2211.02989>.
   """
   _checks.check_positive("eps", eps)
   predictions, targets = _pair(predictions, targets)
@@ -141,7 +141,7 @@ def hl_gauss_target(targets: chex.Array, num_bins: int, v_min: float, v_max: flo
 
   References:
     Farebrother et al., `Stop Regressing: Training Value Functions via Classification for Scalable Deep RL
-    <https://arxiv.org/abs/2403.03950>`_, ICML 2024, Sec. 3.1 and Listing 1; Imani & White (2018).
+    <https://arxiv.org/abs/2403.03950>`_, ICML 2024; Imani & White (2018).
   """
   _check_support(num_bins, v_min, v_max)
   _checks.check_positive("sigma", sigma)
@@ -156,7 +156,7 @@ def two_hot_target(targets: chex.Array, num_bins: int, v_min: float, v_max: floa
   histogram mean is ``y`` exactly (after clipping ``y`` to the outermost centres).
 
   References:
-    Farebrother et al., `Stop Regressing <https://arxiv.org/abs/2403.03950>`_, ICML 2024, Sec. 3.1;
+    Farebrother et al., `Stop Regressing <https://arxiv.org/abs/2403.03950>`_, ICML 2024;
     Schrittwieser et al. (MuZero), 2020.
   """
   _check_support(num_bins, v_min, v_max)
@@ -174,7 +174,7 @@ def histogram_mean(logits: chex.Array, v_min: float, v_max: float) -> jax.Array:
   r"""Scalar prediction :math:`\hat y = \sum_i \mathrm{softmax}(\ell)_i c_i` with bin centres :math:`c_i`.
 
   References:
-    Farebrother et al., `Stop Regressing <https://arxiv.org/abs/2403.03950>`_, ICML 2024, Sec. 3.
+    Farebrother et al., `Stop Regressing <https://arxiv.org/abs/2403.03950>`_, ICML 2024.
   """
   logits = _check_logits(logits)
   _check_support(logits.shape[-1], v_min, v_max)
@@ -194,7 +194,7 @@ def hl_gauss_loss(logits: chex.Array, targets: chex.Array, *, v_min: float, v_ma
 
   References:
     Farebrother et al., `Stop Regressing: Training Value Functions via Classification for Scalable Deep RL
-    <https://arxiv.org/abs/2403.03950>`_, ICML 2024, Eq. (3.1), sigma/width = 0.75.
+    <https://arxiv.org/abs/2403.03950>`_, ICML 2024, sigma/width = 0.75.
   """
   logits = _check_logits(logits)
   targets = jnp.asarray(targets)

@@ -40,13 +40,13 @@ def normalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: che
                                                  where: chex.Array | None = None) -> jax.Array:
   r"""Normalized cross-entropy :math:`NCE = \log p_y / \sum_k \log p_k`, in [0, 1].
 
-  The normalisation :math:`L(f, y) / \sum_k L(f, k)` makes any loss robust to symmetric label noise
-  (Theorem 1); :math:`\sum_k NCE(f, k) = 1` for every ``f``. NCE alone underfits: pair it with a passive loss
+  The normalisation :math:`L(f, y) / \sum_k L(f, k)` makes any loss robust to symmetric label noise;
+  :math:`\sum_k NCE(f, k) = 1` for every ``f``. NCE alone underfits: pair it with a passive loss
   via :func:`active_passive` (NCE+RCE).
 
   References:
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
-    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (3).
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   log_p, labels = _log_probs(logits, labels, axis)
   return _masked(_take(log_p, labels) / jnp.sum(log_p, axis=-1), where)
@@ -61,7 +61,7 @@ def reverse_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.A
 
   References:
     Wang et al., `Symmetric Cross Entropy for Robust Learning with Noisy Labels
-    <https://arxiv.org/abs/1908.06112>`_, ICCV 2019, Eq. (5); used as the passive loss in Ma et al. (2020).
+    <https://arxiv.org/abs/1908.06112>`_, ICCV 2019; used as the passive loss in Ma et al. (2020).
   """
   _checks.check_range("log_zero", log_zero, None, 0.0, high_inclusive=False)
   log_p, labels = _log_probs(logits, labels, axis)
@@ -74,7 +74,7 @@ def mae_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int
 
   References:
     Ghosh et al., `Robust Loss Functions under Label Noise for Deep Neural Networks
-    <https://arxiv.org/abs/1712.09482>`_, AAAI 2017; Ma et al. (2020), Sec. 4.
+    <https://arxiv.org/abs/1712.09482>`_, AAAI 2017; Ma et al. (2020).
   """
   log_p, labels = _log_probs(logits, labels, axis)
   return _masked(2.0 * _one_minus_exp(_take(log_p, labels)), where)
@@ -89,7 +89,7 @@ def normalized_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.A
 
   References:
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
-    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (4).
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   _check_gamma(gamma)
   log_p, labels = _log_probs(logits, labels, axis)
@@ -107,7 +107,7 @@ def active_passive(active_fn: Callable[..., jax.Array], passive_fn: Callable[...
 
   References:
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
-    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (6).
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   _checks.check_non_negative("alpha", alpha)
   _checks.check_non_negative("beta", beta)
@@ -125,7 +125,7 @@ def nce_rce_with_integer_labels(logits: chex.Array, labels: chex.Array, *, alpha
 
   References:
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
-    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Sec. 4.2.
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   _checks.check_non_negative("alpha", alpha)
   _checks.check_non_negative("beta", beta)
@@ -147,7 +147,7 @@ def comp_sum_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *,
 
   References:
     Mao, Mohri & Zhong, `Cross-Entropy Loss Functions: Theoretical Analysis and Applications
-    <https://arxiv.org/abs/2304.07288>`_, ICML 2023, Eq. (2).
+    <https://arxiv.org/abs/2304.07288>`_, ICML 2023.
   """
   _checks.check_non_negative("tau", tau)
   log_p, labels = _log_probs(logits, labels, axis)
@@ -169,7 +169,7 @@ def generalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: ch
 
   References:
     Zhang & Sabuncu, `Generalized Cross Entropy Loss for Training Deep Neural Networks with Noisy Labels
-    <https://arxiv.org/abs/1805.07836>`_, NeurIPS 2018, Eq. (6); Mao et al. (2023), the comp-sum family.
+    <https://arxiv.org/abs/1805.07836>`_, NeurIPS 2018; Mao et al. (2023), the comp-sum family.
   """
   _checks.check_range("q", q, 0.0, 1.0, low_inclusive=False)
   return comp_sum_loss_with_integer_labels(logits, labels, tau=1.0 + q, axis=axis, where=where)
@@ -189,7 +189,7 @@ def ldr_kl_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, l
 
   References:
     Zhu, Ying & Yang, `Label Distributionally Robust Losses for Multi-class Classification: Consistency,
-    Robustness and Adaptivity <https://arxiv.org/abs/2112.14869>`_, ICML 2023, Eq. (4).
+    Robustness and Adaptivity <https://arxiv.org/abs/2112.14869>`_, ICML 2023.
   """
   _checks.check_positive("lam", lam)
   logits = _check_logits(logits)
