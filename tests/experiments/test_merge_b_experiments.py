@@ -62,3 +62,23 @@ def test_regmean_beats_simple_averaging(fisher_result):
 def test_fedprox_beats_fedavg_with_stragglers(tmp_path):
   result = _run("fedprox", tmp_path)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_repair_lowers_the_barrier_after_weight_matching(tmp_path):
+  result = _run("rebasin_repair", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_starlight_star_is_connected_to_held_out_solutions(tmp_path):
+  result = _run("star_domain", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: evolved 85.9% vs best-scale TA 85.5% test "
+                   "(+0.4 points, claim needs +1); across seeds/settings the difference ranges from -3.1 to +2.7")
+def test_evolved_coefficients_beat_the_best_task_arithmetic_scale(tmp_path):
+  result = _run("evolve", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
