@@ -1,0 +1,30 @@
+"""Reproduction: WeLore non-uniform ranks vs a uniform rank on a GaLore-trained MLP (catalogue [60])."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+EXPERIMENT = pathlib.Path(__file__).parents[2] / "experiments" / "optim" / "galore_welore.py"
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("experiments_optim_galore_welore", EXPERIMENT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce at CI scale: at 50% of kernel parameters WeLore's global threshold raises the test loss by "
+    "0.131 (mean of 3 seeds) vs 0.102 for one uniform rank (27-28) under the same budget; the ranks are non-uniform "
+    "(std of k/min(m,n) 0.25) but truncating the 128x10 head to rank 8-9 costs more than the uniform rank saves"))
+def test_welore_compression_beats_uniform_rank(tmp_path):
+  module = _load()
+  result = module.run(module.get_config(), Context(tmp_path, quiet=True))
+  assert result["claim"]["passed"], result["claim"]
