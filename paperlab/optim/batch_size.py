@@ -197,7 +197,8 @@ class BatchSizeTest(NamedTuple):
   statistic: jax.Array
 
 
-def _flat_per_example(per_example_grads) -> jax.Array:
+def _flat_per_example(per_example_grads, where) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``(g, w, b)``: per-example gradients flattened to ``(B, P)``, 0/1 weights of the valid rows, their count."""
   leaves = jax.tree.leaves(per_example_grads)
   if not leaves:
     raise ValueError("per_example_grads is an empty pytree.")
@@ -207,7 +208,21 @@ def _flat_per_example(per_example_grads) -> jax.Array:
                      f"{[leaf.shape for leaf in leaves]}.")
   if b < 2:
     raise ValueError(f"the tests need at least 2 per-example gradients, got {b}.")
-  return jnp.concatenate([jnp.reshape(leaf, (b, -1)).astype(jnp.float32) for leaf in leaves], axis=1)
+  g = jnp.concatenate([jnp.reshape(leaf, (b, -1)).astype(jnp.float32) for leaf in leaves], axis=1)
+  if where is None:
+    return g, jnp.ones((b,), jnp.float32), jnp.asarray(b, jnp.float32)
+  where = jnp.asarray(where)
+  if where.shape != (b,):
+    raise ValueError(f"where must have shape ({b},) (one flag per example), got {where.shape}.")
+  w = where.astype(jnp.float32)
+  return g, w, jnp.maximum(jnp.sum(w), 2.0)
+
+
+def _moments(g, w, b):
+  """Masked mean ``(P,)`` and per-coordinate unbiased variance ``(P,)`` of the rows of ``g``."""
+  mean = jnp.sum(g * w[:, None], axis=0) / b
+  var = jnp.sum(jnp.square(g - mean) * w[:, None], axis=0) / (b - 1)
+  return mean, var
 
 
 def _result(lhs_times_b, rhs, b) -> BatchSizeTest:
@@ -218,7 +233,7 @@ def _result(lhs_times_b, rhs, b) -> BatchSizeTest:
   return BatchSizeTest(statistic <= 1.0, proposed, statistic)
 
 
-def norm_test(per_example_grads, eta: float) -> BatchSizeTest:
+def norm_test(per_example_grads, eta: float, *, where: jax.Array | None = None) -> BatchSizeTest:
   r"""Norm test for the batch size (Byrd et al., 2012; AdAdaGrad-Norm, Lau et al., 2024, Eq. 3.2).
 
   With ``g_i`` the per-example gradients of the current batch of size ``b`` and ``g`` their mean, the batch
@@ -228,30 +243,29 @@ def norm_test(per_example_grads, eta: float) -> BatchSizeTest:
   Args:
     per_example_grads: pytree whose leaves have a leading example axis (``jax.vmap(jax.grad(loss))``).
     eta: test tolerance (> 0); a smaller ``eta`` asks for larger batches.
+    where: optional boolean ``(B,)`` mask of the examples in the batch, so a growing batch can live in a
+      fixed-size (jit-friendly) buffer; ``b`` is then the number of True entries.
 
   References:
     Lau, Liu, Kolar, `AdAdaGrad: Adaptive Batch Size Schemes for Adaptive Gradient Methods
     <https://arxiv.org/abs/2402.11215>`_, 2024.
   """
   check_positive("eta", eta)
-  g = _flat_per_example(per_example_grads)
-  b = g.shape[0]
-  mean = jnp.mean(g, axis=0)
-  var = jnp.sum(jnp.square(g - mean)) / (b - 1)
-  return _result(var, eta * eta * jnp.sum(jnp.square(mean)), b)
+  g, w, b = _flat_per_example(per_example_grads, where)
+  mean, var = _moments(g, w, b)
+  return _result(jnp.sum(var), eta * eta * jnp.sum(jnp.square(mean)), b)
 
 
-def coordinatewise_norm_test(per_example_grads, eta: float) -> BatchSizeTest:
+def coordinatewise_norm_test(per_example_grads, eta: float, *, where: jax.Array | None = None
+                             ) -> BatchSizeTest:
   r"""Coordinate-wise norm test, for coordinate-wise AdaGrad (AdAdaGrad; Lau et al., 2024, Sec. 3).
 
   Each coordinate ``j`` must satisfy ``Var_j / b <= eta^2 g_j^2`` with ``Var_j = sum_i (g_ij - g_j)^2 / (b-1)``;
   the proposal is the largest ``ceil(Var_j / (eta^2 g_j^2))`` (cap it with :func:`next_batch_size`).
   """
   check_positive("eta", eta)
-  g = _flat_per_example(per_example_grads)
-  b = g.shape[0]
-  mean = jnp.mean(g, axis=0)
-  var = jnp.sum(jnp.square(g - mean), axis=0) / (b - 1)
+  g, w, b = _flat_per_example(per_example_grads, where)
+  mean, var = _moments(g, w, b)
   rhs = eta * eta * jnp.square(mean)
   tiny = jnp.finfo(jnp.float32).tiny
   ratio = var / jnp.maximum(rhs, tiny)
@@ -259,7 +273,7 @@ def coordinatewise_norm_test(per_example_grads, eta: float) -> BatchSizeTest:
   return _result(var[j], rhs[j], b)
 
 
-def inner_product_test(per_example_grads, theta: float) -> BatchSizeTest:
+def inner_product_test(per_example_grads, theta: float, *, where: jax.Array | None = None) -> BatchSizeTest:
   r"""Inner-product test (Bollapragada et al., 2018), the alternative test in AdAdaGrad (Lau et al., 2024).
 
   Passes when ``Var_ip / b <= theta^2 ||g||^4`` with ``Var_ip = sum_i (<g_i, g> - ||g||^2)^2 / (b - 1)``: the
@@ -267,11 +281,10 @@ def inner_product_test(per_example_grads, theta: float) -> BatchSizeTest:
   :func:`norm_test`.
   """
   check_positive("theta", theta)
-  g = _flat_per_example(per_example_grads)
-  b = g.shape[0]
-  mean = jnp.mean(g, axis=0)
+  g, w, b = _flat_per_example(per_example_grads, where)
+  mean, _ = _moments(g, w, b)
   sq = jnp.sum(jnp.square(mean))
-  var = jnp.sum(jnp.square(g @ mean - sq)) / (b - 1)
+  var = jnp.sum(jnp.square(g @ mean - sq) * w) / (b - 1)
   return _result(var, theta * theta * sq * sq, b)
 
 

@@ -140,6 +140,16 @@ def test_next_batch_size_never_shrinks_and_is_capped():
   assert int(next_batch_size(8, grow, max_batch_size=16)) == 16
 
 
+@pytest.mark.parametrize("test_fn", [norm_test, coordinatewise_norm_test, inner_product_test])
+def test_masked_test_equals_test_on_the_valid_rows(test_fn):
+  g = {"w": jax.random.normal(jax.random.key(5), (12, 3, 2)) + 0.3, "b": jax.random.normal(jax.random.key(6), (12,))}
+  where = jnp.arange(12) < 7
+  masked = jax.jit(test_fn, static_argnums=1)(g, 0.5, where=where)
+  direct = test_fn(jax.tree.map(lambda x: x[:7], g), 0.5)
+  np.testing.assert_allclose(float(masked.statistic), float(direct.statistic), rtol=1e-5)
+  assert float(masked.proposed_batch_size) == float(direct.proposed_batch_size)
+
+
 def test_tests_reject_bad_arguments():
   with pytest.raises(ValueError, match="eta"):
     norm_test(jnp.ones((4, 2)), 0.0)
@@ -147,6 +157,8 @@ def test_tests_reject_bad_arguments():
     norm_test(jnp.ones((1, 2)), 0.1)
   with pytest.raises(ValueError, match="leading"):
     norm_test({"a": jnp.ones((4, 2)), "b": jnp.ones((3, 2))}, 0.1)
+  with pytest.raises(ValueError, match="where must have shape"):
+    norm_test(jnp.ones((4, 2)), 0.1, where=jnp.ones(3, bool))
   with pytest.raises(ValueError, match="theta"):
     inner_product_test(jnp.ones((4, 2)), -1.0)
 
