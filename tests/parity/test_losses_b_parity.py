@@ -57,7 +57,7 @@ def test_tiled_contrastive_loss_matches_torch_clip_loss(symmetric):
 
   fn = lambda a, b, c: losses.tiled_contrastive_loss(a, b, c, tile_size=64, symmetric=symmetric).mean()  # noqa: E731
   val, grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(jnp.asarray(x), jnp.asarray(y), jnp.float32(t))
-  np.testing.assert_allclose(float(val), float(ref), rtol=1e-5)
+  np.testing.assert_allclose(float(val), ref.item(), rtol=1e-5)
   for ours, theirs in zip(grads, (xt.grad, yt.grad, tt.grad)):
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-4, atol=1e-6)
 
@@ -76,7 +76,7 @@ def test_uncertainty_weighting_matches_libmtl_uw_formula_and_gradients():
     return losses.uncertainty_weighted(dict(zip(names, tl)), dict(zip(names, lv)))[0]
 
   val, (g_s, g_l) = jax.value_and_grad(ours, argnums=(0, 1))(list(jnp.asarray(s)), list(jnp.asarray(task_losses)))
-  np.testing.assert_allclose(float(val), float(ref), rtol=1e-6)
+  np.testing.assert_allclose(float(val), ref.item(), rtol=1e-6)
   np.testing.assert_allclose(np.asarray(g_s), s_t.grad.numpy(), rtol=1e-5)
   np.testing.assert_allclose(np.asarray(g_l), l_t.grad.numpy(), rtol=1e-5)
 
