@@ -1,5 +1,204 @@
-"""perturbation."""
+"""Adversarial and robust weight perturbation (AWP, RWP) in the SAM family's shape.
+
+The perturbation is layer-wise and relative to each weight's norm, ``||v_l|| <= gamma ||w_l||``, on weight
+tensors only (``ndim > 1`` by default; biases and norm scales are not perturbed). The training gradient is taken at
+``w + v`` (the batch is usually adversarial, e.g. PGD examples made by the loss function) and applied at ``w``.
+Norms are computed in float32 or wider, so bfloat16 parameters work.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from paperlab._checks import check_non_negative, check_positive
+
+__all__ = ["AWPState", "awp_perturbation", "awp_gradient", "awp", "rwp_perturbation", "RWPState", "rwp"]
+
+MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
+
+
+def _wide(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _mask(mask: MaskOrFn, params) -> Any:
+  if mask is None:
+    return jax.tree.map(lambda w: jnp.ndim(w) > 1, params)
+  return mask(params) if callable(mask) else mask
+
+
+def _add(params, delta):
+  return jax.tree.map(lambda w, d: (_wide(w) + d).astype(w.dtype), params, delta)
+
+
+def _relative_step(direction, params, scale, mask, eps):
+  """Per selected leaf ``scale * ||w_l|| * d_l / ||d_l||``; zeros elsewhere."""
+  def leaf(d, w, m):
+    if not m:
+      return jnp.zeros(jnp.shape(w), jnp.promote_types(w.dtype, jnp.float32))
+    d = _wide(d)
+    return scale * jnp.linalg.norm(_wide(w)) * d / (jnp.linalg.norm(d) + eps)
+  return jax.tree.map(leaf, direction, params, mask)
+
+
+def awp_perturbation(grads: optax.Updates, params: optax.Params, gamma: float = 1e-2, *, mask: MaskOrFn = None,
+                     eps: float = 1e-20) -> optax.Updates:
+  """AWP's one-step weight perturbation ``v_l = gamma ||w_l|| g_l / ||g_l||`` (float32 leaves).
+
+  Wu et al., "Adversarial Weight Perturbation Helps Robust Generalization", NeurIPS 2020, arXiv:2004.05884,
+  Eq. (9)-(10) with one ascent step (K2 = 1), where the layer-wise projection onto ``||v_l|| <= gamma ||w_l||``
+  makes the step exactly the boundary point. Default ``gamma = 1e-2`` (AT-AWP).
+
+  Args:
+    grads: gradient of the (adversarial) loss at ``params``.
+    params: current weights.
+    gamma: relative radius (> 0).
+    mask: pytree of bools (or callable of params) selecting perturbed leaves; default: ``ndim > 1``.
+    eps: added to the gradient norm.
+  """
+  check_positive("gamma", gamma)
+  return _relative_step(grads, params, gamma, _mask(mask, params), eps)
+
+
+def awp_gradient(grad_fn: Callable[[optax.Params], optax.Updates], params: optax.Params,
+                 grads: Optional[optax.Updates] = None, *, gamma: float = 1e-2, mask: MaskOrFn = None,
+                 eps: float = 1e-20) -> optax.Updates:
+  """``grad_fn(w + v)`` with ``v`` from :func:`awp_perturbation` (Wu et al., arXiv:2004.05884, Algorithm 1)."""
+  check_positive("gamma", gamma)
+  if grads is None:
+    grads = grad_fn(params)
+  return grad_fn(_add(params, awp_perturbation(grads, params, gamma, mask=mask, eps=eps)))
+
+
+class AWPState(NamedTuple):
+  """State of :func:`awp`: the base optimizer's state."""
+
+  inner_state: optax.OptState
+
+
+def _require(grad_fn, params, name):
+  if params is None:
+    raise ValueError(f"{name} needs params: call update(grads, state, params, grad_fn=...).")
+  if grad_fn is None or not callable(grad_fn):
+    raise ValueError(f"{name} needs grad_fn=: a function params -> grads on the same batch, got {grad_fn!r}.")
+
+
+def awp(inner: optax.GradientTransformation, gamma: float = 1e-2, mask: MaskOrFn = None, eps: float = 1e-20
+        ) -> optax.GradientTransformationExtraArgs:
+  """AWP: feed the base optimizer the gradient at the layer-wise adversarially perturbed weights ``w + v``.
+
+  ``update(grads, state, params, grad_fn=...)``: ``grads`` and ``grad_fn`` are on the (adversarial) batch; the step
+  ``inner(grad L(w + v))`` is applied at ``w`` (Wu et al., "Adversarial Weight Perturbation Helps Robust
+  Generalization", arXiv:2004.05884, Algorithm 1: perturb, descend, restore).
+
+  Args:
+    inner: base optimizer.
+    gamma: relative radius (> 0); 1e-2 for AT-AWP, 5e-3 for TRADES-AWP.
+    mask: which leaves are perturbed (default ``ndim > 1``).
+    eps: added to the gradient norm.
+  """
+  check_positive("gamma", gamma)
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return AWPState(inner.init(params))
+
+  def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
+    _require(grad_fn, params, "awp")
+    g = awp_gradient(grad_fn, params, grads, gamma=gamma, mask=mask, eps=eps)
+    g = jax.tree.map(lambda a, b: a.astype(b.dtype), g, grads)
+    updates, inner_state = inner.update(g, state.inner_state, params, **extra)
+    return updates, AWPState(inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def rwp_perturbation(example_loss_fn: Callable[[optax.Params], jax.Array], params: optax.Params,
+                     gamma: float = 1e-2, *, c_min: float = 1.7, steps: int = 10, step_size: Optional[float] = None,
+                     mask: MaskOrFn = None, eps: float = 1e-20) -> optax.Updates:
+  """RWP: AWP's ascent using only examples that satisfy the loss stationary condition ``loss_i(w + v) < c_min``.
+
+  ``v <- Pi_gamma(v + step_size ||w_l|| d_l / ||d_l||)`` with ``d = grad_v sum_{i: loss_i(w+v) < c_min} loss_i(w+v)``,
+  repeated ``steps`` times (examples drop out once their loss reaches ``c_min``), ``Pi_gamma`` the layer-wise
+  projection onto ``||v_l|| <= gamma ||w_l||``. With ``c_min = inf`` and ``steps = 1`` this is exactly
+  :func:`awp_perturbation`; with ``c_min`` below every loss, ``v = 0``.
+
+  Yu et al., "Robust Weight Perturbation for Adversarial Training", IJCAI 2022, arXiv:2205.14826, Algorithm 1.
+  Defaults gamma=1e-2, c_min=1.7, steps=10 (the paper's CIFAR-10 values).
+
+  Args:
+    example_loss_fn: ``params -> (batch,)`` per-example losses (on the adversarial batch).
+    params: current weights.
+    gamma: relative radius (> 0).
+    c_min: loss threshold of the LSC.
+    steps: ascent steps (int >= 1).
+    step_size: relative step size per ascent step; default ``gamma`` (one step reaches the boundary).
+    mask: perturbed leaves (default ``ndim > 1``).
+    eps: added to norms.
+  """
+  check_positive("gamma", gamma)
+  if not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
+  step_size = gamma if step_size is None else check_positive("step_size", step_size)
+  selected = _mask(mask, params)
+
+  def lsc_loss(v):
+    losses = example_loss_fn(_add(params, v))
+    chex.assert_rank(losses, 1)
+    return jnp.sum(jnp.where(losses < c_min, losses, 0.0)) / losses.shape[0]
+
+  def project(v, w, m):
+    if not m:
+      return v
+    radius = gamma * jnp.linalg.norm(_wide(w))
+    return v * jnp.minimum(1.0, radius / (jnp.linalg.norm(v) + eps))
+
+  def body(_, v):
+    v = jax.tree.map(jnp.add, v, _relative_step(jax.grad(lsc_loss)(v), params, step_size, selected, eps))
+    return jax.tree.map(project, v, params, selected)
+
+  v0 = jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), jnp.promote_types(w.dtype, jnp.float32)), params)
+  return jax.lax.fori_loop(0, steps, body, v0)
+
+
+class RWPState(NamedTuple):
+  """State of :func:`rwp`: the base optimizer's state."""
+
+  inner_state: optax.OptState
+
+
+def rwp(inner: optax.GradientTransformation, gamma: float = 1e-2, c_min: float = 1.7, steps: int = 10,
+        step_size: Optional[float] = None, mask: MaskOrFn = None, eps: float = 1e-20
+        ) -> optax.GradientTransformationExtraArgs:
+  """RWP: ``inner(grad L(w + v))`` with ``v`` from :func:`rwp_perturbation`.
+
+  ``update(grads, state, params, grad_fn=..., example_loss_fn=...)`` needs both the gradient function and a
+  per-example loss function ``params -> (batch,)`` on the same (adversarial) batch.
+  Yu et al., "Robust Weight Perturbation for Adversarial Training", arXiv:2205.14826, Algorithm 1.
+  """
+  check_positive("gamma", gamma)
+  if not isinstance(inner, optax.GradientTransformation):
+    raise TypeError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return RWPState(inner.init(params))
+
+  def update_fn(grads, state, params=None, *, grad_fn=None, example_loss_fn=None, **extra):
+    _require(grad_fn, params, "rwp")
+    if example_loss_fn is None:
+      raise ValueError("rwp needs example_loss_fn=: a function params -> per-example losses on the same batch.")
+    v = rwp_perturbation(example_loss_fn, params, gamma, c_min=c_min, steps=steps, step_size=step_size,
+                         mask=mask, eps=eps)
+    g = jax.tree.map(lambda a, b: a.astype(b.dtype), grad_fn(_add(params, v)), grads)
+    updates, inner_state = inner.update(g, state.inner_state, params, **extra)
+    return updates, RWPState(inner_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
