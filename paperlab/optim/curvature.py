@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from paperlab._checks import check_non_negative, check_positive, check_range
+from paperlab._checks import check_positive, check_range
 
 __all__ = [
     "gauss_newton_system",

@@ -15,7 +15,6 @@ left projection ``low = Bᵀ G`` (``B`` is ``m x r``). Non-matrix leaves (biases
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -215,7 +214,9 @@ def _alias(direction, learning_rate, weight_decay, mask):
   if not callable(learning_rate):
     check_non_negative("learning_rate", learning_rate)
   check_non_negative("weight_decay", weight_decay)
-  decay = [] if weight_decay == 0.0 else [optax.add_decayed_weights(weight_decay, mask)]
+  # A concrete zero skips the decay (and its need for params); a traced value (vmapped sweep) always decays.
+  no_decay = isinstance(weight_decay, (int, float)) and weight_decay == 0
+  decay = [] if no_decay else [optax.add_decayed_weights(weight_decay, mask)]
   return optax.chain(direction, *decay, optax.scale_by_learning_rate(learning_rate))
 
 

@@ -50,7 +50,9 @@ def _check_betas(**betas: Any) -> None:
 def _alias(direction: optax.GradientTransformation, learning_rate: ScalarOrSchedule, weight_decay: float,
            mask: MaskOrFn | None) -> optax.GradientTransformation:
   """direction -> decoupled weight decay (masked) -> -learning_rate, as ``optax.adamw`` chains it."""
-  decay = [] if (not callable(weight_decay) and weight_decay == 0.0) else [optax.add_decayed_weights(weight_decay, mask)]
+  # A concrete zero skips the decay (and its need for params); a traced value (vmapped sweep) always decays.
+  no_decay = isinstance(weight_decay, (int, float)) and weight_decay == 0
+  decay = [] if no_decay else [optax.add_decayed_weights(weight_decay, mask)]
   return optax.chain(direction, *decay, optax.scale_by_learning_rate(learning_rate))
 
 

@@ -182,3 +182,15 @@ def test_schedules_are_accepted():
   opt = optim.momo(sched)
   updates, _ = opt.update(_grads(), opt.init(PARAMS), PARAMS, value=1.0)
   chex.assert_tree_all_finite(updates)
+
+
+def test_hyperparameters_can_be_vmapped_for_sweeps():
+  def first_update(lr, wd, phase):
+    grams, cm = optim.grams(lr, weight_decay=wd), optim.complex_momentum(lr, beta_phase=phase)
+    u1, _ = grams.update(_grads(), grams.init(PARAMS), PARAMS)
+    u2, _ = cm.update(_grads(), cm.init(PARAMS))
+    return u1["scale"], u2["scale"]
+
+  u1, u2 = jax.vmap(first_update)(jnp.array([1e-3, 1e-2]), jnp.array([0.0, 0.1]), jnp.array([0.0, 0.5]))
+  np.testing.assert_allclose(u1[1], 10 * u1[0] - 1e-2 * 0.1 * PARAMS["scale"], rtol=1e-5)
+  np.testing.assert_allclose(u2[1], 10 * u2[0], rtol=1e-5)  # first complex-momentum step is -lr * g
