@@ -65,10 +65,16 @@ def permutation_spec(axes_to_perm: Mapping[str, Sequence[str | None]]) -> Permut
   return PermutationSpec(a2p, {p: tuple(v) for p, v in p2a.items()})
 
 
+def _key(path: tuple) -> str:
+  """Leaf path as a string; the ``/value`` of an ``nnx.State`` Variable is dropped so specs match both layouts."""
+  s = path_str(path)
+  return s[:-len("/value")] if s.endswith("/value") else s
+
+
 def _indices(params: PyTree, pattern: str) -> list[int]:
   rx = re.compile(pattern)
   found = {int(m.group(1)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-           if (m := rx.fullmatch(path_str(p)))}
+           if (m := rx.fullmatch(_key(p)))}
   return sorted(found)
 
 
@@ -141,7 +147,7 @@ def transformer_spec(params: PyTree) -> PermutationSpec:
 
 
 def _flat(tree: PyTree) -> dict[str, Any]:
-  return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _check_spec_covers(spec: PermutationSpec, tree: PyTree, name: str) -> None:
@@ -183,7 +189,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: P
   """
   _check_spec_covers(spec, params, "params")
   return jax.tree_util.tree_map_with_path(
-      lambda path, w: _permute(w, spec.axes_to_perm[path_str(path)], perms), params)
+      lambda path, w: _permute(w, spec.axes_to_perm[_key(path)], perms), params)
 
 
 def invert_permutation(perms: Mapping[str, Any]) -> dict[str, Any]:
@@ -322,7 +328,7 @@ def repair(graphdef: nnx.GraphDef, merged: PyTree, params_a: PyTree, params_b: P
   """REPAIR: renormalise each merged layer's pre-activations to the interpolated endpoint statistics.
 
   Jordan et al., "REPAIR: REnormalizing Permuted Activations for Interpolation Repair" (arXiv:2211.08403),
-  Sec. 4, and the rescale/reshift split of Qu & Horvath, "Rethinking Model Re-Basin and the Linear Mode
+  and the rescale/reshift split of Qu & Horvath, "Rethinking Model Re-Basin and the Linear Mode
   Connectivity" (arXiv:2402.05966). For every selected layer (in call order, each after the previous ones are
   repaired) with merged output statistics ``(mu_m, sigma_m)`` per channel and targets
   ``mu_t = (1-alpha) mu_a + alpha mu_b``, ``sigma_t = (1-alpha) sigma_a + alpha sigma_b``, the affine map
@@ -374,14 +380,19 @@ def repair(graphdef: nnx.GraphDef, merged: PyTree, params_a: PyTree, params_b: P
     s = mu_t if mode in ("both", "reshift") else mu_m
     return r, s - mu_m * r
 
-  out = jax.tree.map(lambda v: v, merged)
+  def fold_into(tree, name, r, shift):
+    def upd(path, v):
+      k = _key(path)
+      if k == f"{name}/kernel":
+        return (v * r).astype(v.dtype)
+      if k == f"{name}/bias":
+        return (v * r + shift).astype(v.dtype)
+      return v
+    return jax.tree_util.tree_map_with_path(upd, tree)
+
+  out = merged
   for name in chosen:
-    io_m = capture(out)
-    r, shift = fold(out, io_m[name][1], io_a[name][1], io_b[name][1])
-    node = out
-    for key in name.split("/"):
-      node = node[int(key) if key not in node and key.isdigit() else key]
-    kernel, bias = node["kernel"], node["bias"]
-    node["kernel"] = (kernel * r).astype(kernel.dtype)
-    node["bias"] = (bias * r + shift).astype(bias.dtype)
+    y_m = capture(out)[name][1]
+    r, shift = fold(out, y_m, io_a[name][1], io_b[name][1])
+    out = fold_into(out, name, r, shift)
   return out

@@ -164,3 +164,21 @@ def test_errors_name_the_problem():
     merge.mlp_spec({"w": jnp.zeros(3)})
   with pytest.raises(ValueError, match="missing"):
     merge.activation_matching(spec, {}, {})
+
+
+def test_nnx_state_params_work_like_plain_dicts():
+  from flax import nnx
+  model = MLP(8, [6, 5], 3, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  spec = merge.mlp_spec(params)
+  perms = merge.random_permutation(jax.random.key(0), spec, params)
+  permuted = merge.apply_permutation(spec, perms, params)
+  assert isinstance(permuted, nnx.State)
+  x = jnp.ones((2, 8))
+  np.testing.assert_allclose(nnx.merge(graphdef, permuted)(x), model(x), atol=1e-5)
+  found = merge.weight_matching(0, spec, params, permuted)
+  assert _max_diff(merge.apply_permutation(spec, found, permuted), params) == 0.0
+  repaired = merge.repair(graphdef, params, params, permuted, 0.5, jax.random.normal(jax.random.key(1), (16, 8)))
+  assert isinstance(repaired, nnx.State)
+  grams = merge.gram_matrices(graphdef, params, x)
+  assert isinstance(merge.regmean_merge([params, permuted], [grams, grams]), nnx.State)
