@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = dict(name="MLP", widths=(64,))
   c.optim = dict(name="adamw", learning_rate=1e-3, weight_decay=1e-4)
   c.loss = dict(name="classification")
-  c.train = dict(num_steps=500, batch_size=64, log_every=50, checkpoint_every=250, data_parallel=False)
+  c.train = dict(num_steps=1000, batch_size=64, log_every=50, checkpoint_every=500, data_parallel=False)
   return c
 
 

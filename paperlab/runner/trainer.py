@@ -9,7 +9,7 @@ It builds everything from config sections::
   config.loss = dict(name="classification")               # or a per-example loss fn(logits, labels, **rest)
   config.train = dict(num_steps=500, batch_size=128, log_every=50, checkpoint_every=100, data_parallel=False,
                       data_seed=0)
-  config.runner = dict(traced=("optim", "loss"), static=())   # optional: which leaves may be traced
+  config.runner = dict(traced=("optim", "loss"), static=(), fast_compile=True)   # optional
 
 A group of trials that differ only in *traced* leaves runs as one compiled program with a leading trial axis
 (``jax.vmap`` over the hyperparameters and seeds). Traced leaves are declared once, here: ``seed`` and every
@@ -86,6 +86,19 @@ def group_trials(configs: Sequence[Mapping[str, Any]]) -> list[list[int]]:
   for i, config in enumerate(configs):
     groups.setdefault(group_key(config), []).append(i)
   return list(groups.values())
+
+
+# On CPU, XLA's most expensive LLVM passes roughly double the compile time of the small programs the runner
+# compiles and barely change their speed; ``config.runner.fast_compile = False`` turns this off.
+FAST_COMPILE_CPU = {"xla_backend_optimization_level": 1, "xla_llvm_disable_expensive_passes": True}
+
+
+def compiler_options(config: Mapping[str, Any]) -> dict | None:
+  """XLA options for the runner's programs: :data:`FAST_COMPILE_CPU` on CPU unless the config opts out."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if not _runner_section(config).get("fast_compile", True) or jax.default_backend() != "cpu":
+    return None
+  return dict(FAST_COMPILE_CPU)
 
 
 def resolve(name: str, namespaces: Sequence[str]) -> Any:
@@ -186,9 +199,10 @@ class GroupTrainer:
                          "data_parallel.")
       self.mesh = jax.make_mesh((n,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     self.train_data = (jax.numpy.asarray(self.data.x_train), jax.numpy.asarray(self.data.y_train))
-    self._init = jax.jit(jax.vmap(self._init_one))
+    self.compiler_options = compiler_options(self.cfg)
+    self._init = jax.jit(jax.vmap(self._init_one), compiler_options=self.compiler_options)
     self._chunks: dict[int, Callable] = {}
-    self._eval = jax.jit(jax.vmap(self._eval_one))
+    self._eval = jax.jit(jax.vmap(self._eval_one), compiler_options=self.compiler_options)
 
   # Per-trial pure functions (vmapped above).
   def hparams(self, config: Mapping[str, Any]) -> dict:
@@ -264,7 +278,7 @@ class GroupTrainer:
     import jax  # pylint: disable=g-import-not-at-top
     if num_steps not in self._chunks:
       fn = functools.partial(self._chunk_one, num_steps=num_steps)
-      self._chunks[num_steps] = jax.jit(jax.vmap(fn, in_axes=(0, 0, None)))
+      self._chunks[num_steps] = jax.jit(jax.vmap(fn, in_axes=(0, 0, None)), compiler_options=self.compiler_options)
     data = self.train_data
     if self.mesh is not None:
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())

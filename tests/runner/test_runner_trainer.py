@@ -15,7 +15,7 @@ import pytest
 from conftest import default_trainer_source
 from paperlab import data, train
 from paperlab.models import MLP
-from paperlab.runner import apply_overrides, group_trials, load_experiment, run_experiment, traced_keys
+from paperlab.runner import apply_overrides, group_trials, run_experiment, traced_keys
 from paperlab.runner.trainer import GroupTrainer
 
 
