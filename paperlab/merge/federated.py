@@ -21,7 +21,7 @@ from paperlab._checks import check_non_negative
 from paperlab._tree import check_same_structure
 
 __all__ = ["aggregate", "prox_term", "prox_loss", "ProximalState", "add_proximal_gradient",
-           "learnable_aggregate"]
+           "learnable_aggregate", "fit_learnable_aggregate"]
 
 PyTree = Any
 
@@ -137,3 +137,43 @@ def learnable_aggregate(client_params: Sequence[PyTree] | PyTree, gamma: jax.Arr
     raise ValueError(f"logits must have shape ({n},) (one per client), got {logits.shape}.")
   lam = jax.nn.softmax(logits.astype(jnp.float32))
   return jax.tree.map(lambda x: (gamma * jnp.tensordot(lam, x.astype(jnp.float32), axes=1)).astype(x.dtype), stacked)
+
+
+def fit_learnable_aggregate(loss_fn: Callable[[PyTree, Any], jax.Array], client_params: Sequence[PyTree] | PyTree,
+                            proxy_batch: Any, *, steps: int = 100, learning_rate: float = 0.01,
+                            init_gamma: float = 1.0, init_logits: jax.Array | None = None
+                            ) -> tuple[PyTree, jax.Array, jax.Array]:
+  """FedLAW's server step (arXiv:2302.10911, Algorithm 1): fit ``(gamma, logits)`` of
+  :func:`learnable_aggregate` by Adam on a small server-side proxy batch, then aggregate.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch) -> scalar`` (differentiable in ``params``).
+    client_params: list of client pytrees or a stacked pytree.
+    proxy_batch: the server's proxy data.
+    steps: Adam steps (``>= 1``).
+    learning_rate: Adam learning rate ``> 0``.
+    init_gamma: starting shrinking factor (1 = no shrinkage).
+    init_logits: starting logits (uniform weights by default; ``log n_i`` starts from FedAvg).
+
+  Returns:
+    ``(aggregated_params, gamma, logits)``. Jittable (``loss_fn``, ``steps`` static).
+  """
+  if int(steps) != steps or steps < 1:
+    raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+  check_non_negative("learning_rate", learning_rate)
+  stacked, n = _as_stack(client_params)
+  logits = jnp.zeros((n,), jnp.float32) if init_logits is None else jnp.asarray(init_logits, jnp.float32)
+  theta = (jnp.asarray(init_gamma, jnp.float32), logits)
+  opt = optax.adam(learning_rate)
+
+  def objective(t):
+    return loss_fn(learnable_aggregate(stacked, t[0], t[1]), proxy_batch)
+
+  def body(carry, _):
+    t, o = carry
+    g = jax.grad(objective)(t)
+    u, o = opt.update(g, o, t)
+    return (optax.apply_updates(t, u), o), None
+
+  (theta, _), _ = jax.lax.scan(body, (theta, opt.init(theta)), None, length=int(steps))
+  return learnable_aggregate(stacked, theta[0], theta[1]), theta[0], theta[1]

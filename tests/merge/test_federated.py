@@ -79,3 +79,16 @@ def test_errors():
     merge.add_proximal_gradient(-1.0)
   with pytest.raises(ValueError, match="logits"):
     merge.learnable_aggregate(cs, 1.0, jnp.zeros(2))
+
+
+def test_fit_learnable_aggregate_fits_the_proxy_objective():
+  cs = [{"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([0.0, 1.0])}, {"w": jnp.array([4.0, 4.0])}]
+  loss = lambda p, target: jnp.sum((p["w"] - target) ** 2)
+  target = jnp.array([0.25, 0.25])  # every convex combination has w0 + w1 >= 1: only gamma < 1 reaches it
+  agg, gamma, logits = jax.jit(lambda c, t: merge.fit_learnable_aggregate(loss, c, t, steps=400, learning_rate=0.05))(
+      cs, target)
+  np.testing.assert_allclose(agg["w"], target, atol=0.05)
+  assert float(gamma) < 1.0 and logits.shape == (3,)
+  np.testing.assert_allclose(agg["w"], merge.learnable_aggregate(cs, gamma, logits)["w"], rtol=1e-6)
+  with pytest.raises(ValueError, match="steps"):
+    merge.fit_learnable_aggregate(loss, cs, jnp.zeros(2), steps=0)
