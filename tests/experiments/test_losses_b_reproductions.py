@@ -26,7 +26,7 @@ def _run(name: str, tmp_path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["uncertainty_weighting", "aux_loss_free", "vat", "sample_reweighting", "coba",
-                                  "gap_balancing"])
+                                  "gap_balancing", "power_law"])
 def test_claim_reproduces(name, tmp_path):
   result = _run(name, tmp_path)
   assert result["claim"]["passed"], result["claim"]
