@@ -109,7 +109,8 @@ def _stock_leaf(w0, ws, axis, return_ratio):
   t = jnp.where(singular, 0.0, k * cos / jnp.where(singular, 1.0, den))
   avg = sum(w.astype(ct) for w in ws) / k
   if axis is None or w0.ndim == 0:
-    tb = t.reshape(())
+    t = t.reshape(())
+    tb = t
   else:
     tb = t.reshape([-1 if a == axis % w0.ndim else 1 for a in range(w0.ndim)])
   out = (tb * avg + (1 - tb) * b).astype(w0.dtype)

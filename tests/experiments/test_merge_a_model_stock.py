@@ -1,0 +1,34 @@
+"""Reproduction test for experiments/merge/model_stock.py (Jang et al., arXiv:2403.19522)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from paperlab.runner import Context
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "merge" / "model_stock.py"
+_spec = importlib.util.spec_from_file_location("experiments_merge_model_stock", _PATH)
+model_stock = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(model_stock)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  return model_stock.run(model_stock.get_config(), Context(tmp_path_factory.mktemp("model_stock"), quiet=True))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: Model Stock test acc 96.40 < pair members' "
+                   "mean 96.49 (closer to the centre in 10/10 pairs; within 1pt of the 16-soup 96.67)")
+def test_model_stock_claim(result):
+  assert result["claim"]["passed"]
+
+
+@pytest.mark.slow
+def test_model_stock_is_closer_to_the_centre_and_near_the_full_soup(result):
+  c = result["claim"]
+  assert c["closer"] >= 8
+  assert c["acc_stock"] >= c["acc_center"] - 0.01
