@@ -17,8 +17,9 @@ NUM_STEPS, LOG_EVERY = 60, 10
 
 
 def _progress(root) -> int:
-  """Checkpoints and results written so far (grows while a runner works)."""
-  return len(list(root.glob("exp/*/checkpoints/*"))) + len(list(root.glob("exp/*/result.json")))
+  """Grows with every checkpoint and result a runner writes (old checkpoints are deleted, so count steps)."""
+  steps = [int(p.name) for p in root.glob("exp/*/checkpoints/*") if p.name.isdigit()]
+  return sum(steps) + 10**6 * len(list(root.glob("exp/*/result.json")))
 
 
 def _start(exp, root):
