@@ -82,3 +82,11 @@ def test_starlight_star_is_connected_to_held_out_solutions(tmp_path):
 def test_evolved_coefficients_beat_the_best_task_arithmetic_scale(tmp_path):
   result = _run("evolve", tmp_path)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: FedLAW 92.0% vs FedAvg 93.6% test accuracy, "
+                   "learned gamma 0.999 (claim: gamma < 1 and FedLAW >= FedAvg + 1 point)")
+def test_fedlaw_beats_fedavg_with_label_skew(tmp_path):
+  result = _run("fedprox_fedlaw", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
