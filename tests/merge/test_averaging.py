@@ -187,3 +187,12 @@ def test_average_works_on_nnx_state():
   assert isinstance(out, nnx.State)
   np.testing.assert_allclose(out["head"]["kernel"].value,
                              (states[0]["head"]["kernel"].value + states[1]["head"]["kernel"].value) / 2, rtol=1e-6)
+
+
+def test_weighted_average_is_differentiable_in_traced_mixing_weights():
+  """Learned soups fit softmax mixing weights by gradient: the average must be jittable and differentiable."""
+  models = [{"w": jnp.full((3,), float(i))} for i in range(3)]
+  loss = jax.jit(jax.grad(lambda z: jnp.sum(pm.weighted_average(models, jax.nn.softmax(z))["w"])))
+  g = loss(jnp.zeros(3))
+  # d/dz_i of sum_j softmax(z)_j * 3j at z=0: 3 * p_i (i - mean) = (i - 1)
+  np.testing.assert_allclose(g, [-1.0, 0.0, 1.0], atol=1e-6)
