@@ -1,5 +1,14 @@
 """Experiment runner: configs, sweeps, executors, run store, reports (see the Runner section of the design).
 
+An experiment is a Python file with ``get_config() -> ml_collections.ConfigDict``, optionally ``get_sweep() ->
+list[dict]`` (build it with :func:`grid`, :func:`zipped`, :func:`seeds`, :func:`log_uniform`, :func:`product`)
+and optionally ``run(config, ctx) -> dict``; without ``run`` the default trainer (:mod:`.trainer`) trains from
+the config sections and runs trials that differ only in traced hyperparameters as one vmapped program.
+
+  paperlab run experiments/runner_demo.py --sweep --workdir runs     # resumable: re-run to continue
+  paperlab report runs
+
+From Python: ``run_experiment(path, ["optim.learning_rate=3e-4"], sweep=True, workdir="runs")``.
 Importing this package does not import JAX; the executors import it when they train.
 """
 
