@@ -5,7 +5,9 @@
 * the Power scheduler (Shen et al., 2024, arXiv:2408.13359);
 * the last-iterate convex bound that predicts schedule quality and the optimal base LR (Schaipp et al., 2025,
   arXiv:2501.18965, after Defazio et al., 2023, arXiv:2310.07831);
-* regime adaptation, "train longer" (Hoffer et al., 2017, arXiv:1705.08741).
+* regime adaptation, "train longer" (Hoffer et al., 2017, arXiv:1705.08741);
+* effective-LR diagnostics for scale-invariant weights under weight decay (D'Angelo et al., 2024,
+  arXiv:2310.04415).
 
 Every schedule accepts a traced integer or float step, so it composes with ``optax.inject_hyperparams``,
 ``optax.scale_by_schedule`` and ``jax.jit``/``jax.vmap``.
@@ -35,6 +37,9 @@ __all__ = [
     "last_iterate_bound",
     "optimal_base_lr",
     "regime_adaptation",
+    "effective_lr",
+    "angular_update",
+    "equilibrium_angular_update",
 ]
 
 ANNEAL_STRATEGIES = ("linear", "cos")
@@ -498,3 +503,55 @@ def regime_adaptation(schedule: optax.Schedule, batch_ratio: float) -> optax.Sch
   if not callable(schedule):
     raise TypeError(f"schedule must be a callable step -> value, got {type(schedule).__name__}.")
   return lambda step: schedule(jnp.asarray(step, jnp.float32) / batch_ratio)
+
+
+def effective_lr(params, learning_rate: chex.Numeric):
+  r"""Per-tensor effective learning rate ``eta / ||w||^2`` of scale-invariant weights (D'Angelo et al., 2024).
+
+  For a weight ``w`` followed by a normalisation layer the loss is invariant to ``||w||``, the gradient scales as
+  ``1 / ||w||``, and an SGD step rotates ``w`` by an angle set by ``eta / ||w||^2``: weight decay acts on
+  scale-invariant weights only through this effective LR. Only meaningful for scale-invariant tensors; select
+  them yourself (e.g. hidden Dense kernels followed by a norm layer).
+
+  Args:
+    params: pytree of weights.
+    learning_rate: the (current) learning rate.
+
+  Returns:
+    A pytree of scalars with the structure of ``params``.
+
+  References:
+    D'Angelo, Andriushchenko, Varre, Flammarion, `Why Do We Need Weight Decay in Modern Deep Learning?
+    <https://arxiv.org/abs/2310.04415>`_, 2024.
+  """
+  return jax.tree.map(lambda w: learning_rate / jnp.sum(jnp.square(w.astype(jnp.float32))), params)
+
+
+def angular_update(old_params, new_params):
+  r"""Per-tensor angle (radians) between ``w_t`` and ``w_{t+1}``: ``arccos(<w_t, w_{t+1}> / (|w_t| |w_{t+1}|))``.
+
+  The quantity that actually changes the function for scale-invariant weights (D'Angelo et al., 2024;
+  Wan et al., 2021, arXiv:2006.08419). Computed with ``arctan2(|w_t x w_{t+1}|, <w_t, w_{t+1}>)`` for
+  accuracy at small angles.
+  """
+  def angle(a, b):
+    a, b = a.astype(jnp.float32).ravel(), b.astype(jnp.float32).ravel()
+    dot = jnp.vdot(a, b)
+    # |a|^2 |b|^2 - <a,b>^2 = |a|^2 |b - proj_a b|^2, stable for nearly parallel vectors.
+    perp = b - dot / jnp.maximum(jnp.vdot(a, a), 1e-30) * a
+    return jnp.arctan2(jnp.linalg.norm(a) * jnp.linalg.norm(perp), dot)
+
+  return jax.tree.map(angle, old_params, new_params)
+
+
+def equilibrium_angular_update(learning_rate: chex.Numeric, weight_decay: chex.Numeric) -> jax.Array:
+  r"""Steady-state angular update ``sqrt(2 eta lambda)`` of SGD with weight decay on scale-invariant weights.
+
+  With the gradient orthogonal to ``w`` and ``||g|| ||w||`` constant, the norm settles where decay and gradient
+  growth balance, ``||w||^2 = eta ||g||^2 / (2 lambda)`` (to first order in ``eta lambda``), giving an angle per
+  step of ``eta ||g|| / ||w|| = sqrt(2 eta lambda)`` independent of the loss (the "rotational equilibrium";
+  Wan et al., 2021; used by D'Angelo et al., 2024 to explain why ``eta lambda`` is what matters).
+  """
+  check_non_negative("learning_rate", learning_rate)
+  check_non_negative("weight_decay", weight_decay)
+  return jnp.sqrt(2.0 * jnp.asarray(learning_rate, jnp.float32) * weight_decay)

@@ -11,7 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from paperlab.optim import (cooldown_factor, last_iterate_bound, lr_range_test, one_cycle, one_cycle_momentum,
+from paperlab.optim import (angular_update, cooldown_factor, effective_lr, equilibrium_angular_update,
+                            last_iterate_bound, lr_range_test, one_cycle, one_cycle_momentum,
                             optimal_base_lr, power_schedule, regime_adaptation, wsd_schedule)
 
 
@@ -312,3 +313,34 @@ def test_regime_adaptation_rejects_bad_arguments():
     regime_adaptation(optax.constant_schedule(1.0), 0.0)
   with pytest.raises(TypeError, match="schedule"):
     regime_adaptation(0.1, 2.0)
+
+
+# ------------------------------------------------------------------------------- weight-decay diagnostics
+def test_sgd_with_weight_decay_reaches_rotational_equilibrium():
+  """Scale-invariant weight, gradient of fixed norm x ||w|| orthogonal to w: the angle -> sqrt(2 eta lambda)."""
+  eta, lam, d = 0.1, 2e-2, 64
+
+  def step(w, key):
+    r = jax.random.normal(key, (d,))
+    r = r - jnp.vdot(r, w) / jnp.vdot(w, w) * w
+    g = r / jnp.linalg.norm(r) / jnp.linalg.norm(w)   # ||g|| = 1 / ||w||, g orthogonal to w
+    new = w - eta * (g + lam * w)
+    return new, angular_update(w, new)
+
+  w0 = jax.random.normal(jax.random.key(0), (d,)) / 8.0
+  _, angles = jax.jit(lambda w: jax.lax.scan(step, w, jax.random.split(jax.random.key(1), 3000)))(w0)
+  steady = float(jnp.mean(angles[-1000:]))
+  expected = float(equilibrium_angular_update(eta, lam))
+  assert abs(steady - expected) <= 0.05 * expected
+
+
+def test_effective_lr_and_angle_closed_forms():
+  params = {"a": jnp.full((4,), 0.5), "b": jnp.array([3.0, 4.0])}
+  eff = effective_lr(params, 0.1)
+  np.testing.assert_allclose([float(eff["a"]), float(eff["b"])], [0.1, 0.1 / 25], rtol=1e-6)
+  ang = angular_update({"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([2.0, 2.0])})
+  np.testing.assert_allclose(float(ang["w"]), math.pi / 4, rtol=1e-6)
+  tiny = angular_update(jnp.array([1.0, 0.0]), jnp.array([1.0, 1e-4]))
+  np.testing.assert_allclose(float(tiny), 1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match="weight_decay"):
+    equilibrium_angular_update(0.1, -1.0)
