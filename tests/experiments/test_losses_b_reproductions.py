@@ -39,3 +39,11 @@ def test_claim_reproduces(name, tmp_path):
 def test_number_token_loss_claim(tmp_path):
   result = _run("number_token", tmp_path)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: greedy 4-gram repetition rate 0.730 under "
+                   "TLDR vs 0.645 under CE (claim: TLDR <= CE - 0.05) for a context-3 character MLP LM")
+def test_tldr_claim(tmp_path):
+  result = _run("tldr", tmp_path)
+  assert result["claim"]["passed"], result["claim"]
