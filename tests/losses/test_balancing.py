@@ -243,3 +243,9 @@ def test_max_violation_and_aux_loss_closed_forms():
   np.testing.assert_allclose(B.expert_load(idx, 4), [2.0, 2.0, 2.0, 2.0])
   with pytest.raises(ValueError, match="k must be"):
     B.biased_topk_route(probs, jnp.zeros(4), 5)
+
+
+def test_loss_based_weights_over_a_mapped_axis_equal_the_global_batch():
+  l = jnp.array([0.3, 1.0, 2.5, 4.0, 0.7, 0.1, 3.3, 2.2])
+  sharded = jax.vmap(lambda s: B.loss_based_weights(s, axis_name="devices"), axis_name="devices")(l.reshape(2, 4))
+  np.testing.assert_allclose(sharded.reshape(-1), B.loss_based_weights(l), rtol=1e-6)
