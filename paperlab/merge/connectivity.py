@@ -16,14 +16,14 @@ import jax.numpy as jnp
 
 from paperlab._tree import check_same_structure
 
-__all__ = ["interpolate", "interpolation_curve", "loss_barrier", "starlight_loss", "star_barriers"]
+__all__ = ["interpolation_curve", "loss_barrier", "starlight_loss", "star_barriers"]
 
 PyTree = Any
 
 
-def interpolate(params_a: PyTree, params_b: PyTree, alpha: float | jax.Array) -> PyTree:
-  """``(1 - alpha) * params_a + alpha * params_b`` leaf by leaf, in each leaf's dtype. Jittable, vmappable
-  over ``alpha``."""
+def _lerp(params_a: PyTree, params_b: PyTree, alpha: float | jax.Array) -> PyTree:
+  """``(1 - alpha) * params_a + alpha * params_b`` leaf by leaf, in each leaf's dtype; vmappable over ``alpha``
+  (the public form is :func:`paperlab.merge.interpolate`)."""
   check_same_structure([params_a, params_b], ["params_a", "params_b"])
   def mix(a, b):
     a, b = jnp.asarray(a), jnp.asarray(b)
@@ -58,7 +58,7 @@ def interpolation_curve(loss_fn: Callable[[PyTree], jax.Array], params_a: PyTree
   if alphas.ndim != 1 or alphas.shape[0] < 2:
     raise ValueError(f"alphas must be a 1-D grid of at least 2 points, got shape {alphas.shape}.")
   check_same_structure([params_a, params_b], ["params_a", "params_b"])
-  losses = jax.vmap(lambda t: loss_fn(interpolate(params_a, params_b, t)))(alphas)
+  losses = jax.vmap(lambda t: loss_fn(_lerp(params_a, params_b, t)))(alphas)
   return losses, loss_barrier(losses, alphas)
 
 
@@ -85,7 +85,7 @@ def starlight_loss(loss_fn: Callable[[PyTree, Any], jax.Array], star: PyTree, so
   i = jax.random.randint(k_i, (), 0, n)
   alpha = jax.random.uniform(k_a, ())
   src = jax.tree.map(lambda s: s[i], sources)
-  return loss_fn(interpolate(star, src, alpha), batch)
+  return loss_fn(_lerp(star, src, alpha), batch)
 
 
 def star_barriers(loss_fn: Callable[[PyTree], jax.Array], center: PyTree, models: Sequence[PyTree], *,

@@ -10,12 +10,18 @@ import pytest
 from paperlab import merge
 
 
-def test_interpolate_endpoints_and_dtype():
+def test_curve_evaluates_the_linear_path_in_the_leaf_dtype():
   a = {"w": jnp.zeros(3, jnp.bfloat16)}
   b = {"w": jnp.ones(3, jnp.bfloat16)}
-  assert merge.interpolate(a, b, 0.25)["w"].dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(merge.interpolate(a, b, 0.25)["w"], np.float32), 0.25)
-  np.testing.assert_array_equal(merge.interpolate(a, b, 1.0)["w"], b["w"])
+  seen = []
+
+  def loss(p):
+    seen.append(p["w"].dtype)
+    return jnp.mean(p["w"].astype(jnp.float32))
+
+  losses, _ = merge.interpolation_curve(loss, a, b, [0.0, 0.25, 1.0])
+  np.testing.assert_allclose(losses, [0.0, 0.25, 1.0])
+  assert seen == [jnp.bfloat16]
 
 
 def test_barrier_of_a_double_well_along_the_path():

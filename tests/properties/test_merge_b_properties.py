@@ -4,7 +4,6 @@ reductions to the plain average, FedAvg weights."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
