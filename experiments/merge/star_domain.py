@@ -5,6 +5,9 @@ source 0 and is trained with the Starlight objective (``paperlab.merge.starlight
 of the segment to a random source, each source aligned to the star by weight matching (re-matched a few times
 during training). Then each held-out model is aligned to the star and to source 0, and the test-loss barriers
 (``paperlab.merge.star_barriers``) are compared.
+
+Calibration (seed 0): mean weight-matched barrier star -> held-out 0.0035 vs source 0 -> held-out 0.033; star test
+accuracy 97.3% vs 97.5% mean source accuracy (width 256, 600 star steps: 0.0022 vs 0.036, 98.2% vs 98.1%).
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ CLAIM = ("A Starlight-trained star model has a mean weight-matched test-loss bar
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.width = 256
+  c.width = 128
   c.num_sources = 5
   c.num_held_out = 3
   c.train_steps = 600
-  c.star_steps = 600
+  c.star_steps = 400
   c.rematch_every = 200
   c.batch_size = 128
   c.learning_rate = 1e-3
