@@ -77,7 +77,8 @@ def _require(grad_fn, params, name: str) -> None:
 
 
 def sam_perturbation(grads: optax.Updates, params: optax.Params, rho: chex.Numeric = 0.05, *,
-                     adaptive: bool = False, eta: float = 0.01, eps: float = 1e-12) -> optax.Updates:
+                     adaptive: bool = False, eta: float = 0.01, eps: float = 1e-12, normalize: bool = True
+                     ) -> optax.Updates:
   """The SAM ascent step ``e = rho * T^2 g / (||T g||_2 + eps)`` (float32 leaves).
 
   SAM: ``T = I``, the p=2 solution ``rho g / ||g||`` of Foret et al., "Sharpness-Aware Minimization for
@@ -93,7 +94,14 @@ def sam_perturbation(grads: optax.Updates, params: optax.Params, rho: chex.Numer
     adaptive: ASAM's parameter-scaled neighbourhood.
     eta: ASAM's offset so that zero weights are still perturbed (paper 0.01).
     eps: added to the norm.
+    normalize: ``False`` gives unnormalized SAM (USAM), ``e = rho T^2 g``, the variant analysed by Monzio
+      Compagnoni et al., "An SDE for Modeling SAM: Theory and Insights", arXiv:2301.08203, Eq. (3) (USAM is
+      attracted to saddles with curvature below ``-1/rho``).
   """
+  if not normalize:
+    if adaptive:
+      return jax.tree.map(lambda g, w: _wide(g) * (jnp.abs(_wide(w)) + eta) ** 2 * rho, grads, params)
+    return jax.tree.map(lambda g: _wide(g) * rho, grads)
   if adaptive:
     tg = jax.tree.map(lambda g, w: _wide(g) * (jnp.abs(_wide(w)) + eta), grads, params)
     scale = rho / (_tree_norm(tg) + eps)
@@ -103,8 +111,8 @@ def sam_perturbation(grads: optax.Updates, params: optax.Params, rho: chex.Numer
 
 
 def sam_gradient(grad_fn: GradFn, params: optax.Params, grads: Optional[optax.Updates] = None, *,
-                 rho: chex.Numeric = 0.05, adaptive: bool = False, eta: float = 0.01, eps: float = 1e-12
-                 ) -> optax.Updates:
+                 rho: chex.Numeric = 0.05, adaptive: bool = False, eta: float = 0.01, eps: float = 1e-12,
+                 normalize: bool = True) -> optax.Updates:
   """The SAM gradient ``grad_fn(w + e(w))`` with ``e`` from :func:`sam_perturbation` (two passes, pure).
 
   Foret et al., "Sharpness-Aware Minimization for Efficiently Improving Generalization", arXiv:2010.01412,
@@ -114,7 +122,7 @@ def sam_gradient(grad_fn: GradFn, params: optax.Params, grads: Optional[optax.Up
     grad_fn: ``params -> grads`` on one batch.
     params: where to take the step.
     grads: ``grad_fn(params)`` if already computed (saves a pass).
-    rho, adaptive, eta, eps: as in :func:`sam_perturbation`.
+    rho, adaptive, eta, eps, normalize: as in :func:`sam_perturbation` (``normalize=False``: USAM).
 
   Returns:
     The gradient at the perturbed parameters, in ``grads``' structure.
@@ -123,7 +131,8 @@ def sam_gradient(grad_fn: GradFn, params: optax.Params, grads: Optional[optax.Up
     check_positive("rho", rho)
   if grads is None:
     grads = grad_fn(params)
-  return grad_fn(_add(params, sam_perturbation(grads, params, rho, adaptive=adaptive, eta=eta, eps=eps)))
+  e = sam_perturbation(grads, params, rho, adaptive=adaptive, eta=eta, eps=eps, normalize=normalize)
+  return grad_fn(_add(params, e))
 
 
 def _cast_like(tree, like):
@@ -138,7 +147,7 @@ class SAMState(NamedTuple):
 
 
 def sam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, adaptive: bool = False,
-        eta: float = 0.01, eps: float = 1e-12) -> optax.GradientTransformationExtraArgs:
+        eta: float = 0.01, eps: float = 1e-12, normalize: bool = True) -> optax.GradientTransformationExtraArgs:
   """SAM / ASAM: feed the base optimizer the gradient at the adversarially perturbed weights.
 
   ``g_SAM = grad L(w + rho T^2 g / ||T g||)``; ``updates = inner(g_SAM)``. One extra gradient per step.
@@ -153,6 +162,7 @@ def sam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, adapt
     adaptive: ASAM.
     eta: ASAM offset (paper 0.01; ``pytorch_optimizer`` uses 0).
     eps: added to the gradient norm.
+    normalize: ``False`` for unnormalized SAM (USAM, ``e = rho g``; arXiv:2301.08203).
 
   Returns:
     A transformation whose ``update(grads, state, params, grad_fn=...)`` needs ``grad_fn``.
@@ -165,7 +175,8 @@ def sam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, adapt
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
     _require(grad_fn, params, "sam")
-    g_sam = sam_gradient(grad_fn, params, grads, rho=_value(rho, state.count), adaptive=adaptive, eta=eta, eps=eps)
+    g_sam = sam_gradient(grad_fn, params, grads, rho=_value(rho, state.count), adaptive=adaptive, eta=eta, eps=eps,
+                         normalize=normalize)
     updates, inner_state = inner.update(_cast_like(g_sam, grads), state.inner_state, params, **extra)
     return updates, SAMState(optax.safe_increment(state.count), inner_state)
 

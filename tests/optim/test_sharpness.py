@@ -186,3 +186,23 @@ def test_missing_grad_fn_is_a_clear_error():
     tx.update(params, tx.init(params), params)
   with pytest.raises(TypeError, match="inner"):
     optim.sam("sgd")
+
+
+@pytest.mark.parametrize("rho,attracted", [(2.0, True), (0.5, False)])
+def test_usam_is_attracted_to_a_saddle_when_rho_exceeds_inverse_curvature(rho, attracted):
+  """f = x^T diag(1, -1) x / 2: USAM's factor along the negative direction is 1 + lr (1 - rho) (Monzio Compagnoni
+  et al., arXiv:2301.08203, Sec. 4), so it contracts for rho > 1 and grows otherwise; plain GD always grows."""
+  h = jnp.array([1.0, -1.0])
+  grad_fn = jax.grad(lambda p: 0.5 * jnp.sum(h * p["x"] ** 2))
+  tx = optim.sam(optax.sgd(0.05), rho=rho, normalize=False)
+
+  def step(carry, _):
+    params, state = carry
+    updates, state = tx.update(grad_fn(params), state, params, grad_fn=grad_fn)
+    return (optax.apply_updates(params, updates), state), None
+
+  params = {"x": jnp.array([1.0, 1.0])}
+  (final, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=500)
+  x_neg = abs(float(final["x"][1]))
+  assert x_neg == pytest.approx((1 + 0.05 * (1 - rho)) ** 500, rel=1e-3)
+  assert (x_neg <= 1e-3) if attracted else (x_neg >= 10)
