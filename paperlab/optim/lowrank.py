@@ -27,8 +27,8 @@ from paperlab._checks import check_choice, check_non_negative, check_positive, c
 __all__ = [
     "subspace_rank",
     "galore_basis",
-    "project",
-    "project_back",
+    "to_subspace",
+    "from_subspace",
     "split_gradient",
     "online_pca_loss",
     "online_pca_step",
@@ -85,12 +85,12 @@ def galore_basis(g: jax.Array, rank: int, method: str = "svd", key: jax.Array | 
   return basis.astype(g.dtype)
 
 
-def project(g: jax.Array, basis: jax.Array) -> jax.Array:
+def to_subspace(g: jax.Array, basis: jax.Array) -> jax.Array:
   """Low-rank coordinates: ``G B`` (right projection, ``m >= n``) or ``Bᵀ G`` (left)."""
   return g @ basis if _right(g.shape) else basis.T @ g
 
 
-def project_back(low: jax.Array, basis: jax.Array, shape: tuple[int, int]) -> jax.Array:
+def from_subspace(low: jax.Array, basis: jax.Array, shape: tuple[int, int]) -> jax.Array:
   """Back to the full space: ``low Bᵀ`` (right) or ``B low`` (left)."""
   return low @ basis.T if _right(shape) else basis @ low
 
@@ -98,7 +98,7 @@ def project_back(low: jax.Array, basis: jax.Array, shape: tuple[int, int]) -> ja
 def split_gradient(g: jax.Array, basis: jax.Array) -> tuple[jax.Array, jax.Array]:
   """FRUGAL's split ``G = G_sf + G_free`` with ``G_sf`` the projection onto the subspace (Zmushko et al.,
   arXiv:2411.07837, Alg. 1). For an orthonormal basis ``<G_sf, G_free> = 0``."""
-  g_sf = project_back(project(g, basis), basis, g.shape)
+  g_sf = from_subspace(to_subspace(g, basis), basis, g.shape)
   return g_sf, g - g_sf
 
 
@@ -150,7 +150,7 @@ def _low_rank(rank: int | None, density: float, update_proj_gap: int, method: st
     return (p.shape[0], r) if _right(p.shape) else (r, p.shape[1])
 
   def to_low(g, b):
-    return g if b is None else project(g, b)
+    return g if b is None else to_subspace(g, b)
 
   def init_fn(params):
     rk = ranks(params)
@@ -186,7 +186,7 @@ def _low_rank(rank: int | None, density: float, update_proj_gap: int, method: st
       fresh_state = inner.init(jax.tree.map(jnp.zeros_like, lows))
       inner_state = jax.tree.map(lambda a, b: jnp.where(refresh, a, b), fresh_state, inner_state)
     low_updates, inner_state = inner.update(lows, inner_state)
-    out = jax.tree.map(lambda u, b, g: u if b is None else scale * project_back(u, b, g.shape),
+    out = jax.tree.map(lambda u, b, g: u if b is None else scale * from_subspace(u, b, g.shape),
                        low_updates, basis, updates, is_leaf=is_none)
     if state_free is not None:
       residual = jax.tree.map(lambda g, b: jnp.zeros_like(g) if b is None else split_gradient(g, b)[1],

@@ -26,7 +26,7 @@ def test_galore_basis_spans_pytorch_optimizer_projector(shape):
   ortho = ortho.T if shape[0] >= shape[1] else ortho  # torch keeps Vh rows for right projection
   np.testing.assert_allclose(np.asarray(basis @ basis.T), ortho @ ortho.T, atol=1e-5)
   back_t = proj.project_back(low_t).numpy()
-  back = optim.project_back(optim.project(jnp.asarray(g), basis), basis, shape)
+  back = optim.from_subspace(optim.to_subspace(jnp.asarray(g), basis), basis, shape)
   np.testing.assert_allclose(np.asarray(back), back_t, rtol=1e-4, atol=1e-5)
 
 
