@@ -359,6 +359,8 @@ def random_mask(key: jax.Array, like: PyTree, density: float | jax.Array, *, sam
 def _check_rescale(rescale) -> None:
   if rescale is None or (isinstance(rescale, str) and rescale in ("inverse", "l1")):
     return
+  if isinstance(rescale, jax.Array) and jnp.ndim(rescale) == 0:
+    return  # a traced or device scalar factor: not checked
   if isinstance(rescale, str) or _checks._concrete(rescale) is None:
     raise ValueError(f"rescale must be 'inverse', 'l1', None or a positive number, got {rescale!r}.")
   _checks.check_positive("rescale", rescale)
