@@ -322,7 +322,8 @@ def apply_weights(per_example_losses: chex.Array, weights: chex.Array, *, where:
   mask = jnp.ones(losses.shape, bool) if where is None else jnp.broadcast_to(jnp.asarray(where, bool), losses.shape)
   total = jnp.sum(jnp.where(mask, weights * losses, 0.0))
   if normalize == "weights":
-    return total / jnp.sum(jnp.where(mask, weights, 0.0))
+    denom = jnp.sum(jnp.where(mask, weights, 0.0))
+    return total / jnp.where(denom != 0, denom, 1.0)
   if normalize == "mask":
     return total / jnp.maximum(jnp.sum(mask), 1)
   return total
@@ -398,7 +399,8 @@ def weighted_softmax_cross_entropy_with_integer_labels(logits: chex.Array, label
   w = jnp.where(mask, class_weights[labels], 0.0)
   loss = w * optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
   if normalize:
-    loss = loss * jnp.sum(mask) / jnp.sum(w)
+    total = jnp.sum(w)
+    loss = loss * jnp.sum(mask) / jnp.where(total > 0, total, 1.0)
   return jnp.where(mask, loss, 0.0)
 
 

@@ -249,3 +249,12 @@ def test_loss_based_weights_over_a_mapped_axis_equal_the_global_batch():
   l = jnp.array([0.3, 1.0, 2.5, 4.0, 0.7, 0.1, 3.3, 2.2])
   sharded = jax.vmap(lambda s: B.loss_based_weights(s, axis_name="devices"), axis_name="devices")(l.reshape(2, 4))
   np.testing.assert_allclose(sharded.reshape(-1), B.loss_based_weights(l), rtol=1e-6)
+
+
+def test_fully_masked_batches_give_zero_not_nan():
+  logits, labels = jnp.zeros((3, 4)), jnp.array([0, 1, 2])
+  none = jnp.zeros(3, bool)
+  np.testing.assert_array_equal(
+      B.weighted_softmax_cross_entropy_with_integer_labels(logits, labels, jnp.ones(4), where=none), 0.0)
+  np.testing.assert_array_equal(B.apply_weights(jnp.ones(3), jnp.ones(3), where=none, normalize="weights"), 0.0)
+  np.testing.assert_array_equal(B.apply_weights(jnp.ones(3), jnp.ones(3), where=none, normalize="mask"), 0.0)
