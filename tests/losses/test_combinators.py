@@ -75,3 +75,37 @@ class UncertaintyWeightingTest(chex.TestCase):
       C.uncertainty_weighted({"a": jnp.ones(3)}, {"a": 0.0})
     with self.assertRaisesRegex(ValueError, "unique"):
       C.init_log_vars(["a", "a"])
+
+
+def test_uncertainty_weighting_trains_inside_paperlab_train_step():
+  # The log-variances are nnx.Params of the model, so make_train_step's optimizer trains them with the network;
+  # after training exp(s) tracks each regression task's loss level (Kendall et al.'s optimum s* = log L).
+  import optax
+  from flax import nnx
+
+  from paperlab import data, train
+  from paperlab.models import MLP
+
+  class TwoHeads(nnx.Module):
+    def __init__(self, rngs):
+      self.net = MLP(16, [16], 2, rngs=rngs)
+      self.log_vars = nnx.Param(jnp.zeros(2))
+
+  def loss_fn(model, batch, rng):
+    x, ya, yb = batch
+    out = model.net(x)
+    task = {"a": jnp.mean((out[:, 0] - ya) ** 2), "b": jnp.mean((out[:, 1] - yb) ** 2)}
+    total, _ = C.uncertainty_weighted(task, {"a": model.log_vars[0], "b": model.log_vars[1]})
+    return total, {"mse_a": task["a"], "mse_b": task["b"]}
+
+  mt = data.multitask_toy(n_train=512, noise_scales=(0.1, 1.0))
+  batch = (jnp.asarray(mt.x_train), jnp.asarray(mt.y_train["reg_a"]), jnp.asarray(mt.y_train["reg_b"]))
+  opt = optax.adam(1e-2)
+  graphdef, init = train.make_init(TwoHeads, opt)
+  step = train.make_train_step(graphdef, loss_fn, opt)
+  run = jax.jit(lambda s: train.run_steps(step, s, batch, jax.random.key(1), batch_size=128, num_steps=800))
+  state, metrics = run(init(jax.random.key(0)))
+  var = np.exp(np.asarray(state.params["log_vars"]))
+  mse = np.array([metrics["mse_a"][-100:].mean(), metrics["mse_b"][-100:].mean()])
+  np.testing.assert_allclose(var, mse, rtol=0.3)
+  assert var[1] / var[0] > 10  # the noisier task is down-weighted
