@@ -3,7 +3,6 @@ long-tail class weighting and the auxiliary-loss-free MoE balancer."""
 
 from __future__ import annotations
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
