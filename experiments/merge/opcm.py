@@ -26,7 +26,7 @@ from paperlab import data, merge, models, train
 
 PAPER_ID = 506
 CLAIM = ("With digits tasks arriving one by one, OPCM's final mean task accuracy beats continual weight averaging "
-         "by at least 2 points.")
+         "by at least 2 points and is within 1 point of (or above) continual task arithmetic (lambda = 0.3).")
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -99,11 +99,10 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   mean = {k: float(np.mean(v)) for k, v in results.items()}
   individual = [float(np.mean(_task_accuracy(apply, f, tasks))) for f in fts]
   own = [_task_accuracy(apply, f, [t])[0] for f, t in zip(fts, tasks)]
-  passed = mean["opcm"] >= mean["average"] + config.margin
+  passed = mean["opcm"] >= mean["average"] + config.margin and mean["opcm"] >= mean["task_arithmetic"] - 0.01
   return {
       "claim": {"passed": bool(passed), "statement": CLAIM, "opcm": mean["opcm"], "average": mean["average"],
-                "margin": config.margin},
-      "task_arithmetic": mean["task_arithmetic"],
+                "task_arithmetic": mean["task_arithmetic"], "margin": config.margin},
       "std_over_orderings": {k: float(np.std(v)) for k, v in results.items()},
       "base": float(np.mean(_task_accuracy(apply, base, tasks))),
       "finetuned_mean_over_all_tasks": float(np.mean(individual)),
