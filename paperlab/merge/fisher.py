@@ -137,6 +137,8 @@ def fisher_merge(models: Sequence[PyTree], fishers: Sequence[PyTree], *, weights
     raise ValueError(f"fishers must have one entry per model: got {len(fishers)} for {len(models)} models.")
   check_same_structure([models[0], fishers[0]], ["models[0]", "fishers[0]"])
   weights = _check_weights(weights, len(models))
+  if not any(float(w) > 0 for w in weights):
+    raise ValueError(f"weights must not all be zero, got {list(weights)}.")
   check_non_negative("eps", eps)
   if normalize:
     norms = [jnp.sqrt(sum(jnp.sum(jnp.square(f.astype(jnp.float32))) for f in jax.tree.leaves(fi)))

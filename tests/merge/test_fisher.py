@@ -88,6 +88,8 @@ def test_errors():
     merge.fisher_merge([m, m], [m])
   with pytest.raises(ValueError, match=r"weights\[1\]"):
     merge.fisher_merge([m, m], [m, m], weights=[1.0, -1.0])
+  with pytest.raises(ValueError, match="all be zero"):
+    merge.fisher_merge([m, m], [m, m], weights=[0.0, 0.0])
   with pytest.raises(ValueError, match="structure"):
     merge.fisher_merge([m, {"b": jnp.zeros(2)}], [m, m])
   with pytest.raises(ValueError, match="mode"):
