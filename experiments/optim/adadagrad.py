@@ -53,6 +53,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   per_example_grads = jax.vmap(jax.grad(lambda p, xi, yi: _loss(p, xi[None], yi[None])[0]), (None, 0, 0))
 
   def train(key, adaptive: bool):
+    buffer = bmax if adaptive else b0   # the fixed-batch arm needs no room to grow
     params = {"w": jnp.zeros((d, k)), "b": jnp.zeros((k,))}
     init = (params, opt.init(params), jnp.asarray(b0, jnp.int32), jnp.asarray(0, jnp.int32),
             jnp.asarray(0, jnp.int32), jnp.zeros((max_steps,), jnp.int32))
@@ -62,8 +63,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
 
     def body(carry):
       params, opt_state, b, used, step, history = carry
-      idx = jax.random.randint(jax.random.fold_in(key, step), (bmax,), 0, n)
-      valid = jnp.arange(bmax) < b
+      idx = jax.random.randint(jax.random.fold_in(key, step), (buffer,), 0, n)
+      valid = jnp.arange(buffer) < b
       grads = per_example_grads(params, x[idx], y[idx])
       mean = jax.tree.map(lambda g: jnp.tensordot(valid.astype(g.dtype), g, 1) / b, grads)
       updates, opt_state = opt.update(mean, opt_state, params)
