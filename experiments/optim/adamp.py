@@ -6,8 +6,9 @@ effective step size (the paper's Sec. 2-3). AdamP removes the radial component o
 the same lr, no weight decay, the same seeds and batches.
 
 CI scale uses lr=1e-2 (the catalogue's 1e-3): at lr=1e-3 and 40 epochs the kernels move too little on digits for
-norm growth to show (measured: Adam +0.18% with widths (128, 128), and -0.5% / -1.8% with (64, 64) / (256,)).
-At lr=1e-2: Adam +24%, AdamP +2.2% (ratio 0.09).
+norm growth to show (measured at 40 epochs: Adam +0.18% with widths (128, 128), and -0.5% / -1.8% with
+(64, 64) / (256,)).
+At lr=1e-2 (25 epochs): Adam +24%, AdamP +2.2% (ratio 0.09), test accuracy 0.975 vs 0.980.
 
     paperlab run experiments/optim/adamp.py --config.epochs=80
 """
@@ -24,14 +25,14 @@ from paperlab import data, models, optim, train
 
 PAPER_ID = 17
 CLAIM = ("On a digits MLP with LayerNorm after each hidden layer, AdamP limits the norm growth of the "
-         "scale-invariant kernels, mean(||W_T||/||W_0|| - 1) <= 0.5x that of Adam (lr=1e-2, wd=0, 40 epochs), "
+         "scale-invariant kernels, mean(||W_T||/||W_0|| - 1) <= 0.5x that of Adam (lr=1e-2, wd=0, 25 epochs), "
          "with test accuracy >= Adam's - 0.01 (mean of 3 seeds).")
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seeds = 3
-  c.epochs = 40
+  c.epochs = 25
   c.batch_size = 64
   c.learning_rate = 1e-2
   c.widths = (128, 128)

@@ -120,7 +120,7 @@ def _projection_happens():
   assert not bool(projected["dense2_kernel"])
 
 
-@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)])
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 0.0), (True, 0.1)])
 def test_adamp_matches_official(nesterov, weight_decay):
   _projection_happens()
   ref = _run_torch(lambda ps: adamp_official.AdamP(ps, lr=1e-3, nesterov=nesterov, weight_decay=weight_decay))
@@ -128,7 +128,7 @@ def test_adamp_matches_official(nesterov, weight_decay):
   _assert_close(ours, ref)
 
 
-@pytest.mark.parametrize("nesterov,weight_decay", [(False, 1e-2), (True, 0.0), (True, 1e-2)])
+@pytest.mark.parametrize("nesterov,weight_decay", [(False, 1e-2), (True, 1e-2)])
 def test_sgdp_matches_official(nesterov, weight_decay):
   # Without Nesterov the official code projects its momentum buffer in place: project_buffer=True mirrors that.
   ref = _run_torch(lambda ps: adamp_official.SGDP(ps, lr=0.01, momentum=0.9, nesterov=nesterov,
