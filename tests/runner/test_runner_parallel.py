@@ -57,6 +57,7 @@ def test_process_pool_gives_the_local_results(write_experiment, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # Ray starts its processes after JAX loaded
 def test_ray_backend_gives_the_local_results(write_experiment, tmp_path):
   ray = pytest.importorskip("ray")
   exp = write_experiment(default_trainer_source(num_steps=20, checkpoint_every=20, lrs=(1e-3, 1e-2), seeds=2))
