@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -74,25 +76,45 @@ def _mlp_step(tx, width: int, batch: int, sam_step: bool):
   return (lambda: step(params, state)), n
 
 
+def _with_interleaved_min(record: dict, op, baseline, rounds: int) -> dict:
+  """Add the ratio of the fastest of ``rounds`` interleaved calls of each: on a shared CPU the minimum is the
+  least disturbed estimate of the intrinsic cost (the harness's medians are kept as they are)."""
+  best = {"op": float("inf"), "baseline": float("inf")}
+  for _ in range(rounds):
+    for name, fn in (("op", op), ("baseline", baseline)):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[name] = min(best[name], time.perf_counter() - t0)
+  record.update(op_seconds_min=best["op"], baseline_seconds_min=best["baseline"],
+                ratio_min=best["op"] / best["baseline"])
+  if "target" in record:
+    record["meets_target_min"] = bool(record["ratio_min"] <= record["target"])
+  return record
+
+
 def run(quick: bool = False) -> list[dict]:
   scale = 4 if quick else 1
   repeats = 3 if quick else 20
   params = kernel_pytree(scale)
   n = sum(p.size for p in jax.tree.leaves(params))
   sizes = {"params": n, "leaves": len(jax.tree.leaves(params))}
-  records = [
-      harness.compare("adamp_vs_adamw", _update_fn(optim.adamp(1e-3, weight_decay=1e-2), params),
-                      _update_fn(optax.adamw(1e-3, weight_decay=1e-2), params), sizes=sizes,
-                      op_name="paperlab.optim.adamp", baseline_name="optax.adamw", target=2.0, repeats=repeats),
-      harness.compare("sgdp_vs_sgd_nesterov", _update_fn(optim.sgdp(0.1, momentum=0.9, nesterov=True), params),
-                      _update_fn(optax.sgd(0.1, momentum=0.9, nesterov=True), params), sizes=sizes,
-                      op_name="paperlab.optim.sgdp(nesterov)", baseline_name="optax.sgd(nesterov)", target=2.0,
-                      repeats=repeats),
+  pairs = [
+      ("adamp_vs_adamw", optim.adamp(1e-3, weight_decay=1e-2), optax.adamw(1e-3, weight_decay=1e-2),
+       "paperlab.optim.adamp", "optax.adamw", 2.0),
+      ("sgdp_vs_sgd_nesterov", optim.sgdp(0.1, momentum=0.9, nesterov=True),
+       optax.sgd(0.1, momentum=0.9, nesterov=True), "paperlab.optim.sgdp(nesterov)", "optax.sgd(nesterov)", 2.0),
   ]
+  records = []
+  for name, tx, base, op_name, base_name, target in pairs:
+    op_fn, base_fn = _update_fn(tx, params), _update_fn(base, params)
+    record = harness.compare(name, op_fn, base_fn, sizes=sizes, op_name=op_name, baseline_name=base_name,
+                             target=target, repeats=repeats)
+    records.append(_with_interleaved_min(record, op_fn, base_fn, repeats))
   width, batch = (128, 64) if quick else (1024, 128)
   sam_fn, m = _mlp_step(optim.sam(optax.sgd(0.1, momentum=0.9)), width, batch, True)
   base_fn, _ = _mlp_step(optax.sgd(0.1, momentum=0.9), width, batch, False)
-  records.append(harness.compare("sam_step_vs_base_step", sam_fn, base_fn, sizes={"params": m, "batch": batch},
-                                 op_name="paperlab.optim.sam(sgd) step", baseline_name="sgd step", target=2.1,
-                                 repeats=repeats))
+  record = harness.compare("sam_step_vs_base_step", sam_fn, base_fn, sizes={"params": m, "batch": batch},
+                           op_name="paperlab.optim.sam(sgd) step", baseline_name="sgd step", target=2.1,
+                           repeats=repeats)
+  records.append(_with_interleaved_min(record, sam_fn, base_fn, repeats))
   return records

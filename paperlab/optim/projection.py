@@ -6,8 +6,8 @@ arXiv:2006.08217.
 Flax stores the output channel on the LAST axis (Dense kernel ``(in, out)``, Conv kernel ``(H, W, in, out)``), so
 the paper's per-channel view (PyTorch's ``w.view(w.size(0), -1)``) is here the set of per-last-axis slices. The
 kernel is only ever *reshaped* to ``(rows, channels)`` (free, no transpose), and the four per-channel reductions
-the method needs (``<w,w>``, ``<g,g>``, ``<w,g>``, ``<w,p>``) are taken in one pass; the layer view is derived from
-the same per-channel sums instead of a second pass.
+the method needs (``<w,w>``, ``<g,g>``, ``<w,g>``, ``<w,p>``) are taken in one fused pass; the layer view is
+derived from the same per-channel sums instead of a second pass.
 """
 
 from __future__ import annotations
@@ -38,6 +38,29 @@ def _check_projection_hparams(delta, wd_ratio, eps, weight_decay) -> None:
   check_non_negative("weight_decay", weight_decay)
 
 
+_BLOCK = 8
+
+
+def _channel_sums(w: jax.Array, g: jax.Array, u: jax.Array) -> tuple[jax.Array, ...]:
+  """Per-channel ``<w,w>, <g,g>, <w,g>, <w,u>`` of ``(rows, channels)`` arrays, reading each input once.
+
+  One variadic reduction over blocks of 8 consecutive rows (a single fused loop that reads ``w, g, u`` once and
+  writes 4 arrays 8x smaller), then a cheap reduction of the partial sums. Four separate ``jnp.sum(a * b, 0)``
+  would materialize four full-size products first (measured 1.3x slower for AdamP on CPU). The barrier stops XLA
+  from rewriting the layer view's ``sum(sum(x, 0))`` into four more full-tensor reductions.
+  """
+  rows, channels = w.shape
+  products = (w * w, g * g, w * g, w * u)
+  if rows % _BLOCK == 0 and rows > _BLOCK:
+    blocks = tuple(p.reshape(rows // _BLOCK, _BLOCK, channels) for p in products)
+    zero = jnp.zeros((), w.dtype)
+    partial = jax.lax.reduce(blocks, (zero,) * 4, lambda a, b: tuple(x + y for x, y in zip(a, b)), (1,))
+    sums = tuple(jnp.sum(p, axis=0) for p in partial)
+  else:
+    sums = tuple(jnp.sum(p, axis=0) for p in products)
+  return jax.lax.optimization_barrier(sums)
+
+
 def _project_leaf(update: jax.Array, grad: jax.Array, param: jax.Array, delta: float, eps: float
                   ) -> tuple[jax.Array, jax.Array]:
   """Project one leaf's update (AdamP Alg. 1, lines 6-11). Returns ``(update, projected: bool scalar)``."""
@@ -47,10 +70,7 @@ def _project_leaf(update: jax.Array, grad: jax.Array, param: jax.Array, delta: f
   w = param.reshape(rows, channels).astype(f32)
   g = grad.reshape(rows, channels).astype(f32)
   u = update.reshape(rows, channels).astype(f32)
-  # Four per-channel sums over the (rows, channels) view; the layer view's sums are sums of these. The barrier
-  # stops XLA from rewriting sum(sum(x, 0)) into four more full-tensor reductions (2x slower on CPU).
-  ww, gg, wg, wu = jax.lax.optimization_barrier(
-      tuple(jnp.sum(a * b, axis=0) for a, b in ((w, w), (g, g), (w, g), (w, u))))
+  ww, gg, wg, wu = _channel_sums(w, g, u)
   w_norm, g_norm = jnp.sqrt(ww), jnp.sqrt(gg)
   # Cosine as torch.nn.functional.cosine_similarity: each norm clamped below at eps.
   cos_channel = jnp.abs(wg) / (jnp.maximum(w_norm, eps) * jnp.maximum(g_norm, eps))
