@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import paperlab.losses as pl
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
-FEW = settings(max_examples=6, deadline=None, derandomize=True)  # for the expensive (many-loss) properties
+FEW = settings(max_examples=5, deadline=None, derandomize=True)  # for the expensive (many-loss) properties
 N, C = 9, 5
 SEEDS = st.integers(0, 2 ** 31 - 1)
 
