@@ -33,6 +33,11 @@ def test_nce_rce_beats_cross_entropy_under_40_percent_symmetric_noise(tmp_path):
 
 
 @pytest.mark.slow
+def test_comp_sum_gce_and_mae_beat_cross_entropy_under_40_percent_symmetric_noise(tmp_path):
+  assert _run("comp_sum_noise", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
 def test_sigmoid_focal_raises_rare_class_recall_over_bce(tmp_path):
   assert _run("focal_imbalance", tmp_path)["claim"]["passed"]
 
