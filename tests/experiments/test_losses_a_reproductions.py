@@ -38,6 +38,11 @@ def test_comp_sum_gce_and_mae_beat_cross_entropy_under_40_percent_symmetric_nois
 
 
 @pytest.mark.slow
+def test_encouraging_loss_enlarges_test_logit_margins(tmp_path):
+  assert _run("encouraging", tmp_path)["claim"]["passed"]
+
+
+@pytest.mark.slow
 def test_sigmoid_focal_raises_rare_class_recall_over_bce(tmp_path):
   assert _run("focal_imbalance", tmp_path)["claim"]["passed"]
 
