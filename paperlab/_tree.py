@@ -10,7 +10,13 @@ import jax
 
 
 def path_str(path: tuple) -> str:
-  """``/``-joined key path, e.g. ``"hidden/0/kernel"`` (dict keys, sequence indices and attributes)."""
+  """``/``-joined key path, e.g. ``"hidden/0/kernel"`` (dict keys, sequence indices and attributes).
+
+  The trailing ``.value`` attribute of an ``nnx.State`` Variable is dropped, so a plain dict of parameters and the
+  ``nnx.State`` it came from give the same paths (and path filters match both).
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
   parts = []
   for k in path:
     if isinstance(k, jax.tree_util.DictKey):

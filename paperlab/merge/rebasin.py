@@ -65,16 +65,11 @@ def permutation_spec(axes_to_perm: Mapping[str, Sequence[str | None]]) -> Permut
   return PermutationSpec(a2p, {p: tuple(v) for p, v in p2a.items()})
 
 
-def _key(path: tuple) -> str:
-  """Leaf path as a string; the ``/value`` of an ``nnx.State`` Variable is dropped so specs match both layouts."""
-  s = path_str(path)
-  return s[:-len("/value")] if s.endswith("/value") else s
-
 
 def _indices(params: PyTree, pattern: str) -> list[int]:
   rx = re.compile(pattern)
   found = {int(m.group(1)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-           if (m := rx.fullmatch(_key(p)))}
+           if (m := rx.fullmatch(path_str(p)))}
   return sorted(found)
 
 
@@ -147,7 +142,7 @@ def transformer_spec(params: PyTree) -> PermutationSpec:
 
 
 def _flat(tree: PyTree) -> dict[str, Any]:
-  return {_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _check_spec_covers(spec: PermutationSpec, tree: PyTree, name: str) -> None:
@@ -189,7 +184,7 @@ def apply_permutation(spec: PermutationSpec, perms: Mapping[str, Any], params: P
   """
   _check_spec_covers(spec, params, "params")
   return jax.tree_util.tree_map_with_path(
-      lambda path, w: _permute(w, spec.axes_to_perm[_key(path)], perms), params)
+      lambda path, w: _permute(w, spec.axes_to_perm[path_str(path)], perms), params)
 
 
 def invert_permutation(perms: Mapping[str, Any]) -> dict[str, Any]:
@@ -382,7 +377,7 @@ def repair(graphdef: nnx.GraphDef, merged: PyTree, params_a: PyTree, params_b: P
 
   def fold_into(tree, name, r, shift):
     def upd(path, v):
-      k = _key(path)
+      k = path_str(path)
       if k == f"{name}/kernel":
         return (v * r).astype(v.dtype)
       if k == f"{name}/bias":

@@ -39,11 +39,6 @@ def _recording_class(cls: type) -> type:
   return _RECORDING_CLASSES[cls]
 
 
-def _key(path: tuple) -> str:
-  """Leaf path as a string; the ``/value`` of an ``nnx.State`` Variable is dropped so both layouts match."""
-  s = path_str(path)
-  return s[:-len("/value")] if s.endswith("/value") else s
-
 
 def _merge(graphdef: nnx.GraphDef, params: PyTree, model_state: PyTree | None) -> nnx.Module:
   model = nnx.merge(graphdef, params, {} if model_state is None else model_state)
@@ -143,13 +138,13 @@ def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Arr
   for i, g in enumerate(grams[1:], 1):
     if set(g) != keys:
       raise ValueError(f"grams[{i}] covers paths {sorted(set(g) ^ keys)[:3]} that grams[0] does not (or vice versa).")
-  paths = {_key(p) for p, _ in jax.tree_util.tree_flatten_with_path(models[0])[0]}
+  paths = {path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(models[0])[0]}
   unknown = sorted(keys - paths)
   if unknown:
     raise ValueError(f"grams name paths that are not leaves of the models: {unknown[:3]}.")
 
   def merge_leaf(path, *leaves):
-    name = _key(path)
+    name = path_str(path)
     if name not in keys:
       return (sum(l.astype(jnp.float32) for l in leaves) / len(leaves)).astype(leaves[0].dtype)
     if leaves[0].ndim != 2:
