@@ -46,11 +46,13 @@ def test_readme_python_blocks_run(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_readme_tour_shell_commands_run(tmp_path):
+  env = {**_env(), "PAPERLAB_RECORDS": str(tmp_path / "records")}  # keep `paperlab reproduce` out of the checkout
   for block in _blocks("bash")[2:]:
     for line in block.strip().splitlines():
       assert line.startswith("paperlab "), f"tour shell lines must be paperlab commands: {line!r}"
-      result = subprocess.run(line, shell=True, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+      result = subprocess.run(line, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
       assert result.returncode == 0, f"{line}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
 
 

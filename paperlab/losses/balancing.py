@@ -433,6 +433,9 @@ def posthoc_logit_adjustment(logits: chex.Array, log_priors: chex.Array, *, tau:
 
 
 class LossFreeBalancerState(NamedTuple):
+  """State of :func:`loss_free_balancer` (Wang et al., "Auxiliary-Loss-Free Load Balancing Strategy for
+  Mixture-of-Experts", arXiv:2408.15664): the per-expert bias added to routing scores for top-k selection only."""
+
   bias: jax.Array  # [E] per-expert selection bias (never receives a gradient)
 
 

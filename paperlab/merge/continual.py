@@ -118,5 +118,6 @@ def opcm_step(state: OPCMState, finetuned: PyTree, *, alpha: float = 0.5, matric
 
 
 def opcm_params(state: OPCMState) -> PyTree:
-  """The current merged parameters."""
+  """The merged parameters after the models seen so far (OPCM, "Merging Models on the Fly Without Retraining: A
+  Sequential Approach to Scalable Continual Model Merging", arXiv:2501.09522)."""
   return state.merged
