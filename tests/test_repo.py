@@ -49,6 +49,7 @@ def test_readme_python_blocks_run(tmp_path):
 @pytest.mark.slow
 def test_readme_tour_shell_commands_run(tmp_path):
   env = {**_env(), "PAPERLAB_RECORDS": str(tmp_path / "records")}  # keep `paperlab reproduce` out of the checkout
+  (tmp_path / "experiments").symlink_to(ROOT / "experiments")  # commands run as from the repo root, runs/ in tmp
   for block in _blocks("bash")[2:]:
     for line in block.strip().splitlines():
       assert line.startswith("paperlab "), f"tour shell lines must be paperlab commands: {line!r}"
