@@ -120,6 +120,32 @@ def run_steps(step_fn: Callable, state: TrainState, data, key: jax.Array, *, bat
   return jax.lax.scan(body, state, None, length=num_steps)
 
 
+def mean_loss(per_example_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
+  """Adapt an ``optax.losses``-style ``loss(logits, labels) -> per-example`` to a ``loss_fn(model, (x, y), rng)``
+  that returns the batch mean."""
+  return lambda model, batch, rng: jnp.mean(per_example_loss(model(batch[0]), batch[1]))
+
+
+def fit_full_batch(model_fn: Callable[[nnx.Rngs], nnx.Module], optimizer: optax.GradientTransformation,
+                   loss_fn: LossFn, data, keys: jax.Array, *, num_steps: int,
+                   evaluate_fn: Callable[[nnx.GraphDef, TrainState], Any] | None = None) -> tuple[Any, dict]:
+  """Train one model per key on the whole of ``data`` for ``num_steps`` steps, all keys as one vmapped program.
+
+  The loop of the small reproductions: key ``k`` initializes its model and is the step rng throughout. Returns
+  ``(evaluate_fn(graphdef, final_state) or final_state, per-step metrics)``, each with a leading key axis;
+  ``evaluate_fn`` runs inside the same compiled program.
+  """
+  graphdef, init = make_init(model_fn, optimizer)
+  step = make_train_step(graphdef, loss_fn, optimizer)
+
+  @jax.jit
+  def run(key):
+    state, metrics = jax.lax.scan(lambda s, _: step(s, data, key), init(key), None, length=num_steps)
+    return (state if evaluate_fn is None else evaluate_fn(graphdef, state)), metrics
+
+  return jax.vmap(run)(keys)
+
+
 def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict:
   """Per-example cross-entropy and correctness, reduced by :func:`evaluate`."""
   return {

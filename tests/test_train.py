@@ -125,3 +125,21 @@ def test_wrong_batch_shape_is_a_clear_error(digits_jnp):
     step(init(jax.random.key(0)), (digits_jnp[0][:4, :10], digits_jnp[1][:4]), jax.random.key(0))
   with pytest.raises(ValueError, match="same number of examples"):
     train.evaluate(graphdef, init(jax.random.key(0)), digits_jnp[0][:5], digits_jnp[1][:4])
+
+
+def test_fit_full_batch_equals_one_run_per_key(digits_jnp):
+  data = (digits_jnp[0][:128], digits_jnp[1][:128])
+  opt = optax.adam(1e-2)
+  loss_fn = train.mean_loss(optax.softmax_cross_entropy_with_integer_labels)
+  keys = jax.random.split(jax.random.key(3), 2)
+  states, metrics = train.fit_full_batch(_mlp(), opt, loss_fn, data, keys, num_steps=20)
+  assert metrics["loss"].shape == (2, 20) and metrics["loss"][0, -1] < metrics["loss"][0, 0]
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = jax.jit(train.make_train_step(graphdef, loss_fn, opt))
+  state = init(keys[1])
+  for _ in range(20):
+    state, _ = step(state, data, keys[1])
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], states), state, rtol=1e-5, atol=1e-6)
+  accs, _ = train.fit_full_batch(_mlp(), opt, loss_fn, data, keys, num_steps=20,
+                                 evaluate_fn=lambda g, s: train.evaluate(g, s, *data)["accuracy"])
+  assert accs.shape == (2,) and float(accs.min()) > 0.5

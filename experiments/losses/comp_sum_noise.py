@@ -43,27 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def _train(loss_name: str, ds, config):
-  loss = LOSSES[loss_name]
   model_fn = lambda rngs: models.MLP(64, [config.width], 10, rngs=rngs)
-  optimizer = optax.adam(config.learning_rate)
-  graphdef, init = train.make_init(model_fn, optimizer)
-
-  def loss_fn(model, batch, rng):
-    x, y = batch
-    return jnp.mean(loss(model(x), y))
-
-  step = train.make_train_step(graphdef, loss_fn, optimizer)
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-
-  @jax.jit
-  def run(key):
-    state = init(key)
-    state, metrics = jax.lax.scan(lambda s, _: step(s, (x, y), key), state, None, length=config.num_steps)
-    return train.evaluate(graphdef, state, ds.x_test, ds.y_test)["accuracy"], metrics["loss"]
-
   keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
-  acc, losses = jax.vmap(run)(keys)
-  return np.asarray(acc), np.asarray(losses)
+  acc, metrics = train.fit_full_batch(
+      model_fn, optax.adam(config.learning_rate), train.mean_loss(LOSSES[loss_name]),
+      (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), keys, num_steps=config.num_steps,
+      evaluate_fn=lambda graphdef, state: train.evaluate(graphdef, state, ds.x_test, ds.y_test)["accuracy"])
+  return np.asarray(acc), np.asarray(metrics["loss"])
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:

@@ -62,18 +62,13 @@ def per_class_recall(graphdef, state, x, y, num_classes=10):
 def train_recall(loss, ds, config):
   """Per-seed, per-class test recall ``[num_seeds, 10]`` and train-loss curves after full-batch Adam."""
   model_fn = lambda rngs: models.MLP(64, [config.width], 10, rngs=rngs)
-  optimizer = optax.adam(config.learning_rate)
-  graphdef, init = train.make_init(model_fn, optimizer)
-  step = train.make_train_step(graphdef, lambda m, b, r: jnp.mean(loss(m(b[0]), b[1])), optimizer)
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-
-  @jax.jit
-  def run(key):
-    state, metrics = jax.lax.scan(lambda s, _: step(s, (x, y), key), init(key), None, length=config.num_steps)
-    return per_class_recall(graphdef, state, jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)), metrics["loss"]
-
-  recall, losses = jax.vmap(run)(jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds))
-  return np.asarray(recall), np.asarray(losses)
+  keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
+  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  recall, metrics = train.fit_full_batch(
+      model_fn, optax.adam(config.learning_rate), train.mean_loss(loss),
+      (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), keys, num_steps=config.num_steps,
+      evaluate_fn=lambda graphdef, state: per_class_recall(graphdef, state, x_test, y_test))
+  return np.asarray(recall), np.asarray(metrics["loss"])
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
