@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
 
 import pytest
 
 from paperlab import papers
+from paperlab.runner.config import load_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,9 +38,7 @@ def test_listed_experiments_follow_the_contract():
       continue
     path = ROOT / p.experiment
     assert path.is_file(), f"paper {p.id}: experiment {p.experiment} does not exist"
-    spec = importlib.util.spec_from_file_location(f"exp_{p.id}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_experiment(path)
     assert callable(module.get_config) and callable(module.run), p.experiment
     assert getattr(module, "PAPER_ID", p.id) == p.id, p.experiment
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from paperlab.runner import Context
+from paperlab.runner.config import load_experiment
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "losses"
 
 
 def _load(name: str):
-  spec = importlib.util.spec_from_file_location(f"experiments_losses_{name}", EXPERIMENTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment(EXPERIMENTS / f"{name}.py")
 
 
 def _run(name: str, tmp_path) -> dict:

@@ -3,20 +3,18 @@ catalogue claim at CI scale."""
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from paperlab.runner import Context
+from paperlab.runner.config import load_experiment
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "losses"
 
 
 def _run(name: str, tmp_path) -> dict:
-  spec = importlib.util.spec_from_file_location(f"experiments_losses_b_{name}", EXPERIMENTS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_experiment(EXPERIMENTS / f"{name}.py")
   assert isinstance(module.PAPER_ID, int) and module.CLAIM
   result = module.run(module.get_config(), Context(tmp_path, quiet=True))
   assert result["claim"]["statement"] == module.CLAIM

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from paperlab.runner import Context
+from paperlab.runner.config import load_experiment
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "merge" / "lawa.py"
-_spec = importlib.util.spec_from_file_location("experiments_merge_lawa", _PATH)
-lawa = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lawa)
+lawa = load_experiment(_PATH)
 
 
 @pytest.mark.slow

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from paperlab.runner import Context
+from paperlab.runner.config import load_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "merge"
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(f"experiments_merge_{name}", ROOT / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment(ROOT / f"{name}.py")
 
 
 def _run(name, tmp_path):

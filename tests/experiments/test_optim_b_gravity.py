@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from paperlab.runner import Context
+from paperlab.runner.config import load_experiment
 
 EXPERIMENT = pathlib.Path(__file__).parents[2] / "experiments" / "optim" / "gravity.py"
 
 
 def _load():
-  spec = importlib.util.spec_from_file_location("experiments_optim_gravity", EXPERIMENT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment(EXPERIMENT)
 
 
 @pytest.mark.slow

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
 
 from paperlab.runner import Context
+from paperlab.runner.config import load_experiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / "optim" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_experiment(ROOT / "experiments" / "optim" / f"{name}.py")
 
 
 @pytest.mark.slow
