@@ -23,7 +23,9 @@ DARE's Bernoulli masks come by default from a keyed counter-based hash (``sample
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -130,7 +132,11 @@ def _order_stats(xs: tuple, ranks: jax.Array, threshold: str, sample_size: int) 
     bits = jnp.concatenate([_abs_bits(x) for x in xs]) if len(xs) > 1 else _abs_bits(xs[0])
     return jnp.stack([_bits_to_float(_kth_largest(bits, n - r)) for r in ranks])
   parts = [_sample_bits(x, max(1, -(-sample_size * x.size // n)), 7919 * i + 1) for i, x in enumerate(xs)]
-  bits = jnp.concatenate(parts)
+  return _sample_order_stats(jnp.concatenate(parts), n, ranks)
+
+
+def _sample_order_stats(bits: jax.Array, n: int, ranks: jax.Array) -> jax.Array:
+  """The values at population ranks ``ranks`` (ascending, 0-based, out of ``n``) estimated from sampled bits."""
   m = bits.size
   rs = jnp.clip(jnp.round(ranks.astype(jnp.float32) * (m / n)).astype(jnp.int32), 0, m - 1)
   return jnp.stack([_bits_to_float(_kth_largest(bits, m - r)) for r in rs])
@@ -139,7 +145,7 @@ def _order_stats(xs: tuple, ranks: jax.Array, threshold: str, sample_size: int) 
 # ----------------------------------------------------------------------------------------------------------------
 # exact k-th largest |delta| over leaves by bracketing (the default "exact" threshold of TIES)
 
-_BRACKET_SAMPLE = 1 << 18  # sampled entries per model (per leaf for the tensor scope)
+_BRACKET_SAMPLE = 1 << 19  # sampled entries per model (per leaf for the tensor scope)
 _BRACKET_Z = 6.0  # bracket half-width in binomial standard deviations: a miss (then the fallback runs) ~1e-9
 _TINY = float(np.finfo(np.float32).tiny)
 
@@ -169,30 +175,30 @@ def _bracket_ranks(n: int, k: int, s: int) -> tuple[int, int]:
   return int(np.floor(q * s - half)), int(np.ceil(q * s + half))
 
 
-def _host_band(cap: int, codes, bases, models) -> tuple[np.ndarray, int, int]:
-  """Host compaction: ``codes`` mark entries inside the bracket (1) or above it (2). Returns the |delta| bits of up to
-  ``cap`` in-bracket entries (-1 padding), the number of in-bracket entries and the number above. numpy's
-  ``flatnonzero`` compacts at memory speed, where XLA's CPU ``nonzero`` needs a slow cumulative sum."""
-  out = np.full((cap,), -1, np.int32)
-  pos = n_in = n_above = 0
-  for code, b, m in zip(codes, bases, models):
-    code = np.asarray(code).reshape(-1)
-    idx = np.flatnonzero(code == 1)
-    n_above += int(np.count_nonzero(code)) - idx.size  # codes are 0 below, 1 inside, 2 above
-    n_in += idx.size
-    take = idx[:max(0, cap - pos)]
-    if take.size:
-      mb = np.asarray(m).reshape(-1)[take].astype(np.float32)
-      bb = np.asarray(b).reshape(-1)[take].astype(np.float32)
-      # XLA on CPU flushes subnormal inputs and results to zero: do the same so the bits match its |m - b|
-      mb[np.abs(mb) < _TINY] = 0
-      bb[np.abs(bb) < _TINY] = 0
-      d = np.abs(mb - bb)
-      d[d < _TINY] = 0
-      out[pos:pos + take.size] = d.view(np.int32)
-      pos += take.size
-  big = np.iinfo(np.int32).max
-  return out, min(n_in, big), min(n_above, big)
+_GROUP = 4  # models per uint8 code of the host path: bit j marks model j inside its bracket, bit 4 + j above it
+
+
+def _flush(x: np.ndarray) -> np.ndarray:
+  """Zero subnormals in place, as XLA does on CPU to its inputs and results (so host bits match its |m - b|)."""
+  x[np.abs(x) < _TINY] = 0
+  return x
+
+
+def _host_leaf(code, b, ms) -> tuple[list[int], list[np.ndarray]]:
+  """Host compaction of one leaf for a group of models: per model the number of entries above its bracket and the
+  |delta| bits of the entries inside it. numpy's ``flatnonzero`` compacts at memory speed where XLA's CPU
+  ``nonzero`` needs a slow cumulative sum; numpy releases the GIL, so leaves run in parallel threads."""
+  code = np.asarray(code)
+  above = [int(np.count_nonzero(code & np.uint8(16 << j))) for j in range(len(ms))]
+  nz = np.flatnonzero((code & np.uint8(15)) != 0)  # on bool: 3x faster than on uint8
+  sub = code[nz]
+  bz = np.asarray(b).reshape(-1)
+  cands = []
+  for j, m in enumerate(ms):
+    idx = nz[(sub & np.uint8(1 << j)) != 0]
+    d = _flush(np.asarray(m).reshape(-1)[idx].astype(np.float32)) - _flush(bz[idx].astype(np.float32))
+    cands.append(_flush(np.abs(d)).view(np.int32))
+  return above, cands
 
 
 @jax.jit
@@ -209,27 +215,71 @@ def _bracket_setup(n: int, k: int, sample_size: int) -> tuple[int, int, int]:
   return r_hi, r_lo, cap
 
 
-@functools.partial(jax.jit, static_argnames=("k", "sample_size"))
-def _bracket_codes(bs: tuple, ms: tuple, k: int, sample_size: int):
-  """Steps 1-2 of :func:`_kth_largest_delta`: the bracket ``(lo, hi)`` (bits) and per-leaf uint8 codes."""
+def _sample_positions(size: int, cnt: int, leaf: int) -> jax.Array:
+  return (_hash_u32(jnp.arange(cnt, dtype=jnp.uint32), jnp.uint32(7919 * leaf + 1)) % jnp.uint32(size)).astype(
+      jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("sample_size",))
+def _bracket_sample(bs: tuple, mss: tuple, sample_size: int) -> jax.Array:
+  """Step 1 of :func:`_kth_largest_deltas`: ``(n_models, s)`` |delta| bits at hashed positions (the same positions
+  for every model, about ``sample_size`` of them, spread over the leaves in proportion to their sizes)."""
   sizes = [b.size for b in bs]
   n = sum(sizes)
-  parts = []
-  for i, (b, m, size) in enumerate(zip(bs, ms, sizes)):
+  parts = [[] for _ in mss]
+  for i, (b, size) in enumerate(zip(bs, sizes)):
     cnt = max(1, -(-sample_size * size // n))
     if cnt >= size:
-      parts.append(_delta_bits(b, m))
+      for j, ms in enumerate(mss):
+        parts[j].append(_delta_bits(b, ms[i]))
       continue
-    idx = (_hash_u32(jnp.arange(cnt, dtype=jnp.uint32), jnp.uint32(7919 * i + 1)) % jnp.uint32(size))
-    idx = idx.astype(jnp.int32)
-    parts.append(_delta_bits(b.reshape(-1)[idx], m.reshape(-1)[idx]))
-  sample = jnp.concatenate(parts)
-  s = sample.size
+    idx = _sample_positions(size, cnt, i)
+    bi = b.reshape(-1)[idx]
+    for j, ms in enumerate(mss):
+      parts[j].append(_delta_bits(bi, ms[i].reshape(-1)[idx]))
+  return jnp.stack([jnp.concatenate(p) for p in parts])
+
+
+def _bracket_bounds(sample: jax.Array, n: int, k: int) -> tuple[jax.Array, jax.Array]:
+  """The sample order statistics ``(lo, hi)`` (bits) that bracket the population's k-th largest (traceable)."""
+  s = sample.shape[-1]
   r_hi, r_lo = _bracket_ranks(n, k, s)
   inf_bits = jnp.int32(0x7F800000)
   count_sample = lambda v: jnp.sum(sample >= v, dtype=jnp.int32)
   hi = _bisect_bits(count_sample, r_hi, 0, inf_bits) if r_hi >= 1 else inf_bits
   lo = _bisect_bits(count_sample, r_lo, 0, hi) if r_lo <= s else jnp.int32(0)
+  return lo, hi
+
+
+def _bracket_bounds_host(sample: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """:func:`_bracket_bounds` for every row of a host ``(n_models, s)`` sample, by ``np.partition``."""
+  s = sample.shape[-1]
+  r_hi, r_lo = _bracket_ranks(n, k, s)
+  kth = [s - r for r in (r_lo, r_hi) if 1 <= r <= s]
+  part = np.partition(sample, kth, axis=-1) if kth else sample
+  hi = part[:, s - r_hi] if r_hi >= 1 else np.full(len(sample), 0x7F800000, np.int32)
+  lo = part[:, s - r_lo] if r_lo <= s else np.zeros(len(sample), np.int32)
+  return lo.astype(np.int32), hi.astype(np.int32)
+
+
+@jax.jit
+def _code_leaf(b: jax.Array, ms: tuple, lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """Step 2 of the host path: one pass over a leaf codes, for up to 4 models at once, which entries lie inside
+  model j's bracket (bit j) or above it (bit 4 + j)."""
+  code = jnp.zeros((b.size,), jnp.uint8)
+  for j, m in enumerate(ms):
+    d = _delta_bits(b, m)
+    inside = ((d >= lo[j]) & (d <= hi[j])).astype(jnp.uint8)
+    code = code | (inside << j) | ((d > hi[j]).astype(jnp.uint8) << (4 + j))
+  return code
+
+
+@functools.partial(jax.jit, static_argnames=("k", "sample_size"))
+def _bracket_codes(bs: tuple, ms: tuple, k: int, sample_size: int):
+  """Steps 1-2 of the XLA path for one model: the bracket ``(lo, hi)`` (bits) and per-leaf uint8 codes (0 below,
+  1 inside, 2 above)."""
+  n = sum(b.size for b in bs)
+  lo, hi = _bracket_bounds(_bracket_sample(bs, (ms,), sample_size)[0], n, k)
   codes = tuple((_delta_bits(b, m) >= lo).astype(jnp.uint8) + (_delta_bits(b, m) > hi).astype(jnp.uint8)
                 for b, m in zip(bs, ms))
   return lo, hi, codes
@@ -262,33 +312,92 @@ def _kth_largest_delta_xla(bs: tuple, ms: tuple, k: int, sample_size: int) -> ja
   return _select_in_bracket(bs, ms, jnp.concatenate(cands), n_in, n_above, lo, hi, k)
 
 
-def _kth_largest_delta(bs: tuple, ms: tuple, k: int, sample_size: int = _BRACKET_SAMPLE,
-                       compaction: str = "auto") -> jax.Array:
-  """Exactly the k-th largest of ``|m - b|`` over all leaves (float32), in about two passes over ``ms``/``bs``.
+def _scope_sample_size(n: int, sample_size: int) -> int:
+  """Sampled entries for a scope of ``n`` entries: ``sample_size``, but at most ~3% of a scope (a small scope, such
+  as one tensor of mergekit's per-tensor trim, needs no more to keep its bracket at a few percent of its
+  entries) and at least 4096."""
+  return min(sample_size, max(n // 32, 1 << 12))
 
-  1. Sample ``sample_size`` entries (hashed positions) and take the sample order statistics that bracket the
-     population's k-th largest with overwhelming probability: ``[lo, hi]`` (see :func:`_bracket_ranks`).
+
+def _kth_largest_host(bs: tuple, mss: Sequence[tuple], scopes: Sequence[Sequence[int]], ks: Sequence[int],
+                      sample_size: int) -> np.ndarray:
+  """The host path of :func:`_kth_largest_deltas` for several disjoint scopes (lists of leaf indices, each with
+  its own ``k``; every scope must take the bracketing path): a ``(n_scopes, n_models)`` float32 array.
+
+  Per group of 4 models, one jitted pass per leaf writes uint8 codes (bit j: inside model j's bracket, bit 4 + j:
+  above it) and a thread pool compacts leaf ``i`` with numpy while XLA codes the next leaves (numpy releases the
+  GIL); the selections run in the pool too."""
+  out = np.empty((len(scopes), len(mss)), np.float32)
+  sizes = [sum(bs[i].size for i in scope) for scope in scopes]
+  leaf_scope = {i: si for si, scope in enumerate(scopes) for i in scope}
+  order = sorted(leaf_scope)
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    for g in range(0, len(mss), _GROUP):
+      group = tuple(mss[g:g + _GROUP])
+      samples = [_bracket_sample(tuple(bs[i] for i in scope), tuple(tuple(ms[i] for i in scope) for ms in group),
+                                 _scope_sample_size(n, sample_size)) for scope, n in zip(scopes, sizes)]
+      bounds = [tuple(map(jnp.asarray, _bracket_bounds_host(np.asarray(smp), n, k)))
+                for smp, n, k in zip(samples, sizes, ks)]
+      codes = {i: _code_leaf(bs[i], tuple(ms[i] for ms in group), *bounds[leaf_scope[i]]) for i in order}  # async
+      found = dict(zip(order, pool.map(lambda i: _host_leaf(codes[i], bs[i], [ms[i] for ms in group]), order)))
+
+      def select(task):
+        si, j = task
+        above = sum(found[i][0][j] for i in scopes[si])
+        cand = np.concatenate([found[i][1][j] for i in scopes[si]])
+        r = ks[si] - above  # the answer is the r-th largest candidate when the bracket holds it
+        if 1 <= r <= cand.size:
+          return np.partition(cand, cand.size - r)[cand.size - r].view(np.float32)
+        return None  # the bracket missed (probability ~1e-9)
+
+      tasks = [(si, j) for si in range(len(scopes)) for j in range(len(group))]
+      for (si, j), v in zip(tasks, pool.map(select, tasks)):
+        if v is None:  # on a miss, exact bisection over all entries of the scope
+          scope = scopes[si]
+          v = _kth_largest_delta_small(tuple(bs[i] for i in scope), tuple(group[j][i] for i in scope),
+                                       jnp.int32(ks[si]))
+        out[si, g + j] = v
+  return out
+
+
+def _kth_largest_deltas(bs: tuple, mss: Sequence[tuple], k: int, sample_size: int = _BRACKET_SAMPLE,
+                        compaction: str = "auto") -> jax.Array:
+  """Exactly the k-th largest of ``|m - b|`` over all leaves (float32) for every model ``ms`` of ``mss``: a
+  ``(n_models,)`` array, in about two passes over memory for all models together.
+
+  1. Sample ``sample_size`` entries (hashed positions, shared by the models; fewer for a small scope, see
+     :func:`_scope_sample_size`) and take the sample order statistics that bracket the population's k-th largest
+     with overwhelming probability: ``[lo, hi]`` (see :func:`_bracket_ranks`).
   2. One pass codes every entry as below / inside / above the bracket; the entries inside (about
-     ``12 / sqrt(sample_size)`` of them) are gathered into a fixed-capacity buffer and the number above is counted.
-  3. If ``above < k <= above + inside`` and the buffer did not overflow, the answer is the ``(k - above)``-th
-     largest of the buffer (bisection on ``[lo, hi]`` over the small buffer); otherwise a ``lax.cond`` fallback
-     bisects over all entries (31 counting passes). Either way the result is exact.
+     ``12 / sqrt(sample_size)`` of them) are gathered and the number above is counted.
+  3. If ``above < k <= above + inside``, the answer is the ``(k - above)``-th largest of the gathered entries;
+     otherwise an exact fallback bisects over all entries (31 counting passes). Either way the result is exact.
 
-  ``compaction="host"`` gathers with numpy between two jitted steps (concrete CPU arrays only: a host step);
-  ``"xla"`` with ``jnp.nonzero`` inside one jitted function (traceable, any backend). ``"auto"`` takes the host
-  path for concrete arrays on CPU, where XLA's ``nonzero`` is slow.
+  ``compaction="host"`` is :func:`_kth_largest_host` (concrete CPU arrays only: host steps between jitted steps);
+  ``"xla"`` runs per model inside one jitted function with ``jnp.nonzero`` into a fixed-capacity buffer and a
+  ``lax.cond`` fallback (traceable, any backend). ``"auto"`` takes the host path for concrete arrays on CPU, where
+  XLA's ``nonzero`` is slow.
   """
   n = sum(b.size for b in bs)
-  if n <= 4 * sample_size:  # small: plain bisection is cheaper than bracketing
-    return _kth_largest_delta_small(bs, ms, jnp.int32(k))
-  if compaction == "auto":
-    concrete = not any(isinstance(x, jax.core.Tracer) for x in (*bs, *ms))
-    compaction = "host" if concrete and jax.default_backend() == "cpu" else "xla"
-  if compaction == "xla":
-    return _kth_largest_delta_xla(bs, ms, k, sample_size)
-  lo, hi, codes = _bracket_codes(bs, ms, k, sample_size)
-  cand, n_in, n_above = _host_band(_bracket_setup(n, k, sample_size)[2], codes, bs, ms)
-  return _select_in_bracket(bs, ms, jnp.asarray(cand), jnp.int32(n_in), jnp.int32(n_above), lo, hi, k)
+  s = _scope_sample_size(n, sample_size)
+  if n <= 4 * s:  # small: plain bisection is cheaper than bracketing
+    return jnp.stack([_kth_largest_delta_small(bs, ms, jnp.int32(k)) for ms in mss])
+  if _compaction(compaction, (*bs, *(x for ms in mss for x in ms))) == "xla":
+    return jnp.stack([_kth_largest_delta_xla(bs, ms, k, s) for ms in mss])
+  return jnp.asarray(_kth_largest_host(bs, mss, [range(len(bs))], [k], sample_size)[0])
+
+
+def _compaction(compaction: str, arrays) -> str:
+  if compaction != "auto":
+    return compaction
+  concrete = not any(isinstance(x, jax.core.Tracer) for x in arrays)
+  return "host" if concrete and jax.default_backend() == "cpu" else "xla"
+
+
+def _kth_largest_delta(bs: tuple, ms: tuple, k: int, sample_size: int = _BRACKET_SAMPLE,
+                       compaction: str = "auto") -> jax.Array:
+  """:func:`_kth_largest_deltas` for one model (a scalar)."""
+  return _kth_largest_deltas(bs, (ms,), k, sample_size, compaction)[0]
 
 
 def _topk_rank(n: int, density: float) -> int:
@@ -434,13 +543,45 @@ def _thresholds(bs: tuple, ms: Sequence[tuple], density: float, threshold: str, 
   """Per model, the smallest kept |delta| over the leaves ``bs``/``ms[j]`` (one scope: a leaf or the model)."""
   n = sum(b.size for b in bs)
   if threshold == "exact":
-    k = max(1, int(density * n))
-    if n <= 4 * _BRACKET_SAMPLE:
-      return jnp.stack([_kth_largest_delta_small(bs, m, jnp.int32(k)) for m in ms])
-    return jnp.stack([_kth_largest_delta(bs, m, k, _BRACKET_SAMPLE) for m in ms])
+    return _kth_largest_deltas(bs, tuple(ms), max(1, int(density * n)), _BRACKET_SAMPLE)
   rank = jnp.array([_topk_rank(n, density)])
-  return jnp.stack([_order_stats(tuple(mi.astype(jnp.float32) - bi.astype(jnp.float32) for bi, mi in zip(bs, m)),
-                                 rank, threshold, sample_size)[0] for m in ms])
+  return jnp.stack([_delta_order_stats(bs, m, rank, threshold, sample_size)[0] for m in ms])
+
+
+def _tensor_thresholds(bs: Sequence[jax.Array], mss: Sequence[Sequence[jax.Array]], density: float,
+                       threshold: str, sample_size: int) -> dict[int, jax.Array]:
+  """:func:`_thresholds` of every leaf on its own (mergekit's per-tensor trim): leaf index -> ``(n_models,)``. With
+  exact thresholds on concrete CPU arrays, all leaves that take the bracketing path share one pipelined pass."""
+  out = {}
+  if threshold == "exact":
+    big = [i for i, b in enumerate(bs) if b.size > 4 * _scope_sample_size(b.size, _BRACKET_SAMPLE)]
+    if big and _compaction("auto", (*(bs[i] for i in big), *(ms[i] for ms in mss for i in big))) == "host":
+      ks = [max(1, int(density * bs[i].size)) for i in big]
+      thr = _kth_largest_host(tuple(bs), [tuple(ms) for ms in mss], [[i] for i in big], ks, _BRACKET_SAMPLE)
+      out = {i: jnp.asarray(t) for i, t in zip(big, thr)}
+  for i, b in enumerate(bs):
+    if i not in out:
+      out[i] = _thresholds((b,), [(ms[i],) for ms in mss], density, threshold, sample_size)
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("threshold", "sample_size"))
+def _delta_order_stats(bs: tuple, ms: tuple, ranks: jax.Array, threshold: str, sample_size: int) -> jax.Array:
+  """:func:`_order_stats` of ``|m - b|`` with the deltas formed inside the jitted function (never materialized
+  when sampling)."""
+  n = sum(b.size for b in bs)
+  if threshold == "exact" or n <= sample_size:
+    return _order_stats(tuple(m.astype(jnp.float32) - b.astype(jnp.float32) for b, m in zip(bs, ms)), ranks,
+                        threshold, sample_size)
+  parts = []  # the positions of _order_stats's sample, gathered before subtracting
+  for i, (b, m) in enumerate(zip(bs, ms)):
+    cnt = max(1, -(-sample_size * b.size // n))
+    if cnt >= b.size:
+      parts.append(_delta_bits(b, m))
+      continue
+    idx = _sample_positions(b.size, cnt, i)
+    parts.append(_delta_bits(b.reshape(-1)[idx], m.reshape(-1)[idx]))
+  return _sample_order_stats(jnp.concatenate(parts), n, jnp.clip(jnp.asarray(ranks, jnp.int32), 0, n - 1))
 
 
 def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: float | jax.Array = 1.0, *,
@@ -483,6 +624,11 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
     idx = [i for i, s in enumerate(sel) if s]
     thr_g = _thresholds(tuple(b[i] for i in idx), [tuple(m[i] for i in idx) for m in ms], density, threshold,
                         int(sample_size))
+  if density < 1 and scope == "tensor" and any(sel):
+    idx = [i for i, s in enumerate(sel) if s]
+    thr_t = _tensor_thresholds([b[i] for i in idx], [[m[i] for i in idx] for m in ms], density, threshold,
+                               int(sample_size))
+    thr_t = {i: thr_t[pos] for pos, i in enumerate(idx)}
 
   def leaf(i):
     leaves = tuple(m[i] for m in ms)
@@ -491,7 +637,7 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
     elif scope == "global":
       thr = thr_g
     else:
-      thr = _thresholds((b[i],), [(x,) for x in leaves], density, threshold, int(sample_size))
+      thr = thr_t[i]
     return _ties_leaf(b[i], leaves, thr, w, lam_a, merge)
 
   return _finish(treedef, b, sel, leaf)

@@ -275,3 +275,42 @@ def test_ties_exact_threshold_is_the_same_eager_and_under_jit(monkeypatch):
   jitted = jax.jit(lambda b, f: pm.ties(b, f, 0.2, 1.0))(base, fts)
   for name in ("a", "b"):
     np.testing.assert_array_equal(eager[name], jitted[name])
+
+
+def _brute_kth(bs, ms, k):
+  d = np.abs(np.concatenate([(np.asarray(m, np.float32) - np.asarray(b, np.float32)).ravel() for b, m in zip(bs, ms)]))
+  return np.sort(d)[::-1][k - 1]
+
+
+def test_exact_thresholds_for_many_models_in_groups_and_per_tensor_scopes():
+  # 6 models = two groups of the host path's 4-models-per-uint8 codes; leaves of 30k and 20k entries take the
+  # bracketing path (per tensor too: 4096 sampled entries each), the 500-entry leaf plain bisection
+  rng = np.random.default_rng(5)
+  shapes = [(300, 100), (20_000,), (500,)]
+  bs = tuple(jnp.asarray(rng.standard_normal(s), jnp.float32) for s in shapes)
+  mss = [tuple(b + jnp.asarray(rng.standard_normal(b.shape) * rng.uniform(0.01, 0.1), jnp.float32) for b in bs)
+         for _ in range(6)]
+  n = sum(b.size for b in bs)
+  for density in (0.2, 0.03):
+    k = max(1, int(density * n))
+    got = np.asarray(pm.task_vectors._kth_largest_deltas(bs, mss, k, sample_size=1 << 11))
+    np.testing.assert_array_equal(got, [_brute_kth(bs, ms, k) for ms in mss])
+    per_leaf = pm.task_vectors._tensor_thresholds(bs, mss, density, "exact", 1 << 16)
+    for i, b in enumerate(bs):
+      kb = max(1, int(density * b.size))
+      np.testing.assert_array_equal(np.asarray(per_leaf[i]), [_brute_kth((b,), (ms[i],), kb) for ms in mss])
+
+
+def test_exact_threshold_host_path_falls_back_when_the_bracket_misses(monkeypatch):
+  # a bracket far from the k-th largest (ranks near the top of the sample): the host path must still be exact
+  monkeypatch.setattr(pm.task_vectors, "_bracket_ranks", lambda n, k, s: (1, 3))
+  rng = np.random.default_rng(6)
+  bs = (jnp.asarray(rng.standard_normal(40_000), jnp.float32),)
+  mss = [(bs[0] + jnp.asarray(rng.standard_normal(40_000), jnp.float32),) for _ in range(2)]
+  k = 8_000
+  calls = []
+  small = pm.task_vectors._kth_largest_delta_small
+  monkeypatch.setattr(pm.task_vectors, "_kth_largest_delta_small", lambda *a: calls.append(1) or small(*a))
+  got = np.asarray(pm.task_vectors._kth_largest_deltas(bs, mss, k, sample_size=1 << 11, compaction="host"))
+  np.testing.assert_array_equal(got, [_brute_kth(bs, ms, k) for ms in mss])
+  assert len(calls) == 2  # both models took the fallback
