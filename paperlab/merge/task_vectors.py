@@ -10,12 +10,12 @@ non-floating leaves are copied from the base.
 
 Magnitude thresholds ("keep the top ``density`` fraction of |tau|") are exact by default: the k-th largest
 magnitude with ``k = max(1, int(density * n))`` (mergekit's convention), so entries tied with the threshold are all
-kept. TIES finds it without sorting, by bracketing (:func:`_kth_largest_delta`): a hashed sample of the task
-vector brackets the k-th largest, one pass counts the entries above the bracket and gathers the ~1% inside it into
-a fixed-capacity buffer, and the exact order statistic is selected among those; a ``lax.cond`` fallback bisects
-over all entries if the bracket missed (probability ~1e-9) -- about two passes over memory per model, where a sort
-of 100M entries takes seconds. ``threshold="sample"`` stops at the sample's estimate (the kept fraction is then
-within about ``sqrt(density (1 - density) / sample_size)`` of ``density``).
+kept. TIES finds it without sorting, by bracketing (:func:`_kth_largest_deltas`): a hashed sample of each task
+vector brackets the k-th largest, one pass codes every entry as below / inside / above the bracket (4 models per
+byte), the ~0.7% inside are gathered and the exact order statistic is selected among them; an exact fallback
+bisects over all entries if the bracket missed (probability ~1e-9) -- about one extra pass over memory for all
+models together, where a sort of 100M entries takes seconds. ``threshold="sample"`` stops at the sample's
+estimate (the kept fraction is then within about ``sqrt(density (1 - density) / sample_size)`` of ``density``).
 
 DARE's Bernoulli masks come by default from a keyed counter-based hash (``sampler="hash"``, see
 :func:`random_mask`), ``sampler="threefry"`` gives ``jax.random.bernoulli`` exactly.
@@ -363,7 +363,7 @@ def _kth_largest_host(bs: tuple, mss: Sequence[tuple], scopes: Sequence[Sequence
 def _kth_largest_deltas(bs: tuple, mss: Sequence[tuple], k: int, sample_size: int = _BRACKET_SAMPLE,
                         compaction: str = "auto") -> jax.Array:
   """Exactly the k-th largest of ``|m - b|`` over all leaves (float32) for every model ``ms`` of ``mss``: a
-  ``(n_models,)`` array, in about two passes over memory for all models together.
+  ``(n_models,)`` array, in about one pass over memory for all models together (plus the sample).
 
   1. Sample ``sample_size`` entries (hashed positions, shared by the models; fewer for a small scope, see
      :func:`_scope_sample_size`) and take the sample order statistics that bracket the population's k-th largest
@@ -604,9 +604,9 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
     merge: ``"mean"`` (the paper's disjoint mean) or ``"sum"`` (FusionBench's ``merge_func=sum``; with
       ``density=1`` and no sign conflicts this equals :func:`task_arithmetic`).
     weights: optional per-model weights applied after trimming (mergekit's ``weight``).
-    threshold: ``"exact"`` (default; the exact k-th largest by bracketing, about two passes over each task
-      vector; for concrete arrays on CPU its gather is a numpy host step between two jitted steps, under
-      ``jax.jit`` or on accelerators it is ``jnp.nonzero``) or ``"sample"`` (the estimate from ``sample_size``
+    threshold: ``"exact"`` (default; the exact k-th largest by bracketing, one extra pass over the models; for
+      concrete arrays on CPU its gather is a numpy host step between jitted steps, under ``jax.jit`` or on
+      accelerators it is ``jnp.nonzero``) or ``"sample"`` (the estimate from ``sample_size``
       hashed entries; see the module docstring).
     sample_size: entries drawn per threshold when ``threshold="sample"``.
     include, exclude: path filters; unselected leaves are the base's.
