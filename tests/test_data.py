@@ -142,3 +142,25 @@ def test_batch_at_covers_each_epoch_exactly_once():
 def test_sample_batch_rejects_ragged_data():
   with pytest.raises(ValueError, match="leading axis"):
     data.sample_batch(jax.random.key(0), (jnp.ones(4), jnp.ones(5)), 2)
+
+
+def test_transformed_digits_tasks_are_the_named_transforms_of_shared_splits():
+  td = data.transformed_digits(("rot90", "hflip", "invert"), val_fraction=0.2, seed=1)
+  assert td.x_fit.shape == (3, len(td.y_fit), 64) and td.x_test.shape == (3, len(td.y_test), 64)
+  assert len(td.y_fit) + len(td.y_val) + len(td.y_test) == 1797
+  img = lambda x: x.reshape(-1, 8, 8)
+  # the transforms act on images: rot90 of the upright image, a mirrored row order, and 1 - x before normalization
+  np.testing.assert_allclose(img(td.x_fit[0]), np.rot90(img(td.upright_fit), 1, axes=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(img(td.x_val[1]), img(td.upright_val)[:, :, ::-1], rtol=1e-6)
+  mean, std = _scalar_stats(td.upright_fit)
+  np.testing.assert_allclose(td.x_test[2] * std + mean, 1.0 - (td.upright_test * std + mean), atol=1e-5)
+  np.testing.assert_allclose([td.upright_fit.mean(), td.upright_fit.std()], [0.0, 1.0], atol=1e-5)
+  with pytest.raises(ValueError, match="tasks"):
+    data.transformed_digits(("rot45",))
+
+
+def _scalar_stats(x):
+  # the upright fit inputs are normalized to mean 0 / std 1 by one scalar pair; recover it from the raw digits
+  raw = data.digits(as_images=True, standardize=False, seed=1)
+  fit_idx, _ = data.stratified_split(raw.y_train, 0.2, 1)
+  return raw.x_train[fit_idx].mean(), raw.x_train[fit_idx].std()

@@ -52,18 +52,6 @@ PAPER_ID = 61
 CLAIM = ("On eight digits-task fine-tunes of one base (per-task heads, merged backbones), TIES >= task arithmetic >= "
          "simple averaging on mean task accuracy, and the greedy soup is at least as accurate as its best ingredient.")
 
-_TRANSFORMS = {
-    "rot90": lambda x: np.rot90(x, 1, axes=(1, 2)),
-    "rot180": lambda x: np.rot90(x, 2, axes=(1, 2)),
-    "rot270": lambda x: np.rot90(x, 3, axes=(1, 2)),
-    "hflip": lambda x: x[:, :, ::-1],
-    "vflip": lambda x: x[:, ::-1, :],
-    "transpose": lambda x: np.swapaxes(x, 1, 2),
-    "antitranspose": lambda x: np.rot90(np.swapaxes(x, 1, 2), 2, axes=(1, 2)),
-    "invert": lambda x: 1.0 - x,
-}
-
-
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.width = 128
@@ -90,25 +78,15 @@ def get_config() -> ml_collections.ConfigDict:
 
 def _task_data(config):
   """Inputs ``(T, N, 64)`` for fit/val/test of every task, labels ``(N,)``, and the upright fit/test inputs."""
-  ds = data.digits(seed=config.split_seed, as_images=True, standardize=False)
-  fit_idx, val_idx = data.stratified_split(ds.y_train, config.val_fraction, config.split_seed)
-  mean, std = ds.x_train[fit_idx].mean(), ds.x_train[fit_idx].std()  # one scalar normalisation for every task
-
-  def prep(x, name=None):
-    x = x[..., 0] if name is None else _TRANSFORMS[name](x[..., 0])
-    return jnp.asarray(((np.ascontiguousarray(x) - mean) / std).reshape(len(x), -1), jnp.float32)
-
-  splits = {"fit": (ds.x_train[fit_idx], ds.y_train[fit_idx]), "val": (ds.x_train[val_idx], ds.y_train[val_idx]),
-            "test": (ds.x_test, ds.y_test)}
-  tasks = {k: (jnp.stack([prep(x, t) for t in config.tasks]), jnp.asarray(y)) for k, (x, y) in splits.items()}
-  upright = {k: (prep(x), jnp.asarray(y)) for k, (x, y) in splits.items()}
+  td = data.transformed_digits(config.tasks, val_fraction=config.val_fraction, seed=config.split_seed)
+  splits = ("fit", "val", "test")
+  tasks = {k: (jnp.asarray(getattr(td, f"x_{k}")), jnp.asarray(getattr(td, f"y_{k}"))) for k in splits}
+  upright = {k: (jnp.asarray(getattr(td, f"upright_{k}")), jnp.asarray(getattr(td, f"y_{k}"))) for k in splits}
   return tasks, upright
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   t0 = time.time()
-  if set(config.tasks) - set(_TRANSFORMS):
-    raise ValueError(f"config.tasks must be names in {sorted(_TRANSFORMS)}, got {config.tasks}.")
   num_tasks, seeds = len(config.tasks), list(config.seeds)
   tasks, upright = _task_data(config)
   opt = optax.adam(config.learning_rate)

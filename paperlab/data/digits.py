@@ -101,3 +101,74 @@ def split_by_class(data: Dataset, groups: Sequence[Sequence[int]]) -> list[Datas
     te = np.isin(data.y_test, g)
     tasks.append(Dataset(data.x_train[tr], data.y_train[tr], data.x_test[te], data.y_test[te]))
   return tasks
+
+
+_IMAGE_TRANSFORMS = {  # (N, 8, 8) images with pixels in [0, 1]
+    "upright": lambda x: x,
+    "rot90": lambda x: np.rot90(x, 1, axes=(1, 2)),
+    "rot180": lambda x: np.rot90(x, 2, axes=(1, 2)),
+    "rot270": lambda x: np.rot90(x, 3, axes=(1, 2)),
+    "hflip": lambda x: x[:, :, ::-1],
+    "vflip": lambda x: x[:, ::-1, :],
+    "transpose": lambda x: np.swapaxes(x, 1, 2),
+    "antitranspose": lambda x: np.rot90(np.swapaxes(x, 1, 2), 2, axes=(1, 2)),
+    "invert": lambda x: 1.0 - x,
+}
+DIGIT_TRANSFORMS = tuple(_IMAGE_TRANSFORMS)
+ROT_DIGITS_TASKS = ("rot90", "rot180", "rot270", "hflip", "invert")
+
+
+class TaskDigits(NamedTuple):
+  """Digits under several fixed image transforms (one task each), sharing labels and splits.
+
+  ``x_fit``/``x_val``/``x_test`` are ``(num_tasks, N, 64)`` float32 (task ``t`` is ``tasks[t]``); the labels are
+  the same for every task; ``upright_*`` are the untransformed ``(N, 64)`` inputs of the same splits.
+  """
+
+  tasks: tuple[str, ...]
+  x_fit: np.ndarray
+  y_fit: np.ndarray
+  x_val: np.ndarray
+  y_val: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  upright_fit: np.ndarray
+  upright_val: np.ndarray
+  upright_test: np.ndarray
+
+
+def transformed_digits(tasks: Sequence[str] = ROT_DIGITS_TASKS, *, val_fraction: float = 0.2,
+                       test_fraction: float = 0.25, seed: int = 0) -> TaskDigits:
+  """The ROT-DIGITS multi-task substrate of the merging reproductions (task arithmetic, TIES, ... on transformed
+  digits): every task is the digits under one fixed symmetry of the square or intensity inversion.
+
+  The train split of :func:`digits` (``test_fraction``, ``seed``) is split again into fit and validation
+  (``val_fraction``, stratified); pixels in [0, 1] are transformed, then every task is normalized by one scalar
+  mean and standard deviation of the *upright fit* pixels (so the transforms keep their differences).
+
+  Args:
+    tasks: transform names, from :data:`DIGIT_TRANSFORMS` (default: the catalogue's five ROT-DIGITS tasks).
+    val_fraction: fraction of the train split held out for validation, in (0, 1).
+    test_fraction: fraction of all examples held out for test, in (0, 1).
+    seed: seed of both splits.
+  """
+  tasks = tuple(tasks)
+  if not tasks or set(tasks) - set(_IMAGE_TRANSFORMS):
+    raise ValueError(f"tasks must be a non-empty sequence of names in {sorted(_IMAGE_TRANSFORMS)}, got {tasks}.")
+  _check_fraction("val_fraction", val_fraction)
+  ds = digits(test_fraction=test_fraction, seed=seed, as_images=True, standardize=False)
+  fit_idx, val_idx = stratified_split(ds.y_train, val_fraction, seed)
+  mean, std = ds.x_train[fit_idx].mean(), ds.x_train[fit_idx].std()
+
+  def prep(x, name):
+    x = _IMAGE_TRANSFORMS[name](x[..., 0])
+    return ((np.ascontiguousarray(x) - mean) / std).reshape(len(x), -1).astype(np.float32)
+
+  splits = {"fit": (ds.x_train[fit_idx], ds.y_train[fit_idx]), "val": (ds.x_train[val_idx], ds.y_train[val_idx]),
+            "test": (ds.x_test, ds.y_test)}
+  out = {}
+  for k, (x, y) in splits.items():
+    out[f"x_{k}"] = np.stack([prep(x, t) for t in tasks])
+    out[f"y_{k}"] = y
+    out[f"upright_{k}"] = prep(x, "upright")
+  return TaskDigits(tasks=tasks, **out)
