@@ -12,13 +12,16 @@
     per epoch by ``paperlab.data.batching.batch_indices``: once for the vmapped group, once per trial one by
     one, as the runner does).
     Target ratio <= 0.5 on 2 CPU cores; on a GPU the vmapped program should win by far more. Also reported:
-    the trials one by one each compiled on its own (Python-float hyperparameters, what a loop over configs does).
+    the trials one by one each compiled on its own (Python-float hyperparameters, what a loop over configs does),
+    and the vmapped program with its trial axis split over one XLA host device per core (the runner's
+    ``train.trial_parallel``; measured in a subprocess started with ``--xla_force_host_platform_device_count``).
     All programs use the runner's XLA options (``paperlab.runner.trainer.compiler_options``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import statistics
 import pathlib
@@ -90,7 +93,7 @@ def _in_process_runner(points, num_steps, workdir) -> float:
   return time.perf_counter() - t0
 
 
-def in_process(quick: bool) -> dict:
+def in_process(quick: bool, trial_devices: int = 1) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -133,7 +136,14 @@ def in_process(quick: bool) -> dict:
     return jax.vmap(trial, in_axes=(0, 0, None, None))(lrs, seeds, train_data, indices())
 
   def vmapped():
-    return jax.jit(group, compiler_options=options)(lrs, seeds, train_data)
+    if trial_devices == 1:
+      return jax.jit(group, compiler_options=options)(lrs, seeds, train_data)
+    # the runner's train.trial_parallel: the trial axis split over the local devices
+    mesh = jax.make_mesh((trial_devices,), ("trials",), axis_types=(jax.sharding.AxisType.Auto,))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.jit(group, compiler_options=options)(*jax.device_put((lrs, seeds), split),
+                                                     jax.device_put(train_data, whole))
 
   def one_by_one():  # compiled once: hyperparameters are arguments (the strongest sequential baseline)
     f = jax.jit(functools.partial(trial, idx=None), compiler_options=options)
@@ -158,6 +168,10 @@ def in_process(quick: bool) -> dict:
   repeats = 1 if quick else 3
   base = wall(one_by_one, repeats)
   op = wall(vmapped, repeats)
+  if trial_devices > 1:
+    assert jax.device_count() == trial_devices, jax.devices()
+    return [_record("sweep_vmap_vs_loop_trial_parallel", f"jit(vmap(trial)), trials over {trial_devices} CPU devices",
+                    op, "jit(trial) one by one, compiled once", base, sizes, 0.5)]
   records = [_record("sweep_vmap_vs_loop", "jit(vmap(trial))", op, "jit(trial) one by one, compiled once",
                      base, sizes, 0.5)]
   if not quick:
@@ -167,5 +181,19 @@ def in_process(quick: bool) -> dict:
   return records
 
 
+def trial_parallel(quick: bool) -> list[dict]:
+  """(b) with the vmapped program's trial axis split over one XLA host device per core (what the runner does with
+  several local devices, ``train.trial_parallel``); a subprocess, since the device count is fixed at start-up."""
+  n = os.cpu_count() or 1
+  if n < 2:
+    return []
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()}
+  code = ("import json, sys; from benchmarks.sweep_vmap import in_process; "
+          f"print(json.dumps(in_process({quick}, trial_devices={n})))")
+  out = subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, text=True, cwd=ROOT)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run(quick: bool) -> list[dict]:
-  return in_process(quick) + [processes(quick)]
+  return in_process(quick) + trial_parallel(quick) + [processes(quick)]

@@ -8,14 +8,16 @@ It builds everything from config sections::
   config.optim = dict(name="adamw", learning_rate=1e-3)   # optax.<name> / paperlab.optim.<name> / "pkg.mod.fn"
   config.loss = dict(name="classification")               # or a per-example loss fn(logits, labels, **rest)
   config.train = dict(num_steps=500, batch_size=128, log_every=50, checkpoint_every=100, data_parallel=False,
-                      data_seed=0)
+                      data_seed=0, trial_parallel=True)
   config.runner = dict(traced=("optim", "loss"), static=(), fast_compile=True)   # optional
 
 A group of trials that differ only in *traced* leaves runs as one compiled program with a leading trial axis
 (``jax.vmap`` over the hyperparameters and seeds). Traced leaves are declared once, here: ``seed`` and every
 float leaf under the sections listed in ``config.runner.traced`` (default: ``optim`` and ``loss``), except the
 dotted keys in ``config.runner.static``. Everything else (shapes, names, step counts, ints, strings) is static
-and distinguishes groups.
+and distinguishes groups. With several local devices the group's trial axis is split over them
+(``train.trial_parallel``, see :meth:`GroupTrainer.trial_sharding`); ``train.data_parallel`` instead splits one
+trial's batch over them.
 
 The loop runs ``checkpoint_every`` steps at a time as one ``lax.scan`` and saves an orbax checkpoint per trial
 (train state, RNG keys and data position). The batch and rng of step ``s`` are pure functions of ``(key, s)``
@@ -46,7 +48,7 @@ from paperlab.runner.config import flatten
 
 DEFAULT_TRACED_SECTIONS = ("optim", "loss")
 TRAIN_DEFAULTS = dict(num_steps=500, batch_size=128, log_every=50, checkpoint_every=100, data_parallel=False,
-                      data_seed=0)
+                      data_seed=0, trial_parallel=True)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -283,8 +285,22 @@ class GroupTrainer:
     return {k: jnp.asarray([h[k] for h in hps], dtype=jnp.int32 if k == "seed" else jnp.float32)
             for k in self.traced}
 
+  def trial_sharding(self, hp):
+    """How a group's trial axis is placed: split over all local devices (``train.trial_parallel``, the default)
+    when there are several, the group divides evenly among them and the batch is not already data parallel;
+    otherwise ``None`` (one device). Each device then runs its share of the vmapped trials: on a host with 8
+    accelerators a 16-trial sweep runs 2 trials per device, with no communication between them."""
+    import jax  # pylint: disable=g-import-not-at-top
+    n, trials = jax.device_count(), len(next(iter(hp.values())))
+    if self.mesh is not None or not self.train_cfg.get("trial_parallel", True) or n == 1 or trials % n:
+      return None
+    mesh = jax.make_mesh((n,), ("trials",), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
+
   def init(self, hp):
-    return self._init(hp)
+    import jax  # pylint: disable=g-import-not-at-top
+    sharding = self.trial_sharding(hp)
+    return self._init(hp if sharding is None else jax.device_put(hp, sharding))
 
   def abstract_checkpoint(self):
     """Shapes and dtypes of one trial's checkpoint (for orbax restore)."""
@@ -304,6 +320,9 @@ class GroupTrainer:
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       data = jax.device_put(data, replicated)
       ckpt = jax.device_put(ckpt, replicated)
+    elif (sharding := self.trial_sharding(hp)) is not None:
+      hp, ckpt = jax.device_put((hp, ckpt), sharding)
+      data = jax.device_put(data, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
     return self._chunks[num_steps](hp, ckpt, data)
 
   def evaluate(self, ckpt) -> dict:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import textwrap
 
+import numpy as np
 import pytest
 
 from conftest import PYTHON, REPO, default_trainer_source, subprocess_env
@@ -113,3 +114,45 @@ def test_data_parallel_run_on_8_devices_gives_the_single_device_loss(tmp_path):
   assert len(out["True"]) == 10
   for a, b in zip(out["True"], out["False"]):
     assert abs(a - b) <= 1e-5 * max(1.0, abs(b))
+
+
+TRIAL_SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, ml_collections, numpy as np
+    from paperlab.runner import apply_overrides
+    from paperlab.runner.trainer import GroupTrainer
+    assert jax.device_count() == 4, jax.devices()
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(name="digits")
+    c.model = dict(name="MLP", widths=(16,))
+    c.optim = dict(name="adamw", learning_rate=1e-3)
+    c.loss = dict(name="classification")
+    c.train = dict(num_steps=10, batch_size=32, log_every=5, checkpoint_every=10, data_parallel=False,
+                   trial_parallel=True)
+    out = {}
+    for tp in (False, True):
+      cfgs = [apply_overrides(c, {"train.trial_parallel": tp, "optim.learning_rate": lr, "seed": s})
+              for lr in (1e-3, 1e-2) for s in (0, 1)]
+      tr = GroupTrainer(cfgs[0])
+      hp = tr.stack_hparams(cfgs)
+      ckpt, m = tr.chunk(hp, tr.init(hp), 10)
+      out[str(tp)] = np.asarray(m["loss"]).tolist()
+      leaf = jax.tree.leaves(ckpt["state"].params)[0]
+      out["devices_" + str(tp)] = len(leaf.sharding.device_set)
+      out["eval_" + str(tp)] = np.asarray(tr.evaluate(ckpt)["accuracy"]).tolist()
+    print(json.dumps(out))
+    """)
+
+
+def test_trial_parallel_splits_a_vmapped_group_over_4_devices_with_unchanged_results(tmp_path):
+  script = tmp_path / "trial_sharded.py"
+  script.write_text(TRIAL_SHARDED)
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([PYTHON, str(script)], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices_True"] == 4 and out["devices_False"] == 1  # one trial per device vs all on device 0
+  np.testing.assert_allclose(out["True"], out["False"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["eval_True"], out["eval_False"], atol=1e-6)
+  assert np.asarray(out["True"]).shape == (4, 10)
