@@ -7,10 +7,11 @@ hyperparameters) and sharded over a device mesh.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -175,6 +176,53 @@ def fit_full_batch(model_fn: Callable[[nnx.Rngs], nnx.Module], optimizer: optax.
     return (state if evaluate_fn is None else evaluate_fn(graphdef, state)), metrics
 
   return jax.vmap(run)(keys)
+
+
+def compare_losses(per_example_losses: Mapping[str, Callable[[jax.Array, jax.Array], jax.Array]], dataset, *,
+                   widths: Sequence[int] = (256,), learning_rate: float = 3e-3, num_steps: int = 300,
+                   num_seeds: int = 2, seed: int = 0,
+                   evaluate_fn: Callable[[nnx.GraphDef, TrainState], Any] | None = None) -> dict[str, tuple]:
+  """The loss-comparison loop of the reproductions: per loss, an MLP ``in -> widths -> classes`` trained by
+  full-batch Adam on ``dataset``'s train split for ``num_steps`` steps, ``num_seeds`` seeds as one vmapped program
+  (:func:`fit_full_batch`; the seeds' keys are ``jax.random.split(PRNGKey(seed), num_seeds)`` for every loss, so
+  the arms share initializations).
+
+  Args:
+    per_example_losses: name -> ``loss(logits, labels) -> (batch,)`` (optax.losses style).
+    dataset: a :class:`paperlab.data.Dataset` (inputs ``(N, features)``).
+    widths, learning_rate, num_steps, num_seeds, seed: the model, optimizer and seeds.
+    evaluate_fn: ``evaluate_fn(graphdef, state)``, run in the compiled program; default: the test accuracy.
+
+  Returns:
+    name -> ``(evaluation, train_losses)`` as NumPy: the evaluation per seed (leading axis ``num_seeds``) and the
+    per-step training losses ``(num_seeds, num_steps)``.
+  """
+  from paperlab.models import MLP  # pylint: disable=g-import-not-at-top
+  x, y = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+  if evaluate_fn is None:
+    evaluate_fn = lambda graphdef, state: evaluate(graphdef, state, dataset.x_test, dataset.y_test)["accuracy"]
+  model_fn = lambda rngs: MLP(x.shape[-1], list(widths), dataset.num_classes, rngs=rngs)
+  keys = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  out = {}
+  for name, loss in per_example_losses.items():
+    result, metrics = fit_full_batch(model_fn, optax.adam(learning_rate), mean_loss(loss), (x, y), keys,
+                                     num_steps=num_steps, evaluate_fn=evaluate_fn)
+    out[name] = (jax.tree.map(np.asarray, result), np.asarray(metrics["loss"]))
+  return out
+
+
+def per_class_recall(logits: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """Recall of the argmax prediction per class, ``(num_classes,)`` (0 for a class with no examples); its mean is
+  the balanced accuracy. Jittable."""
+  hits = jax.ops.segment_sum((jnp.argmax(logits, -1) == labels).astype(jnp.float32), labels, num_classes)
+  return hits / jnp.maximum(jax.ops.segment_sum(jnp.ones_like(labels, jnp.float32), labels, num_classes), 1.0)
+
+
+def predict(graphdef: nnx.GraphDef, state: TrainState, x: jax.Array) -> jax.Array:
+  """The model's outputs on ``x`` in evaluation mode (jittable, vmappable over stacked states)."""
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  model.eval()
+  return model(x)
 
 
 def classification_metrics(logits: jax.Array, labels: jax.Array) -> dict:

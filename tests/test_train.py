@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 from paperlab import train
 from paperlab.models import MLP
@@ -143,3 +144,36 @@ def test_fit_full_batch_equals_one_run_per_key(digits_jnp):
   accs, _ = train.fit_full_batch(_mlp(), opt, loss_fn, data, keys, num_steps=20,
                                  evaluate_fn=lambda g, s: train.evaluate(g, s, *data)["accuracy"])
   assert accs.shape == (2,) and float(accs.min()) > 0.5
+
+
+def test_per_class_recall_matches_sklearn_and_predict_is_eval_mode():
+  from sklearn.metrics import recall_score
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((300, 5)).astype(np.float32)
+  labels = rng.integers(0, 4, 300).astype(np.int32)  # class 4 has no examples: recall 0, as sklearn's zero_division=0
+  got = jax.jit(train.per_class_recall, static_argnums=2)(jnp.asarray(logits), jnp.asarray(labels), 5)
+  want = recall_score(labels, logits.argmax(-1), labels=range(5), average=None, zero_division=0)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  graphdef, init = train.make_init(_mlp(), optax.sgd(0.1))
+  state = init(jax.random.key(0))
+  x = jnp.asarray(rng.standard_normal((7, 64)), jnp.float32)
+  np.testing.assert_allclose(train.predict(graphdef, state, x), _mlp()(nnx.Rngs(0))(x),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_compare_losses_runs_each_loss_as_fit_full_batch_with_shared_keys(digits_data):
+  from paperlab.data import Dataset
+  ds = Dataset(digits_data.x_train[:200], digits_data.y_train[:200], digits_data.x_test[:100],
+               digits_data.y_test[:100])
+  losses = {"ce": optax.softmax_cross_entropy_with_integer_labels,
+            "smooth": lambda z, y: optax.softmax_cross_entropy(z, optax.smooth_labels(jax.nn.one_hot(y, 10), 0.1))}
+  out = train.compare_losses(losses, ds, widths=(16,), learning_rate=1e-2, num_steps=15, num_seeds=2, seed=3)
+  assert list(out) == ["ce", "smooth"]
+  keys = jax.random.split(jax.random.PRNGKey(3), 2)
+  acc, metrics = train.fit_full_batch(
+      lambda rngs: MLP(64, [16], 10, rngs=rngs), optax.adam(1e-2), train.mean_loss(losses["smooth"]),
+      (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), keys, num_steps=15,
+      evaluate_fn=lambda g, s: train.evaluate(g, s, ds.x_test, ds.y_test)["accuracy"])
+  np.testing.assert_array_equal(out["smooth"][0], acc)
+  np.testing.assert_array_equal(out["smooth"][1], metrics["loss"])
+  assert out["ce"][1].shape == (2, 15) and out["ce"][1][:, -1].max() < out["ce"][1][:, 0].min()

@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 import paperlab.losses as pl
-from paperlab import data, models, train
+from paperlab import data, train
 
 PAPER_ID = 47
 CLAIM = ("On digits with a 50:1 long tail, the asymmetric loss (gamma+=0, gamma-=4, clip=0.05) raises the mean "
@@ -50,37 +49,24 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def per_class_recall(graphdef, state, x, y, num_classes=10):
+def _recall_and_gap(graphdef, state, x, y, num_classes=10):
   """Per-class recall of the argmax prediction and the positive-minus-negative mean sigmoid probability."""
-  model = nnx.merge(graphdef, state.params, state.model_state)
-  model.eval()
-  logits = model(x)
-  pred = jnp.argmax(logits, -1)
-  hits = jax.ops.segment_sum((pred == y).astype(jnp.float32), y, num_classes)
-  recall = hits / jnp.maximum(jax.ops.segment_sum(jnp.ones_like(y, jnp.float32), y, num_classes), 1.0)
+  logits = train.predict(graphdef, state, x)
   p, pos = jax.nn.sigmoid(logits), jax.nn.one_hot(y, num_classes, dtype=bool)
   gap = jnp.sum(jnp.where(pos, p, 0.0)) / jnp.sum(pos) - jnp.sum(jnp.where(pos, 0.0, p)) / jnp.sum(~pos)
-  return recall, gap
-
-
-def train_recall(loss, ds, config):
-  """Per-seed ``(per-class test recall [num_seeds, 10], probability gap)`` and train-loss curves."""
-  model_fn = lambda rngs: models.MLP(64, [config.width], 10, rngs=rngs)
-  keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
-  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-  (recall, gap), metrics = train.fit_full_batch(
-      model_fn, optax.adam(config.learning_rate), train.mean_loss(loss),
-      (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), keys, num_steps=config.num_steps,
-      evaluate_fn=lambda graphdef, state: per_class_recall(graphdef, state, x_test, y_test))
-  return np.asarray(recall), np.asarray(gap), np.asarray(metrics["loss"])
+  return train.per_class_recall(logits, y, num_classes), gap
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   start = time.time()
   ds = data.imbalanced(data.digits(seed=config.seed), imbalance_ratio=config.imbalance_ratio, seed=config.seed)
   results = {}
-  for name in config.losses:
-    recall, gap, losses = train_recall(LOSSES[name], ds, config)
+  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  arms = train.compare_losses({n: LOSSES[n] for n in config.losses}, ds, widths=(config.width,),
+                              learning_rate=config.learning_rate, num_steps=config.num_steps,
+                              num_seeds=config.num_seeds, seed=config.seed,
+                              evaluate_fn=lambda g, state: _recall_and_gap(g, state, x_test, y_test))
+  for name, ((recall, gap), losses) in arms.items():
     rare = recall[:, -config.num_rare:].mean(-1)
     results[name] = {"rare_recall_mean": float(rare.mean()), "rare_recall_per_seed": rare.tolist(),
                      "balanced_accuracy": float(recall.mean()), "probability_gap": float(gap.mean())}

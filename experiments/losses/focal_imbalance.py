@@ -15,10 +15,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
 
 import paperlab.losses as pl
-from paperlab import data, models, train
+from paperlab import data, train
 
 PAPER_ID = 39
 CLAIM = ("On digits with a 50:1 long tail, the sigmoid focal loss (gamma=2) raises the mean test recall of the "
@@ -51,32 +50,16 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def per_class_recall(graphdef, state, x, y, num_classes=10):
-  model = nnx.merge(graphdef, state.params, state.model_state)
-  model.eval()
-  pred = jnp.argmax(model(x), -1)
-  hits = jax.ops.segment_sum((pred == y).astype(jnp.float32), y, num_classes)
-  return hits / jnp.maximum(jax.ops.segment_sum(jnp.ones_like(y, jnp.float32), y, num_classes), 1.0)
-
-
-def train_recall(loss, ds, config):
-  """Per-seed, per-class test recall ``[num_seeds, 10]`` and train-loss curves after full-batch Adam."""
-  model_fn = lambda rngs: models.MLP(64, [config.width], 10, rngs=rngs)
-  keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
-  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-  recall, metrics = train.fit_full_batch(
-      model_fn, optax.adam(config.learning_rate), train.mean_loss(loss),
-      (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), keys, num_steps=config.num_steps,
-      evaluate_fn=lambda graphdef, state: per_class_recall(graphdef, state, x_test, y_test))
-  return np.asarray(recall), np.asarray(metrics["loss"])
-
-
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   start = time.time()
   ds = data.imbalanced(data.digits(seed=config.seed), imbalance_ratio=config.imbalance_ratio, seed=config.seed)
   results = {}
-  for name in config.losses:
-    recall, losses = train_recall(LOSSES[name], ds, config)
+  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  recall_fn = lambda g, state: train.per_class_recall(train.predict(g, state, x_test), y_test, 10)
+  arms = train.compare_losses({n: LOSSES[n] for n in config.losses}, ds, widths=(config.width,),
+                              learning_rate=config.learning_rate, num_steps=config.num_steps,
+                              num_seeds=config.num_seeds, seed=config.seed, evaluate_fn=recall_fn)
+  for name, (recall, losses) in arms.items():
     rare = recall[:, -config.num_rare:].mean(-1)
     results[name] = {"rare_recall_mean": float(rare.mean()), "rare_recall_per_seed": rare.tolist(),
                      "balanced_accuracy": float(recall.mean())}

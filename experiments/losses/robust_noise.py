@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import time
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 import paperlab.losses as pl
-from paperlab import data, models, train
+from paperlab import data, train
 
 PAPER_ID = 198
 CLAIM = ("With 40% symmetric label noise on digits, NCE+RCE (alpha=beta=1) reaches a clean-test accuracy at least "
@@ -43,23 +41,15 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _train(loss_name: str, ds, config):
-  model_fn = lambda rngs: models.MLP(64, [config.width], 10, rngs=rngs)
-  keys = jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds)
-  acc, metrics = train.fit_full_batch(
-      model_fn, optax.adam(config.learning_rate), train.mean_loss(LOSSES[loss_name]),
-      (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)), keys, num_steps=config.num_steps,
-      evaluate_fn=lambda graphdef, state: train.evaluate(graphdef, state, ds.x_test, ds.y_test)["accuracy"])
-  return np.asarray(acc), np.asarray(metrics["loss"])
-
-
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   start = time.time()
   ds = data.with_label_noise(data.digits(seed=config.seed), rate=config.noise_rate, kind="symmetric",
                              seed=config.seed)
   results = {}
-  for name in config.losses:
-    acc, losses = _train(name, ds, config)
+  arms = train.compare_losses({n: LOSSES[n] for n in config.losses}, ds, widths=(config.width,),
+                              learning_rate=config.learning_rate, num_steps=config.num_steps,
+                              num_seeds=config.num_seeds, seed=config.seed)
+  for name, (acc, losses) in arms.items():
     results[name] = {"test_accuracy_mean": float(acc.mean()), "test_accuracy_per_seed": acc.tolist()}
     ctx.log_curve(f"{name}/train_loss", np.asarray(losses).mean(0), every=max(config.num_steps // 5, 1))
     ctx.print(f"{name}: clean test accuracy {acc.mean():.4f} (seeds {np.round(acc, 4).tolist()})")
