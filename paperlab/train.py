@@ -152,6 +152,34 @@ def run_steps(step_fn: Callable, state: TrainState, data, key: jax.Array, *, bat
   return jax.lax.scan(body, state, None, length=num_steps)
 
 
+def run_adversarial_steps(graphdef: nnx.GraphDef, step_fn: Callable, state: TrainState, data,
+                          keys: tuple[jax.Array, jax.Array, jax.Array], *,
+                          attack: Callable[[nnx.Module, jax.Array, jax.Array, jax.Array], jax.Array],
+                          batch_size: int, num_steps: int,
+                          aux_fn: Callable[[nnx.Module, jax.Array, jax.Array], Any] | None = None
+                          ) -> tuple[TrainState, tuple[jax.Array, Any]]:
+  """Adversarial training (Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks",
+  arXiv:1706.06083, Eq. 2.1): every step replaces its batch's inputs by ``attack(model, x, y, key)`` at the current
+  weights (e.g. :func:`paperlab.optim.pgd_linf`) and takes ``step_fn`` on ``(x_adv, y)``; one ``lax.scan``.
+
+  ``keys = (data_key, attack_key, rng_key)``: step ``t`` trains on :func:`paperlab.data.batch_at`'s batch ``t`` of
+  ``data_key``, attacks with ``fold_in(attack_key, t)`` and steps with ``fold_in(rng_key, t)``.
+  ``aux_fn(model, x_adv, y)`` (optional) is recorded per step at the pre-step weights. Returns the final state and
+  ``(per-step losses, per-step aux or None)``. Jittable and vmappable over states and keys.
+  """
+  data_key, attack_key, rng_key = keys
+
+  def body(state, t):
+    x, y = batch_at(data, t, data_key, batch_size)
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    x_adv = attack(model, x, y, jax.random.fold_in(attack_key, t))
+    aux = None if aux_fn is None else aux_fn(model, x_adv, y)
+    state, metrics = step_fn(state, (x_adv, y), jax.random.fold_in(rng_key, t))
+    return state, (metrics["loss"], aux)
+
+  return jax.lax.scan(body, state, jnp.arange(num_steps))
+
+
 def mean_loss(per_example_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
   """Adapt an ``optax.losses``-style ``loss(logits, labels) -> per-example`` to a ``loss_fn(model, (x, y), rng)``
   that returns the batch mean."""

@@ -177,3 +177,25 @@ def test_compare_losses_runs_each_loss_as_fit_full_batch_with_shared_keys(digits
   np.testing.assert_array_equal(out["smooth"][0], acc)
   np.testing.assert_array_equal(out["smooth"][1], metrics["loss"])
   assert out["ce"][1].shape == (2, 15) and out["ce"][1][:, -1].max() < out["ce"][1][:, 0].min()
+
+
+def test_run_adversarial_steps_trains_on_the_attacked_batches(digits_jnp):
+  from paperlab.data import batch_at
+  opt = optax.sgd(0.1)
+  graphdef, init = train.make_init(_mlp(), opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  keys = tuple(jax.random.split(jax.random.key(5), 3))
+  shift = lambda model, x, y, k: x + 0.1 * jax.random.normal(k, x.shape)  # any function of (model, batch, key)
+  run = jax.jit(lambda s: train.run_adversarial_steps(
+      graphdef, step, s, digits_jnp, keys, attack=shift, batch_size=32, num_steps=6,
+      aux_fn=lambda model, xa, y: jnp.mean(jnp.argmax(model(xa), -1) == y)))
+  state, (losses, accs) = run(init(jax.random.key(0)))
+  ref = init(jax.random.key(0))
+  for t in range(6):  # the same steps by hand: batch t of keys[0], attack key fold_in(keys[1], t), rng fold_in(keys[2], t)
+    x, y = batch_at(digits_jnp, jnp.int32(t), keys[0], 32)
+    x_adv = shift(None, x, y, jax.random.fold_in(keys[1], t))
+    model = nnx.merge(graphdef, ref.params, ref.model_state)
+    np.testing.assert_allclose(accs[t], jnp.mean(jnp.argmax(model(x_adv), -1) == y), atol=1e-6)
+    ref, metrics = step(ref, (x_adv, y), jax.random.fold_in(keys[2], t))
+    np.testing.assert_allclose(losses[t], metrics["loss"], rtol=1e-5)
+  chex.assert_trees_all_close(state.params, ref.params, rtol=1e-5, atol=1e-6)

@@ -106,15 +106,9 @@ def _train_and_measure(config, ds, optimizer, keys):
   @jax.vmap
   def trial(key):
     data_key, pgd_key, rng_key, eval_key = jax.random.split(key, 4)
-
-    def body(state, t):
-      x, y = data.batch_at(train_data, t, data_key, config.batch_size)
-      model = nnx.merge(graphdef, state.params, state.model_state)
-      x_adv = _attack(model, x, y, jax.random.fold_in(pgd_key, t), config, config.pgd_steps)
-      state, metrics = step(state, (x_adv, y), jax.random.fold_in(rng_key, t))
-      return state, metrics["loss"]
-
-    state, losses = jax.lax.scan(body, init(key), jnp.arange(num_steps))
+    state, (losses, _) = train.run_adversarial_steps(
+        graphdef, step, init(key), train_data, (data_key, pgd_key, rng_key), batch_size=config.batch_size,
+        num_steps=num_steps, attack=lambda model, x, y, k: _attack(model, x, y, k, config, config.pgd_steps))
     model_at = lambda params: nnx.merge(graphdef, params, state.model_state)
     model = model_at(state.params)
     k_test, k_train, k_flat = jax.random.split(eval_key, 3)
@@ -153,9 +147,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   results = {}
   for name, optimizer in arms.items():
     out = jax.device_get(_train_and_measure(config, ds, optimizer, keys))
-    curve = np.asarray(out.pop("train_losses")).mean(0)
-    for s in range(0, num_steps, steps_per_epoch * 5):
-      ctx.log(s, {f"{name}/adv_train_loss": float(curve[s])})
+    ctx.log_curve(f"{name}/adv_train_loss", np.asarray(out.pop("train_losses")).mean(0), every=steps_per_epoch * 5)
     results[name] = {k: np.asarray(v).tolist() for k, v in out.items()}
     ctx.print(name, {k: round(float(np.mean(v)), 4) for k, v in results[name].items()})
 

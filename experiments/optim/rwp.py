@@ -89,17 +89,11 @@ def _train_and_measure(config, ds, optimizer, keys):
   @jax.vmap
   def trial(key):
     data_key, pgd_key, rng_key, eval_key = jax.random.split(key, 4)
-
-    def body(state, t):
-      x, y = data.batch_at(train_data, t, data_key, config.batch_size)
-      model = nnx.merge(graphdef, state.params, state.model_state)
-      x_adv = _attack(model, x, y, jax.random.fold_in(pgd_key, t), config, config.pgd_steps)
-      # Share of the adversarial batch that fails the loss stationary condition at w (RWP leaves it out).
-      excluded = jnp.mean(_example_loss_fn(model, (x_adv, y), None) >= config.c_min)
-      state, metrics = step(state, (x_adv, y), jax.random.fold_in(rng_key, t))
-      return state, (metrics["loss"], excluded)
-
-    state, (losses, excluded) = jax.lax.scan(body, init(key), jnp.arange(num_steps))
+    state, (losses, excluded) = train.run_adversarial_steps(
+        graphdef, step, init(key), train_data, (data_key, pgd_key, rng_key), batch_size=config.batch_size,
+        num_steps=num_steps, attack=lambda model, x, y, k: _attack(model, x, y, k, config, config.pgd_steps),
+        # share of the adversarial batch that fails the loss stationary condition at w (RWP leaves it out)
+        aux_fn=lambda model, x_adv, y: jnp.mean(_example_loss_fn(model, (x_adv, y), None) >= config.c_min))
     model = nnx.merge(graphdef, state.params, state.model_state)
     k_test, k_train = jax.random.split(eval_key)
     x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
@@ -129,9 +123,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   results = {}
   for name, optimizer in arms.items():
     out = jax.device_get(_train_and_measure(config, ds, optimizer, keys))
-    curve = np.asarray(out.pop("train_losses")).mean(0)
-    for s in range(0, num_steps, steps_per_epoch * 5):
-      ctx.log(s, {f"{name}/adv_train_loss": float(curve[s])})
+    ctx.log_curve(f"{name}/adv_train_loss", np.asarray(out.pop("train_losses")).mean(0), every=steps_per_epoch * 5)
     out["robust_gap"] = np.asarray(out["robust_train_acc"]) - np.asarray(out["robust_test_acc"])
     results[name] = {k: np.asarray(v).tolist() for k, v in out.items()}
     ctx.print(name, {k: round(float(np.mean(v)), 4) for k, v in results[name].items()})
