@@ -43,10 +43,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 
-from paperlab import data, merge, models, train
+from paperlab import data, merge
 
 PAPER_ID = 61
 CLAIM = ("On eight digits-task fine-tunes of one base (per-task heads, merged backbones), TIES >= task arithmetic >= "
@@ -76,74 +74,30 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _task_data(config):
-  """Inputs ``(T, N, 64)`` for fit/val/test of every task, labels ``(N,)``, and the upright fit/test inputs."""
-  td = data.transformed_digits(config.tasks, val_fraction=config.val_fraction, seed=config.split_seed)
-  splits = ("fit", "val", "test")
-  tasks = {k: (jnp.asarray(getattr(td, f"x_{k}")), jnp.asarray(getattr(td, f"y_{k}"))) for k in splits}
-  upright = {k: (jnp.asarray(getattr(td, f"upright_{k}")), jnp.asarray(getattr(td, f"y_{k}"))) for k in splits}
-  return tasks, upright
-
-
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   t0 = time.time()
   num_tasks, seeds = len(config.tasks), list(config.seeds)
-  tasks, upright = _task_data(config)
-  opt = optax.adam(config.learning_rate)
-  graphdef, init = train.make_init(lambda r: models.MLP(64, [config.width, config.width], 10, rngs=r), opt)
-  step = train.make_train_step(graphdef, train.classification_loss, opt)
-  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-
-  # "pre-training", one base per seed: upright digits plus a small share of every task's inputs
-  x_fit, y_fit = upright["fit"]
-  n_mix = int(config.pretrain_task_fraction * len(y_fit))
-  pretrain = (jnp.concatenate([x_fit] + [tasks["fit"][0][t, :n_mix] for t in range(num_tasks)]),
-              jnp.concatenate([y_fit] + [y_fit[:n_mix]] * num_tasks))
-  base_states, _ = jax.jit(jax.vmap(lambda k: train.run_steps(
-      step, init(k), pretrain, jax.random.fold_in(k, 1), batch_size=config.batch_size,
-      num_steps=config.base_steps)))(keys)
-
-  # fine-tuning: every (seed, task) from its seed's base, fresh Adam state, its own head (initialised from the base's)
-  def finetune(params, x, k):
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, {}, opt.init(params))
-    return train.run_steps(step, state, (x, upright["fit"][1]), k, batch_size=config.batch_size,
-                           num_steps=config.finetune_steps)
-
-  ft_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 2), num_tasks))(keys)
-  finetuned, metrics = jax.jit(jax.vmap(jax.vmap(finetune, in_axes=(None, 0, 0)), in_axes=(0, None, 0)))(
-      base_states.params, tasks["fit"][0], ft_keys)
+  td = data.transformed_digits(config.tasks, val_fraction=config.val_fraction, seed=config.split_seed)
+  pool = merge.finetune_task_pool(
+      td, seeds=seeds, width=config.width, base_steps=config.base_steps, finetune_steps=config.finetune_steps,
+      batch_size=config.batch_size, learning_rate=config.learning_rate,
+      pretrain_task_fraction=config.pretrain_task_fraction)
   for s in range(0, config.finetune_steps, max(1, config.finetune_steps // 4)):
-    ctx.log(s, {"finetune_loss": metrics["loss"][:, :, s].mean()})
+    ctx.log(s, {"finetune_loss": pool.finetune_loss[:, :, s].mean()})
+  task_accs = pool.task_accuracy
+  tasks = pool.splits
 
-  @jax.jit
-  def task_accs(backbone, heads, xs, y):
-    """Accuracy on each task of ``backbone`` with that task's head (``heads`` stacked over tasks)."""
-    def one(head, x):
-      model = nnx.merge(graphdef, {"hidden": backbone, "head": head}, {})
-      return jnp.mean(jnp.argmax(model(x), -1) == y)
-    return jax.vmap(one)(heads, xs)
-
-  @jax.jit
-  def val_sweep(base_bb, delta, heads, lams, xs, y):
-    """Mean validation accuracy of ``base_bb + lam * delta`` for every ``lam`` in ``lams``."""
-    return jax.vmap(lambda lam: jnp.mean(task_accs(jax.tree.map(lambda b, d: b + lam * d, base_bb, delta), heads,
-                                                   xs, y)))(lams)
-
-  grid = jnp.asarray(config.lams, jnp.float32)
   rows: dict[str, list[np.ndarray]] = {}
   lams: dict[str, list[float]] = {}
   soup_sizes, best_ingredient_acc, trimmed = [], [], []
   for si, seed in enumerate(seeds):
-    pick = lambda tree, *i: jax.tree.map(lambda x: x[i], tree)
-    base = pick(base_states.params, si)
-    heads = pick(finetuned.params["head"], si)
-    fts = [pick(finetuned.params["hidden"], si, t) for t in range(num_tasks)]
-    base_bb = base["hidden"]
+    member = pool.member(si)
+    base_bb, heads, fts = member.base_backbone, member.heads, member.finetuned
     test = lambda bb: np.asarray(task_accs(bb, heads, *tasks["test"]))
     val = lambda bb: float(jnp.mean(task_accs(bb, heads, *tasks["val"])))
     add = lambda name, accs: rows.setdefault(name, []).append(accs)
 
-    zero_shot = jax.tree.map(lambda h: jnp.broadcast_to(h, (num_tasks,) + h.shape), base["head"])
+    zero_shot = jax.tree.map(lambda h: jnp.broadcast_to(h, (num_tasks,) + h.shape), member.base_head)
     add("base", np.asarray(task_accs(base_bb, zero_shot, *tasks["test"])))
     add("base_backbone_task_heads", test(base_bb))
     for t, f in enumerate(fts):
@@ -165,10 +119,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     add("simple_average", test(merge.uniform_average(fts)))
     for name, fn in methods.items():
       # every method here is base + lam * (merged task vector): merge once, sweep lam in one vmapped evaluation
-      delta = merge.task_vector(base_bb, fn(1.0))
-      scores = np.asarray(val_sweep(base_bb, delta, heads, grid, *tasks["val"]))
-      lam = config.lams[int(np.argmax(scores))]  # first best: ties go to the smaller lam
-      add(name, test(merge.apply_task_vector(base_bb, delta, lam)))
+      lam, accs = pool.tune(member, merge.task_vector(base_bb, fn(1.0)), config.lams)  # first best: smaller lam
+      add(name, accs)
       lams.setdefault(name, []).append(lam)
     own = lambda bb, t: float(task_accs(bb, heads, *tasks["test"])[t])
     trimmed.append([(own(f, t), own(merge.ties(base_bb, [f], config.ties_density, 1.0), t))

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from paperlab import _checks, models, train
+from paperlab.merge.task_vectors import apply_task_vector
 
 PyTree = Any
 
@@ -98,8 +99,7 @@ class TaskPool(NamedTuple):
     grid = jnp.asarray(lams, jnp.float32)
     scores = np.asarray(self.val_sweep(member.base_backbone, delta, member.heads, grid, *self.splits["val"]))
     lam = float(lams[int(np.argmax(scores))])
-    merged = jax.tree.map(lambda b, d: b + lam * d, member.base_backbone, delta)
-    return lam, self.accuracy(merged, member.heads, "test")
+    return lam, self.accuracy(apply_task_vector(member.base_backbone, delta, lam), member.heads, "test")
 
 
 def _check_int(name: str, value, low: int) -> int:
