@@ -14,7 +14,7 @@ accuracy of a backbone with the task heads, and a vmapped validation sweep over 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +23,11 @@ import optax
 from flax import nnx
 
 from paperlab import _checks, models, train
-from paperlab.merge.task_vectors import apply_task_vector
+from paperlab.merge.task_vectors import apply_task_vector, task_vector
 
 PyTree = Any
 
-__all__ = ["TaskPool", "PoolMember", "finetune_task_pool", "backbone_of"]
+__all__ = ["TaskPool", "PoolMember", "MethodScores", "finetune_task_pool", "backbone_of"]
 
 _SPLITS = ("fit", "val", "test")
 _NORMS = (None, "layer")
@@ -46,6 +46,22 @@ class PoolMember(NamedTuple):
 def backbone_of(params: PyTree) -> PyTree:
   """The mergeable backbone of MLP parameters: every top-level entry except ``"head"``."""
   return {k: v for k, v in params.items() if k != "head"}
+
+
+class MethodScores(NamedTuple):
+  """A merge method's scores on a :class:`TaskPool`: the validation-picked scale per seed and the test accuracy
+  ``(S, T)`` per seed and task; ``mean`` is the mean task accuracy over seeds."""
+
+  lam: list
+  accuracy: np.ndarray
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(self.accuracy))
+
+  @property
+  def per_seed(self) -> list:
+    return [float(a) for a in np.mean(self.accuracy, axis=1)]
 
 
 class TaskPool(NamedTuple):
@@ -91,15 +107,39 @@ class TaskPool(NamedTuple):
     _checks.check_choice("split", split, _SPLITS)
     return np.asarray(self.task_accuracy(backbone, heads, *self.splits[split]))
 
-  def tune(self, member: PoolMember, delta: PyTree, lams: Sequence[float]) -> tuple[float, np.ndarray]:
+  def tune(self, member: PoolMember, delta: PyTree, lams: Sequence[float],
+           tasks: Sequence[int] | None = None) -> tuple[float, np.ndarray]:
     """Pick ``lam`` in ``lams`` maximizing the mean validation accuracy of ``base + lam * delta`` (first best: ties
-    go to the earlier grid value); return it and the per-task test accuracy ``(T,)`` at it."""
+    go to the earlier grid value) over the task indices ``tasks`` (default: all); return it and the per-task test
+    accuracy ``(T,)`` (every task) at it."""
     if len(lams) == 0:
       raise ValueError("lams must be a non-empty grid of scaling coefficients, got an empty sequence.")
-    grid = jnp.asarray(lams, jnp.float32)
-    scores = np.asarray(self.val_sweep(member.base_backbone, delta, member.heads, grid, *self.splits["val"]))
+    xs, y = self.splits["val"]
+    heads = member.heads
+    if tasks is not None:
+      idx = np.asarray(tasks, np.int32)
+      if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= len(self.tasks):
+        raise ValueError(f"tasks must be non-empty indices into the pool's {len(self.tasks)} tasks, got {tasks!r}.")
+      xs, heads = xs[idx], jax.tree.map(lambda h: h[idx], heads)
+    scores = np.asarray(self.val_sweep(member.base_backbone, delta, heads, jnp.asarray(lams, jnp.float32), xs, y))
     lam = float(lams[int(np.argmax(scores))])
     return lam, self.accuracy(apply_task_vector(member.base_backbone, delta, lam), member.heads, "test")
+
+  def compare(self, methods: Mapping[str, Callable[[PoolMember, int], PyTree]],
+              lams: Sequence[float]) -> dict[str, MethodScores]:
+    """Score merge methods under one protocol: for every seed, ``methods[name](member, seed_index)`` returns the
+    merged backbone at scale 1 (e.g. ``merge.ties(m.base_backbone, m.finetuned, 0.2, 1.0)``); its task vector is
+    scaled by the ``lam`` in ``lams`` (one grid for every method) that is best on validation, and scored on test."""
+    out: dict[str, MethodScores] = {}
+    for name, fn in methods.items():
+      picked, accs = [], []
+      for si in range(self.num_seeds):
+        member = self.member(si)
+        lam, acc = self.tune(member, task_vector(member.base_backbone, fn(member, si)), lams)
+        picked.append(lam)
+        accs.append(acc)
+      out[name] = MethodScores(picked, np.stack(accs))
+    return out
 
 
 def _check_int(name: str, value, low: int) -> int:

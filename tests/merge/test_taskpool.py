@@ -89,3 +89,27 @@ def test_validation(task_data, kwargs, match):
 def test_rejects_non_task_data():
   with pytest.raises(TypeError, match="task_data"):
     merge.finetune_task_pool(data.digits())
+
+
+def test_compare_and_task_subset_tuning(pool):
+  lams = (0.0, 0.5, 1.0)
+  ta = lambda m, si: merge.task_arithmetic(m.base_backbone, m.finetuned, 1.0)
+  scores = pool.compare({"ta": ta, "base": lambda m, si: m.base_backbone}, lams)
+  assert scores["ta"].accuracy.shape == (2, 2) and len(scores["ta"].lam) == 2
+  for si in range(2):
+    m = pool.member(si)
+    lam, test = pool.tune(m, merge.task_vector(m.base_backbone, ta(m, si)), lams)
+    assert scores["ta"].lam[si] == lam
+    np.testing.assert_array_equal(scores["ta"].accuracy[si], test)
+    np.testing.assert_allclose(scores["base"].accuracy[si], pool.accuracy(m.base_backbone, m.heads))
+  assert scores["ta"].mean == pytest.approx(float(np.mean(scores["ta"].per_seed)))
+  # tuning on task 1 alone picks the scale that is best on its validation split
+  m = pool.member(0)
+  delta = merge.task_vector(m.base_backbone, m.finetuned[1])
+  lam, _ = pool.tune(m, delta, lams, tasks=[1])
+  val1 = [pool.accuracy(merge.apply_task_vector(m.base_backbone, delta, g), m.heads, "val")[1] for g in lams]
+  assert lam == lams[int(np.argmax(val1))]
+  with pytest.raises(ValueError, match="tasks"):
+    pool.tune(m, delta, lams, tasks=[2])
+  with pytest.raises(ValueError, match="lams"):
+    pool.tune(m, delta, ())
