@@ -107,10 +107,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ctx.log(config.pool.finetune_steps, {**{f"mean_acc/{k}": v for k, v in mean.items()},
                                        "kept_fraction": float(np.mean(kept))})
   if not ctx.quiet:
-    for k, v in scores.items():
-      ctx.print(f"{k:>16s} {mean[k] * 100:5.1f} (seeds " + " ".join(f"{a * 100:.1f}" for a in v.per_seed)
-                + f") lam={v.lam}  fixed lam={fixed[k]}: tasks 1..{num_tasks} "
-                + " ".join(f"{a * 100:.1f}" for a in curve[k]))
+    ctx.print("\n".join(merge.format_scores(scores, {k: f"fixed lam={fixed[k]}: tasks 1..{num_tasks} " + " ".join(
+        f"{a * 100:.1f}" for a in curve[k]) for k in scores})))
     ctx.print(f"kept fraction {np.mean(kept):.4f} (max {np.max(kept):.4f}); own-task accuracy whole "
               f"{retention[0] * 100:.1f}, masked {retention[1] * 100:.1f}")
 
@@ -123,10 +121,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                 "kept_fraction_max": float(max(kept)), "drop_2_to_5_breadcrumbs": drop["breadcrumbs"],
                 "drop_2_to_5_task_arithmetic": drop["task_arithmetic"], "accuracy_ok": bool(accuracy_ok),
                 "sparse_ok": bool(sparse_ok), "scaling_ok": bool(scaling_ok)},
-      "mean_task_accuracy": mean,
-      "mean_task_accuracy_per_seed": {k: v.per_seed for k, v in scores.items()},
-      "per_task_accuracy": {k: v.accuracy.mean(0).tolist() for k, v in scores.items()},
-      "lam": {k: v.lam for k, v in scores.items()},
+      **merge.scores_summary(scores),
       "kept_fraction": float(np.mean(kept)),
       "own_task_retention": {"finetuned": float(retention[0]), "masked": float(retention[1])},
       "tasks_merged_accuracy": curve,

@@ -74,9 +74,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ctx.log(config.pool.finetune_steps, {**{f"mean_acc/{k}": v for k, v in mean.items()},
                                        **{f"alignment/{k}": v for k, v in alignment.items()}})
   if not ctx.quiet:
-    for k, v in scores.items():
-      ctx.print(f"{k:>16s} {mean[k] * 100:5.1f} (seeds " + " ".join(f"{a * 100:.1f}" for a in v.per_seed)
-                + f") lam={v.lam} alignment={alignment[k]:.3f}")
+    ctx.print("\n".join(merge.format_scores(scores, {k: f"alignment={v:.3f}" for k, v in alignment.items()})))
 
   passed = bool(mean["iso_c"] >= mean["task_arithmetic"] + config.margin
                 and mean["iso_cts"] >= mean["iso_c"] - config.cts_tolerance
@@ -86,10 +84,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                 "task_arithmetic": mean["task_arithmetic"], "alignment_iso_c": alignment["iso_c"],
                 "alignment_task_arithmetic": alignment["task_arithmetic"], "margin": config.margin,
                 "cts_tolerance": config.cts_tolerance},
-      "mean_task_accuracy": mean,
-      "mean_task_accuracy_per_seed": {k: v.per_seed for k, v in scores.items()},
-      "per_task_accuracy": {k: v.accuracy.mean(0).tolist() for k, v in scores.items()},
-      "lam": {k: v.lam for k, v in scores.items()},
+      **merge.scores_summary(scores),
       "subspace_alignment": alignment,
       "seconds": time.time() - t0,
   }

@@ -57,15 +57,10 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   mean = {k: v.mean for k, v in scores.items()}
   ctx.log(config.pool.finetune_steps, {f"mean_acc/{k}": v for k, v in mean.items()})
   if not ctx.quiet:
-    for k, v in scores.items():
-      ctx.print(f"{k:>16s} {mean[k] * 100:5.1f} (seeds " + " ".join(f"{a * 100:.1f}" for a in v.per_seed)
-                + f") lam={v.lam}")
+    ctx.print("\n".join(merge.format_scores(scores)))
   return {
       "claim": {"passed": bool(mean["pcb"] >= mean["task_arithmetic"] + config.margin), "statement": CLAIM,
                 "pcb": mean["pcb"], "task_arithmetic": mean["task_arithmetic"], "margin": config.margin},
-      "mean_task_accuracy": mean,
-      "mean_task_accuracy_per_seed": {k: v.per_seed for k, v in scores.items()},
-      "per_task_accuracy": {k: v.accuracy.mean(0).tolist() for k, v in scores.items()},
-      "lam": {k: v.lam for k, v in scores.items()},
+      **merge.scores_summary(scores),
       "seconds": time.time() - t0,
   }

@@ -27,7 +27,8 @@ from paperlab.merge.task_vectors import apply_task_vector, task_vector
 
 PyTree = Any
 
-__all__ = ["TaskPool", "PoolMember", "MethodScores", "finetune_task_pool", "backbone_of"]
+__all__ = ["TaskPool", "PoolMember", "MethodScores", "finetune_task_pool", "backbone_of", "scores_summary",
+           "format_scores"]
 
 _SPLITS = ("fit", "val", "test")
 _NORMS = (None, "layer")
@@ -62,6 +63,24 @@ class MethodScores(NamedTuple):
   @property
   def per_seed(self) -> list:
     return [float(a) for a in np.mean(self.accuracy, axis=1)]
+
+
+def scores_summary(scores: Mapping[str, MethodScores]) -> dict:
+  """JSON-able summary of :meth:`TaskPool.compare`'s scores: mean task accuracy (over seeds and tasks), its value
+  per seed, per task (mean over seeds) and the picked scales."""
+  return {
+      "mean_task_accuracy": {k: v.mean for k, v in scores.items()},
+      "mean_task_accuracy_per_seed": {k: v.per_seed for k, v in scores.items()},
+      "per_task_accuracy": {k: np.mean(v.accuracy, axis=0).tolist() for k, v in scores.items()},
+      "lam": {k: list(v.lam) for k, v in scores.items()},
+  }
+
+
+def format_scores(scores: Mapping[str, MethodScores], extra: Mapping[str, str] | None = None) -> list[str]:
+  """One line per method: mean task accuracy in percent, per seed, the picked scales and ``extra[name]``."""
+  extra = extra or {}
+  return [f"{k:>20s} {v.mean * 100:5.1f} (seeds " + " ".join(f"{a * 100:.1f}" for a in v.per_seed)
+          + f") lam={list(v.lam)} {extra.get(k, '')}".rstrip() for k, v in scores.items()]
 
 
 class TaskPool(NamedTuple):

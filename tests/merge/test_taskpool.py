@@ -103,6 +103,12 @@ def test_compare_and_task_subset_tuning(pool):
     np.testing.assert_array_equal(scores["ta"].accuracy[si], test)
     np.testing.assert_allclose(scores["base"].accuracy[si], pool.accuracy(m.base_backbone, m.heads))
   assert scores["ta"].mean == pytest.approx(float(np.mean(scores["ta"].per_seed)))
+  summary = merge.scores_summary(scores)
+  assert summary["lam"]["ta"] == scores["ta"].lam
+  np.testing.assert_allclose(summary["per_task_accuracy"]["base"], scores["base"].accuracy.mean(0))
+  assert summary["mean_task_accuracy"]["ta"] == scores["ta"].mean
+  lines = merge.format_scores(scores, {"ta": "note"})
+  assert len(lines) == 2 and lines[0].endswith("note") and f"{scores['ta'].mean * 100:5.1f}" in lines[0]
   # tuning on task 1 alone picks the scale that is best on its validation split
   m = pool.member(0)
   delta = merge.task_vector(m.base_backbone, m.finetuned[1])
