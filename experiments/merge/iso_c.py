@@ -19,8 +19,9 @@ ordering reproduce; Iso-CTS >= Iso-C - 0.5 does NOT (-9.7 points, every seed: 57
 Extending the grid to 6.0 changes no pick, so it is not the grid's edge. Iso-CTS replaces the weakest 20% of the
 summed update's directions by each task's top residual directions (3 per task in the 64-input layer, 5 in the
 128-wide one) and spreads one mean singular value over all of them; here those task-specific directions take norm
-from the common ones without helping (its alignment is barely higher, 0.934 vs 0.932). The 8-task table of
-digits_tasks.py shows the same order: Iso-C 56.0, Iso-CTS 50.4, TA 47.9.
+from the common ones without helping (its alignment is barely higher, 0.934 vs 0.932). ``merge.iso_cts`` matches an
+independent float64 reading of the paper's Alg. 1 (tests/merge/test_iso_cts_reference.py), so the gap is not an
+implementation slip. The 8-task table of digits_tasks.py shows the same order: Iso-C 56.0, Iso-CTS 50.4, TA 47.9.
 """
 
 from __future__ import annotations

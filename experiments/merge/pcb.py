@@ -12,11 +12,12 @@ Claim (catalogue [285]): PCB(best lambda) >= TA(best lambda) + 1 point.
 
 Calibration (seeds 0-2, ~13 CPU-seconds on one core): TA 60.3 (lambda 0.4-0.5; seeds 60.1/58.5/62.3), PCB 46.7
 (lambda 1.2-2.0; 48.6/43.2/48.1): the claim does NOT reproduce (-13.6 points). A diagnostic row keeping every
-entry (ratio 1.0: PCB's intra/inter balancing weights without the trim) reaches 52.5 (56.8/43.2/57.4), so most of
-the gap is the trim to 10% per task, as for TIES and breadcrumbs here (the task vectors of this 25k-parameter MLP
-are not redundant; digits_tasks.py: trimming to 20% drops a fine-tune's own task from 96.5 to 73.6), and the
-balancing weights alone still lose 7.8 points to TA's uniform sum. 8-task table (digits_tasks.py): PCB 40.7 vs TA
-47.9.
+entry (ratio 1.0: PCB's intra/inter balancing weights without the trim) reaches 52.5 (56.8/43.2/57.4): the
+balancing weights cost 7.8 points against TA's uniform sum and the trim to 10% per task another 5.8, as trims do
+for TIES and breadcrumbs here (the task vectors of this 25k-parameter MLP are not redundant; digits_tasks.py:
+trimming to 20% drops a fine-tune's own task from 96.5 to 73.6). ``merge.pcb`` matches a torch transcription of
+the authors' ``PCB_merge`` (tests/parity/test_merge_a_torch_swa_pcb.py). 8-task table (digits_tasks.py): PCB 40.7
+vs TA 47.9.
 """
 
 from __future__ import annotations
