@@ -77,24 +77,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   grid = [grid[i] for i in np.random.default_rng(config.seed).permutation(len(grid))[:config.num_ingredients]]
   hp = jnp.asarray(grid, jnp.float32)
 
-  def finetune(h, k):
-    lr, wd, ls, noise = h[0], h[1], h[2], h[3]
-    opt = optax.adamw(lr, weight_decay=wd)
-
-    def loss_fn(model, batch, rng):
-      bx, by = batch
-      logits = model(bx + noise * jax.random.normal(rng, bx.shape))
-      targets = optax.smooth_labels(jax.nn.one_hot(by, 10), ls)
-      return optax.softmax_cross_entropy(logits, targets).mean()
-
-    step = train.make_train_step(graphdef, loss_fn, opt)
-    state = train.TrainState(jnp.zeros((), jnp.int32), base_state.params, base_state.model_state,
-                             opt.init(base_state.params))
-    return train.run_steps(step, state, (x, y), k, batch_size=config.batch_size,
-                           num_steps=config.finetune_steps)[0].params
-
   keys = jax.random.split(jax.random.fold_in(key, 2), len(grid))
-  stacked = jax.jit(jax.vmap(finetune))(hp, keys)
+  stacked = merge.finetune_grid(graphdef, base_state.params, base_state.model_state, (x, y), hp, keys,
+                                num_steps=config.finetune_steps, batch_size=config.batch_size)
   ingredients = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(grid))]
 
   @jax.jit

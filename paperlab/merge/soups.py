@@ -12,14 +12,80 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
-from paperlab import _checks
+from paperlab import _checks, train
 from paperlab.merge.averaging import (_check_models, _compute_dtype, _is_float, _selected, interpolate,
                                      uniform_average)
 
 PyTree = Any
 
-__all__ = ["uniform_soup", "greedy_soup", "diwa", "model_stock", "bcwi_select"]
+__all__ = ["uniform_soup", "greedy_soup", "diwa", "model_stock", "bcwi_select", "finetune_grid"]
+
+
+def finetune_grid(graphdef: nnx.GraphDef, params: PyTree, model_state: PyTree, data: tuple[jax.Array, jax.Array],
+                  hparams: jax.Array, keys: jax.Array, *, num_steps: int, batch_size: int,
+                  num_checkpoints: int = 1, params_axis: int | None = None) -> PyTree:
+  """Fine-tune one model per row of ``hparams`` from ``params``: the ingredient recipe of model soups (Wortsman et
+  al., arXiv:2203.05482, Sec. 3: a grid over learning rate, weight decay, label smoothing and augmentation) and of
+  DiWA (Ramé et al., arXiv:2205.09739, Sec. 4: random hyperparameters from a shared linear-probed init).
+
+  Row ``k = (learning_rate, weight_decay, label_smoothing, input_noise)`` trains with ``optax.adamw(learning_rate,
+  weight_decay=weight_decay)`` on softmax cross-entropy against ``optax.smooth_labels(one_hot(y), label_smoothing)``
+  of inputs plus ``input_noise * N(0, 1)`` (Gaussian input augmentation); batches and noise come from ``keys[k]``
+  (:func:`paperlab.train.run_steps`). All rows run as one vmapped, jitted program.
+
+  Args:
+    graphdef, model_state: the model's ``nnx.split`` parts (``paperlab.train.make_init``).
+    params: initial parameters, shared by every row (``params_axis=None``) or stacked along ``params_axis``.
+    data: ``(x, y)`` training arrays with integer labels.
+    hparams: ``(K, 4)`` array of rows as above.
+    keys: ``(K,)`` PRNG keys, one per row.
+    num_steps, batch_size: optimizer steps and batch size of every row.
+    num_checkpoints: ``C >= 1`` evenly spaced checkpoints to return (the last is the final model);
+      ``num_steps`` must be a multiple of it. Checkpointing does not change the trajectory.
+
+  Returns:
+    The fine-tuned parameters stacked along a leading ``K`` axis, with a second ``C`` axis of checkpoints when
+    ``num_checkpoints > 1``.
+  """
+  hparams = jnp.asarray(hparams, jnp.float32)
+  if hparams.ndim != 2 or hparams.shape[1] != 4:
+    raise ValueError(f"hparams must have shape (K, 4) (learning_rate, weight_decay, label_smoothing, input_noise), "
+                     f"got {hparams.shape}.")
+  if keys.shape[:1] != hparams.shape[:1]:
+    raise ValueError(f"keys must hold one key per hparams row ({hparams.shape[0]}), got shape {keys.shape}.")
+  for name, v in (("num_steps", num_steps), ("batch_size", batch_size), ("num_checkpoints", num_checkpoints)):
+    if not isinstance(v, int) or v < 1:
+      raise ValueError(f"{name} must be a positive int, got {v!r}.")
+  if num_steps % num_checkpoints:
+    raise ValueError(f"num_steps ({num_steps}) must be a multiple of num_checkpoints ({num_checkpoints}).")
+  x, y = data
+
+  def one(p0, h, k):
+    lr, wd, ls, noise = h[0], h[1], h[2], h[3]
+    opt = optax.adamw(lr, weight_decay=wd)
+
+    def loss_fn(model, batch, rng):
+      bx, by = batch
+      logits = model(bx + noise * jax.random.normal(rng, bx.shape))
+      targets = optax.smooth_labels(jax.nn.one_hot(by, logits.shape[-1]), ls)
+      return optax.softmax_cross_entropy(logits, targets).mean()
+
+    step = train.make_train_step(graphdef, loss_fn, opt)
+    state = train.TrainState(jnp.zeros((), jnp.int32), p0, model_state, opt.init(p0))
+    seg = num_steps // num_checkpoints
+    if num_checkpoints == 1:
+      return train.run_steps(step, state, (x, y), k, batch_size=batch_size, num_steps=seg)[0].params
+
+    def body(s, _):
+      s = train.run_steps(step, s, (x, y), k, batch_size=batch_size, num_steps=seg)[0]
+      return s, s.params
+
+    return jax.lax.scan(body, state, None, length=num_checkpoints)[1]
+
+  return jax.jit(jax.vmap(one, in_axes=(params_axis, 0, 0)))(params, hparams, keys)
 
 
 def uniform_soup(models: Sequence[PyTree], *, include: str | None = None, exclude: str | None = None) -> PyTree:

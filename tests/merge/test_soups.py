@@ -80,3 +80,47 @@ def test_bcwi_select_returns_the_best_interpolation():
   np.testing.assert_allclose(params["w"], 0.6, rtol=1e-6)
   with pytest.raises(ValueError, match="alphas"):
     pm.bcwi_select(old, new, [1.5], lambda p: 0.0)
+
+
+def _tiny_finetune_setup():
+  import optax
+  from paperlab import models, train
+  graphdef, init = train.make_init(lambda r: models.MLP(6, [8], 3, rngs=r), optax.adam(1e-3))
+  state = init(jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (40, 6))
+  y = jnp.argmax(x[:, :3], -1)
+  return graphdef, state, (x, y)
+
+
+def test_finetune_grid_checkpoints_follow_one_trajectory_and_zero_lr_keeps_the_init():
+  graphdef, state, data = _tiny_finetune_setup()
+  hp = jnp.asarray([[0.0, 0.0, 0.0, 0.0], [1e-2, 1e-4, 0.1, 0.5]])
+  keys = jax.random.split(jax.random.key(2), 2)
+  final = pm.finetune_grid(graphdef, state.params, state.model_state, data, hp, keys, num_steps=12, batch_size=8)
+  ckpts = pm.finetune_grid(graphdef, state.params, state.model_state, data, hp, keys, num_steps=12, batch_size=8,
+                           num_checkpoints=3)
+  for f, c, p0 in zip(jax.tree.leaves(final), jax.tree.leaves(ckpts), jax.tree.leaves(state.params)):
+    assert c.shape == (2, 3) + p0.shape
+    np.testing.assert_allclose(c[:, -1], f, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(f[0], p0)  # lr = 0: adamw moves nothing
+  assert any(not np.allclose(f[1], p0) for f, p0 in zip(jax.tree.leaves(final), jax.tree.leaves(state.params)))
+  # stacked inits: row k starts from init k
+  stacked = jax.tree.map(lambda a: jnp.stack([a, a + 1.0]), state.params)
+  out = pm.finetune_grid(graphdef, stacked, state.model_state, data, hp[:1].repeat(2, 0), keys, num_steps=4,
+                         batch_size=8, params_axis=0)
+  for o, s in zip(jax.tree.leaves(out), jax.tree.leaves(stacked)):
+    np.testing.assert_array_equal(o, s)
+
+
+def test_finetune_grid_validates_its_arguments():
+  graphdef, state, data = _tiny_finetune_setup()
+  keys = jax.random.split(jax.random.key(2), 2)
+  with pytest.raises(ValueError, match="hparams"):
+    pm.finetune_grid(graphdef, state.params, state.model_state, data, jnp.zeros((2, 3)), keys, num_steps=4,
+                     batch_size=8)
+  with pytest.raises(ValueError, match="keys"):
+    pm.finetune_grid(graphdef, state.params, state.model_state, data, jnp.zeros((3, 4)), keys, num_steps=4,
+                     batch_size=8)
+  with pytest.raises(ValueError, match="num_checkpoints"):
+    pm.finetune_grid(graphdef, state.params, state.model_state, data, jnp.zeros((2, 4)), keys, num_steps=5,
+                     batch_size=8, num_checkpoints=2)
