@@ -1,0 +1,23 @@
+"""Reproductions of merge part B: DARE the Extreme [405], BCWI [387], DiWA [205] (each <= 60 s on one core)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def darex_result(run_claim, tmp_path_factory):
+  return run_claim("merge/darex", tmp_path_factory.mktemp("darex"), paper_id=405)
+
+
+@pytest.mark.slow
+def test_darex_q_repairs_dare_at_extreme_drop_rate(darex_result):
+  assert darex_result["claim"]["extreme_passed"], darex_result["claim"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: DARE at p=0.9 keeps 86.6% vs the fine-tune's "
+                   "97.2% test accuracy (-10.6 points over 3 seeds, claim allows -2); the small MLP's deltas are not "
+                   "redundant")
+def test_dare_at_moderate_drop_rate_keeps_the_finetune(darex_result):
+  assert darex_result["claim"]["passed"], darex_result["claim"]
