@@ -23,10 +23,11 @@ from flax import nnx
 from paperlab._checks import check_range
 from paperlab._tree import check_same_structure, path_str
 
-__all__ = ["capture_layer_io", "conv_patches", "gram_matrices", "model_apply", "regmean_merge"]
+__all__ = ["capture_layer_io", "conv_patches", "gram_matrices", "model_apply", "output_gradient_grams", "regmean_merge"]
 
 PyTree = Any
 _RECORDING_CLASSES: dict[type, type] = {}
+_PERTURBED_CLASSES: dict[type, type] = {}
 
 
 def _recording_class(cls: type) -> type:
@@ -162,6 +163,72 @@ def gram_matrices(graphdef: nnx.GraphDef, params: PyTree, x: Any, *, model_state
     flat = inp.reshape(-1, inp.shape[-1]).astype(jnp.float32)
     grams[f"{name}/kernel"] = flat.T @ flat / flat.shape[0]
   return grams
+
+
+def _perturbed_class(cls: type) -> type:
+  """A subclass of ``cls`` whose ``__call__`` adds ``self._eps_source[self._eps_path]`` to its output."""
+  if cls not in _PERTURBED_CLASSES:
+    def __call__(self, x, *args, **kwargs):
+      return cls.__call__(self, x, *args, **kwargs) + self._eps_source[self._eps_path]
+
+    _PERTURBED_CLASSES[cls] = type(f"Perturbed{cls.__name__}", (cls,), {"__call__": __call__})
+  return _PERTURBED_CLASSES[cls]
+
+
+def output_gradient_grams(graphdef: nnx.GraphDef, params: PyTree, x: jax.Array, *,
+                          model_state: PyTree | None = None, chunk: int = 64) -> dict[str, jax.Array]:
+  """Output-gradient Gram matrices ``S = E_x sum_y p(y|x) g_y g_y^T`` of every ``nnx.Linear`` layer of a classifier,
+  keyed by kernel path: the output factor of the K-FAC block Fisher ``F ~ A (x) S``.
+
+  Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature" (arXiv:1503.05671),
+  Sec. 3, with the exact expectation over the model's classes (the "true" Fisher); ``g_y`` is the gradient of
+  ``log p(y|x)`` w.r.t. the layer's output. With :func:`gram_matrices` as the input factor ``A`` this gives the
+  block-Fisher statistics of MaTS (Tam et al., arXiv:2312.04339, Sec. 4; :func:`paperlab.merge.mats`'s
+  ``grams_out``). A layer applied at several positions of one example treats each position as a row (averaged, like
+  :func:`gram_matrices`).
+
+  Args:
+    graphdef, params, model_state: the model, as for :func:`gram_matrices`; it must map one example ``x[i:i+1]`` to
+      logits ``(1, classes)``.
+    x: inputs with a leading example axis.
+    chunk: examples per vectorised chunk (bounds memory).
+
+  Returns:
+    ``{"hidden/0/kernel": S, ...}`` with ``S`` of shape ``(out_features, out_features)``, float32, the mean over
+    examples. Jittable with ``graphdef`` static.
+  """
+  if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+    raise ValueError(f"chunk must be a positive integer, got {chunk!r}.")
+  x = jnp.asarray(x)
+  if x.ndim < 1 or x.shape[0] == 0:
+    raise ValueError(f"x must hold at least one example along its leading axis, got shape {x.shape}.")
+  _, io = capture_layer_io(graphdef, params, x[:1], model_state=model_state, layer_types=(nnx.Linear,))
+  outs = {name: jax.ShapeDtypeStruct(y.shape, y.dtype) for name, (_, y) in io.items()}
+
+  def log_probs(eps, xi):
+    model = _merge(graphdef, params, model_state)
+    for path, module in nnx.iter_graph(model):
+      if isinstance(module, nnx.Linear):
+        module.__class__ = _perturbed_class(type(module))
+        object.__setattr__(module, "_eps_source", eps)
+        object.__setattr__(module, "_eps_path", "/".join(str(p) for p in path))
+    logits = model(xi[None])
+    if logits.ndim != 2 or logits.shape[0] != 1:
+      raise ValueError(f"the model must map one example to logits (1, classes), got shape {logits.shape}.")
+    return jax.nn.log_softmax(logits[0].astype(jnp.float32))
+
+  def one(xi):
+    zeros = {n: jnp.zeros(o.shape, o.dtype) for n, o in outs.items()}
+    probs = jax.lax.stop_gradient(jnp.exp(log_probs(zeros, xi)))
+    jac = jax.jacrev(log_probs)(zeros, xi)  # {layer: (classes, 1, ..., out)}
+    grams = {}
+    for n, j in jac.items():
+      j = j.astype(jnp.float32).reshape(j.shape[0], -1, j.shape[-1])  # (classes, rows, out)
+      grams[n] = jnp.einsum("c,cri,crj->ij", probs, j, j) / j.shape[1]
+    return grams
+
+  per_example = jax.lax.map(one, x, batch_size=min(int(chunk), x.shape[0]))
+  return {f"{n}/kernel": s.mean(0) for n, s in per_example.items()}
 
 
 def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Array]], *, alpha: float = 0.95,
