@@ -1,0 +1,17 @@
+"""Reproduction tests on the ROT-DIGITS task pool: MaTS [284] and uncertainty-based gradient matching [203]."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.slow
+def test_mats_beats_task_arithmetic_and_cg_converges(run_claim, tmp_path):
+  result = run_claim("merge/mats", tmp_path, paper_id=284)
+  assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_gradient_matching_beats_task_arithmetic_and_is_robust_to_alpha(run_claim, tmp_path):
+  result = run_claim("merge/gradient_matching", tmp_path, paper_id=203)
+  assert result["claim"]["passed"], result["claim"]
