@@ -47,20 +47,6 @@ def test_hidden_layers_match_bias_jacobians():
     assert np.all(np.linalg.eigvalsh(np.asarray(got[f"hidden/{i}/kernel"], np.float64)) > -1e-7)
 
 
-def test_kfac_product_matches_the_exact_block_fisher_for_one_example():
-  # With one example, E[a a^T] (x) E[g g^T] is the exact (true) Fisher block of the head kernel.
-  graphdef, params = _model([])
-  x = jax.random.normal(jax.random.key(3), (1, 6))
-  a = merge.gram_matrices(graphdef, params, x)["head/kernel"]
-  s = merge.output_gradient_grams(graphdef, params, x)["head/kernel"]
-  apply = merge.model_apply(graphdef)
-  lp = lambda k: jax.nn.log_softmax(apply({**params, "head": {**params["head"], "kernel": k}}, x)[0])
-  jac = jax.jacrev(lp)(params["head"]["kernel"]).reshape(4, -1)  # (classes, in*out), row-major (in, out)
-  pr = jnp.exp(lp(params["head"]["kernel"]))
-  exact = jnp.einsum("c,ci,cj->ij", pr, jac, jac)
-  np.testing.assert_allclose(jnp.kron(a, s), exact, atol=1e-5)
-
-
 def test_rejects_bad_arguments():
   graphdef, params = _model([])
   with pytest.raises(ValueError, match="chunk"):
