@@ -30,3 +30,9 @@ def test_dare_at_moderate_drop_rate_keeps_the_finetune(darex_result):
 def test_bcwi_halves_negative_flips_without_losing_accuracy(run_claim, tmp_path):
   result = run_claim("merge/bcwi", tmp_path, paper_id=387)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_diwa_from_a_shared_lp_init_is_robust_out_of_distribution(run_claim, tmp_path):
+  result = run_claim("merge/diwa", tmp_path, paper_id=205)
+  assert result["claim"]["passed"], result["claim"]
