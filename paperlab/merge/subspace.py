@@ -162,7 +162,8 @@ def mats(base: PyTree, finetuned: Sequence[PyTree], grams_in: Sequence[Mapping[s
     base, finetuned: pre-trained and fine-tuned parameters.
     grams_in: one mapping per model ``{kernel path: A_i}`` (e.g. ``paperlab.merge.gram_matrices``); kernels
       without a Gram are averaged, as are all other leaves.
-    grams_out: optional mappings ``{kernel path: S_i}`` (block-diagonal Fisher / K-FAC output factor).
+    grams_out: optional mappings ``{kernel path: S_i}`` (block-diagonal Fisher / K-FAC output factor, e.g.
+      from :func:`paperlab.merge.output_gradient_grams`).
     init: CG start: ``"task_arithmetic"`` (``theta_base + init_lam * sum tau``), ``"average"`` or ``"base"``.
     iters: CG iterations (the paper uses tens to ~100); ``iters=0`` returns the init.
     offdiag_scale: multiply off-diagonal Gram entries by this (RegMean's ``alpha``; 1 keeps them).
