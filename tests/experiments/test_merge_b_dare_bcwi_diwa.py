@@ -16,6 +16,11 @@ def test_darex_q_repairs_dare_at_extreme_drop_rate(darex_result):
 
 
 @pytest.mark.slow
+def test_adamr_shrinks_the_delta_and_helps_dare_at_extreme_drop_rate(darex_result):
+  assert darex_result["claim"]["adamr_passed"], darex_result["claim"]
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: DARE at p=0.9 keeps 86.6% vs the fine-tune's "
                    "97.2% test accuracy (-10.6 points over 3 seeds, claim allows -2); the small MLP's deltas are not "
                    "redundant")
