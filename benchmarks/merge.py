@@ -92,7 +92,7 @@ def run(quick: bool = False) -> list[dict]:
   base, models = _trees(n_leaves, rows, cols)
   n_params = sum(x.size for x in jax.tree.leaves(base))
   sizes = {"params_per_model": int(n_params), "models": N_MODELS, "leaves": len(jax.tree.leaves(base))}
-  repeats = 3
+  repeats = 3 if quick else 7  # the pass moves 2-5x with page-fault and cache state: medians of 7 interleaved runs
 
   one_pass_leaf = jax.jit(lambda b, *ms: b + sum(ms))
   one_pass = lambda: jax.tree.map(one_pass_leaf, base, *models)
