@@ -7,17 +7,19 @@ TIES/DARE <= 4x one pass, and >= 10x faster than mergekit (ratio <= 0.1).
 
 The defaults are measured first: TIES with the exact k-th-largest threshold (found by bracketing, global and
 per-tensor scope) and DARE with the keyed hash sampler; the sampled-threshold TIES and threefry DARE are reported for
-comparison. Each op is timed round-robin with the pass (median of 3 runs each), so machine load hits both alike.
+comparison. Each op is timed round-robin with the pass (median of 7 runs each; 3 when quick), so machine load hits both
+alike.
 
 ``quick`` uses a ~4M-parameter tree. Records report ``ratio = op_seconds / baseline_seconds``.
 
-Measured (2026-11-23, 100M parameters x 4 models, one pinned core of a shared 2-core AMD EPYC, medians of 3
-interleaved runs; a warm pass takes 0.13-0.20 s, a cold or contended one up to 1.7 s, so ratios move by ~2x between
-runs): TIES exact global 6.6x a pass (was 15x with 31-pass bisection), TIES exact per tensor 14x, DARE with the hash
-sampler 2.2x (threefry 49x), TIES with sampled thresholds 3.3x (global) / 5.4x (per tensor); against mergekit (TIES
-78x a cold pass, 134 s): TIES exact 0.01, DARE 0.06 -- the >= 10x target holds for every default, the <= 4x target
-only for DARE. Per model the exact threshold costs a coding pass (~0.1-0.17 s), the host compaction of ~1% of the
-entries (~0.06-0.13 s) and the selection (~0.03 s).
+Measured (2026-11-23, 100M parameters x 4 models, a shared 2-core AMD EPYC, medians of 7 interleaved runs; a pass
+takes 0.07-0.5 s depending on page-fault and cache state, so single runs move ratios by ~2x; the record is in
+benchmarks/results/merge.json): TIES exact global 2.85x a pass (0.42 s; was 6.6x with one bracketing pass per model
+and 15x with 31-pass bisection), TIES exact per tensor 4.3x, DARE with the hash sampler 1.4x (threefry 22x), TIES
+with sampled thresholds 1.1x (global) / 2.1x (per tensor); against mergekit (TIES 40.5 s, DARE 3.5 s on the same
+tensors): TIES exact 0.01, DARE 0.06 -- both targets hold for the defaults (TIES global exact, DARE hash). The exact
+threshold costs a sample (~15 ms), one coding pass over all 4 models (4 per byte), numpy compaction of the ~0.7%
+inside the bracket in a thread pool overlapped with the pass, and np.partition (~10 ms).
 """
 
 from __future__ import annotations
