@@ -14,8 +14,8 @@ alike.
 
 Measured (2026-11-23, 100M parameters x 4 models, a shared 2-core AMD EPYC, medians of 7 interleaved runs; a pass
 takes 0.07-0.5 s depending on page-fault and cache state, so single runs move ratios by ~2x; ``python -m
-benchmarks merge`` writes the records to benchmarks/results/merge.json): TIES exact global 2.85x a pass (0.42 s; was 6.6x with one bracketing pass per model
-and 15x with 31-pass bisection), TIES exact per tensor 4.3x, DARE with the hash sampler 1.4x (threefry 22x), TIES
+benchmarks merge`` writes the records to benchmarks/results/merge.json): TIES exact global 2.85x a pass (0.42 s;
+was 6.6x with one bracketing pass per model and 15x with 31-pass bisection), TIES exact per tensor 4.3x, DARE with the hash sampler 1.4x (threefry 22x), TIES
 with sampled thresholds 1.1x (global) / 2.1x (per tensor); against mergekit (TIES 40.5 s, DARE 3.5 s on the same
 tensors): TIES exact 0.01, DARE 0.06 -- both targets hold for the defaults (TIES global exact, DARE hash). The exact
 threshold costs a sample (~15 ms), one coding pass over all 4 models (4 per byte), numpy compaction of the ~0.7%
