@@ -17,7 +17,8 @@ from paperlab.merge.taskpool import *  # noqa: F401,F403
 from paperlab.merge.alignment import *  # noqa: F401,F403
 from paperlab.merge.delta_analysis import *  # noqa: F401,F403
 from paperlab.merge.signatures import *  # noqa: F401,F403
+from paperlab.merge.dam import *  # noqa: F401,F403
 
-from paperlab.merge import averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated, wemoe, taskpool, alignment, delta_analysis, signatures  # noqa: E402
+from paperlab.merge import averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated, wemoe, taskpool, alignment, delta_analysis, dam, signatures  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated, wemoe, taskpool, alignment, delta_analysis, signatures,))))
+__all__ = sorted(set().union(*(m.__all__ for m in (averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated, wemoe, taskpool, alignment, delta_analysis, dam, signatures,))))
