@@ -55,48 +55,74 @@ def normalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: che
   return _masked(_take(log_p, labels) / jnp.sum(log_p, axis=-1), where)
 
 
-def reverse_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, log_zero: float = -4.0,
-                                              axis: int = -1, where: chex.Array | None = None) -> jax.Array:
-  r"""Reverse cross-entropy :math:`RCE = -\sum_k p_k \log q_k = -A (1 - p_y)` with one-hot :math:`q` and
-  :math:`\log 0 := A` (``log_zero``, paper: -4).
+LOG_ZERO = float(np.log(1e-4))
+"""The official code's :math:`\log 0`: the one-hot label is clamped to ``[1e-4, 1]`` before the log."""
+_PROB_FLOOR = 1e-7  # the official code clamps softmax probabilities to [1e-7, 1] inside RCE
 
-  A passive, symmetric loss; with A = -4 it is twice :func:`mae_with_integer_labels`.
+
+def reverse_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *,
+                                              log_zero: float = LOG_ZERO, axis: int = -1,
+                                              where: chex.Array | None = None) -> jax.Array:
+  r"""Reverse cross-entropy :math:`RCE = -\sum_k p_k \log q_k = -A \sum_{k \ne y} \max(p_k, 10^{-7})` with
+  one-hot :math:`q` and :math:`\log 0 := A` (``log_zero``).
+
+  The default follows the official code (HanxunH/Active-Passive-Losses, ``loss.py``,
+  ``ReverseCrossEntropy``): the one-hot label is clamped to ``[1e-4, 1]``, so :math:`A = \log 10^{-4}
+  \approx -9.21`, and the probabilities to ``[1e-7, 1]`` (no gradient below the floor). The papers' text uses
+  :math:`A = -4` (Wang et al. 2019, Sec. 3.3; Ma et al. 2020): pass ``log_zero=-4.0`` for it, which makes RCE
+  (up to the floor) twice :func:`mae_with_integer_labels`.
 
   References:
     Wang et al., `Symmetric Cross Entropy for Robust Learning with Noisy Labels
-    <https://arxiv.org/abs/1908.06112>`_, ICCV 2019; used as the passive loss in Ma et al. (2020).
+    <https://arxiv.org/abs/1908.06112>`_, ICCV 2019; used as the passive loss in Ma et al., `Normalized Loss
+    Functions for Deep Learning with Noisy Labels <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   _checks.check_range("log_zero", log_zero, None, 0.0, high_inclusive=False)
   log_p, labels = _log_probs(logits, labels, axis)
-  return _masked(-log_zero * _one_minus_exp(_take(log_p, labels)), where)
+  p = jnp.clip(jnp.exp(log_p), _PROB_FLOOR, 1.0)
+  others = 1.0 - jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
+  return _masked(-log_zero * jnp.sum(others * p, axis=-1), where)
 
 
 def mae_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
                             where: chex.Array | None = None) -> jax.Array:
-  r"""Mean absolute error between softmax and one-hot, :math:`\sum_k |p_k - q_k| = 2(1 - p_y)`.
+  r"""Mean absolute error between softmax and one-hot in the official code's reduced form, :math:`1 - p_y`.
+
+  The paper's MAE :math:`\sum_k |p_k - q_k| = 2(1 - p_y)` is twice this; the default follows the official code
+  (HanxunH/Active-Passive-Losses, ``loss.py``, ``MeanAbsoluteError``: "Reduced MAE"), so its ``alpha``/``beta``
+  settings transfer unchanged. Multiply by 2 for the paper's form.
 
   References:
     Ghosh et al., `Robust Loss Functions under Label Noise for Deep Neural Networks
-    <https://arxiv.org/abs/1712.09482>`_, AAAI 2017; Ma et al. (2020).
+    <https://arxiv.org/abs/1712.09482>`_, AAAI 2017; Ma et al., `Normalized Loss Functions for Deep Learning
+    with Noisy Labels <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   log_p, labels = _log_probs(logits, labels, axis)
-  return _masked(2.0 * _one_minus_exp(_take(log_p, labels)), where)
+  return _masked(_one_minus_exp(_take(log_p, labels)), where)
 
 
 def normalized_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, gamma: float = 0.5,
-                                              axis: int = -1, where: chex.Array | None = None) -> jax.Array:
+                                              stop_gradient_modulator: bool = True, axis: int = -1,
+                                              where: chex.Array | None = None) -> jax.Array:
   r"""Normalized focal loss :math:`NFL = FL(f, y) / \sum_k FL(f, k)`,
   :math:`FL(f, k) = -(1 - p_k)^\gamma \log p_k`.
 
-  ``gamma=0`` gives NCE. The official NFL+RCE configs use :math:`\gamma = 0.5`.
+  ``gamma=0`` gives NCE. The official NFL+RCE configs use :math:`\gamma = 0.5`. By default the gradient follows
+  the official code (HanxunH/Active-Passive-Losses, ``loss.py``, ``NormalizedFocalLoss``): the modulating
+  factors :math:`(1 - p_k)^\gamma` are constants for the gradient, in the numerator and in the normaliser
+  (``logpt.data.exp()``), while the :math:`\log p_k` terms, including those of the normaliser, are
+  differentiated. ``stop_gradient_modulator=False`` differentiates the paper's formula in full.
 
   References:
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
-    <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
+    <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (4).
   """
   _check_gamma(gamma)
   log_p, labels = _log_probs(logits, labels, axis)
-  focal = -_safe_pow(_one_minus_exp(log_p), gamma) * log_p
+  modulator = _safe_pow(_one_minus_exp(log_p), gamma)
+  if stop_gradient_modulator:
+    modulator = jax.lax.stop_gradient(modulator)
+  focal = -modulator * log_p
   return _masked(_take(focal, labels) / jnp.sum(focal, axis=-1), where)
 
 
@@ -122,9 +148,12 @@ def active_passive(active_fn: Callable[..., jax.Array], passive_fn: Callable[...
 
 
 def nce_rce_with_integer_labels(logits: chex.Array, labels: chex.Array, *, alpha: float = 1.0, beta: float = 1.0,
-                                log_zero: float = -4.0, axis: int = -1,
+                                log_zero: float = LOG_ZERO, axis: int = -1,
                                 where: chex.Array | None = None) -> jax.Array:
   r"""NCE+RCE, the recommended Active-Passive Loss: :math:`\alpha\, NCE + \beta\, RCE`.
+
+  As the official ``NCEandRCE`` (HanxunH/Active-Passive-Losses, ``loss.py``): RCE with :math:`A = \log 10^{-4}`
+  (see :func:`reverse_cross_entropy_with_integer_labels`; ``log_zero=-4.0`` for the papers' text).
 
   References:
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels

@@ -28,11 +28,13 @@ def test_nce_is_log_py_over_sum_of_log_p_and_normalised_over_labels():
   np.testing.assert_allclose(total, 1.0, rtol=1e-5)
 
 
-def test_rce_is_minus_a_times_one_minus_py_and_twice_mae():
+def test_rce_is_minus_a_times_one_minus_py_and_mae_is_the_reduced_form():
   rce = pl.reverse_cross_entropy_with_integer_labels(LOGITS, LABELS, log_zero=-4.0)
-  np.testing.assert_allclose(rce, 4.0 * (1 - P_Y), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(rce, 2.0 * pl.mae_with_integer_labels(LOGITS, LABELS), rtol=1e-6)
-  np.testing.assert_allclose(pl.mae_with_integer_labels(LOGITS, LABELS),
+  floored = np.maximum(P, 1e-7) * (1 - np.eye(5)[LABELS])  # the official code floors p at 1e-7
+  np.testing.assert_allclose(rce, 4.0 * floored.sum(-1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(pl.reverse_cross_entropy_with_integer_labels(LOGITS, LABELS),
+                             -np.log(1e-4) * floored.sum(-1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(2.0 * pl.mae_with_integer_labels(LOGITS, LABELS),
                              np.abs(P - np.eye(5)[LABELS]).sum(-1), rtol=1e-5, atol=1e-6)
 
 
@@ -48,10 +50,10 @@ def test_active_passive_is_a_weighted_sum():
   rce = functools.partial(pl.reverse_cross_entropy_with_integer_labels, log_zero=-4.0)
   apl = pl.active_passive(pl.normalized_cross_entropy_with_integer_labels, rce, alpha=10.0, beta=0.1)
   expected = (10.0 * pl.normalized_cross_entropy_with_integer_labels(LOGITS, LABELS)
-              + 0.1 * pl.reverse_cross_entropy_with_integer_labels(LOGITS, LABELS))
+              + 0.1 * pl.reverse_cross_entropy_with_integer_labels(LOGITS, LABELS, log_zero=-4.0))
   np.testing.assert_allclose(apl(LOGITS, LABELS), expected, rtol=1e-6)
-  np.testing.assert_allclose(pl.nce_rce_with_integer_labels(LOGITS, LABELS, alpha=10.0, beta=0.1), expected,
-                             rtol=1e-6)
+  np.testing.assert_allclose(pl.nce_rce_with_integer_labels(LOGITS, LABELS, alpha=10.0, beta=0.1, log_zero=-4.0),
+                             expected, rtol=1e-6)
   mask = np.arange(10) < 6
   np.testing.assert_allclose(apl(LOGITS, LABELS, where=mask), np.where(mask, expected, 0.0), rtol=1e-6)
 
