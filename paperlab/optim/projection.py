@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from paperlab._checks import check_non_negative, check_range
+from paperlab._checks import _concrete, check_non_negative, check_range
 
 __all__ = ["ScaleByProjectionState", "scale_by_projection", "projection_direction", "adamp", "sgdp"]
 
@@ -83,13 +83,14 @@ def _batched_coefficients(sums: list, rows: list, delta: float, eps: float) -> t
   w_norm, g_norm = jnp.sqrt(ww), jnp.sqrt(gg)
   # Cosine as torch.nn.functional.cosine_similarity: each norm clamped below at eps.
   cos_channel = jnp.abs(wg) / (jnp.maximum(w_norm, eps) * jnp.maximum(g_norm, eps))
-  channel_threshold = np.repeat(delta / np.sqrt(np.asarray(rows, np.float64)), channels).astype(ww.dtype)
+  # delta may be traced (inject_hyperparams): only the static 1/sqrt(dim) factors are computed in NumPy.
+  channel_threshold = delta * jnp.asarray(np.repeat(1.0 / np.sqrt(np.asarray(rows, np.float64)), channels), ww.dtype)
   failed = (cos_channel >= channel_threshold).astype(ww.dtype)
   totals = jax.ops.segment_sum(jnp.stack([ww, gg, wg, wu, failed], axis=1), segment, num_segments=len(sums),
                                indices_are_sorted=True)
   w_norm_layer, g_norm_layer = jnp.sqrt(totals[:, 0]), jnp.sqrt(totals[:, 1])
   cos_layer = jnp.abs(totals[:, 2]) / (jnp.maximum(w_norm_layer, eps) * jnp.maximum(g_norm_layer, eps))
-  layer_threshold = (delta / np.sqrt(np.asarray(rows, np.float64) * np.asarray(channels))).astype(ww.dtype)
+  layer_threshold = delta * jnp.asarray(1.0 / np.sqrt(np.asarray(rows, np.float64) * np.asarray(channels)), ww.dtype)
   by_channel = totals[:, 4] == 0
   by_layer = jnp.logical_and(~by_channel, cos_layer < layer_threshold)
   # p <- p - <w_hat, p> w_hat with w_hat = w / (||w|| + eps), i.e. p - w * <w, p> / (||w|| + eps)^2.
@@ -183,16 +184,31 @@ def scale_by_projection(inner: optax.GradientTransformation, delta: float = 0.1,
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def _add_projected_decay(updates, params, projected, weight_decay, wd_ratio, mask):
-  """``u + weight_decay * r * w`` with ``r = wd_ratio`` on projected leaves, 1 elsewhere (Alg. 1, line 12)."""
-  if not weight_decay:
-    return updates
+def _decay_mask_leaves(mask, params, treedef) -> list:
+  """The decay mask (pytree of bools, a callable of params, or None = every leaf) flattened like ``treedef``."""
   decay_mask = mask(params) if callable(mask) else mask
   if decay_mask is None:
-    decay_mask = jax.tree.map(lambda _: True, params)
-  return jax.tree.map(
-      lambda u, w, proj, m: (u + weight_decay * jnp.where(proj, wd_ratio, 1.0) * w).astype(u.dtype) if m else u,
-      updates, params, projected, decay_mask)
+    return [True] * treedef.num_leaves
+  return treedef.flatten_up_to(decay_mask)
+
+
+def _is_zero(x) -> bool:
+  """True only for a concrete Python/NumPy zero: a static shortcut that never branches on a traced value."""
+  return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and x == 0
+
+
+def _add_projected_decay(updates, params, projected, weight_decay, wd_ratio, mask):
+  """``u + weight_decay * r * w`` with ``r = wd_ratio`` on projected leaves, 1 elsewhere (Alg. 1, line 12).
+
+  ``weight_decay`` and ``wd_ratio`` may be traced; only a literal ``0`` skips the term.
+  """
+  if _is_zero(weight_decay):
+    return updates
+  us, treedef = jax.tree.flatten(updates)
+  ws, flags = treedef.flatten_up_to(params), treedef.flatten_up_to(projected)
+  out = [(u + weight_decay * jnp.where(proj, wd_ratio, 1.0) * w).astype(u.dtype) if m else u
+         for u, w, proj, m in zip(us, ws, flags, _decay_mask_leaves(mask, params, treedef))]
+  return treedef.unflatten(out)
 
 
 class _ProjectedMomentumState(NamedTuple):
@@ -256,32 +272,66 @@ def _sgdp_nesterov(momentum, delta, wd_ratio, eps, weight_decay, mask):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-class _NesterovAdamState(NamedTuple):
-  count: chex.Array
-  mu: optax.Updates
-  nu: optax.Updates
+def _scale_by_adamp(b1, b2, eps, delta, wd_ratio, weight_decay, mask, nesterov: bool
+                    ) -> optax.GradientTransformation:
+  """``scale_by_projection(optax.scale_by_adam(b1, b2, eps), ...)`` computed in two passes over memory.
 
-
-def _scale_by_adam_adamp_nesterov(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-  """Adam whose Nesterov numerator is ``(b1 m_t + (1 - b1) g_t) / (1 - b1^t)`` (AdamP, Alg. 1, line 5).
-
-  ``optax.scale_by_adam(nesterov=True)`` debiases the two terms separately (NAdam), which differs.
+  The generic wrapper writes Adam's step ``u`` out, reads it back for the cosine sums and again for the projection.
+  Here ``u`` is never stored: pass 1 (a reduction) reads ``w, g, m, v`` and forms ``m', v', u`` in registers for the
+  per-channel sums ``<w,w>, <g,g>, <w,g>, <w,u>``; pass 2 reads them again and writes ``m', v'`` and the projected,
+  decayed step (which ``jit`` fuses with ``apply_updates``). The optimization barrier between the passes keeps XLA
+  from sharing ``m', v'`` between them (which would store them in pass 1 and read them back in pass 2). With
+  ``nesterov`` the numerator is ``(b1 m_t + (1 - b1) g_t) / (1 - b1^t)`` (AdamP, Alg. 1, line 5), not NAdam's.
+  Same arithmetic as ``optax.scale_by_adam`` (``eps_root = 0``); its state is
+  ``ScaleByProjectionState(optax.ScaleByAdamState)``.
   """
 
   def init_fn(params):
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return _NesterovAdamState(jnp.zeros([], jnp.int32), zeros, zeros)
+    zeros = lambda: jax.tree.map(jnp.zeros_like, params)
+    return ScaleByProjectionState(optax.ScaleByAdamState(jnp.zeros([], jnp.int32), zeros(), zeros()))
+
+  def moments(g, m, v, w, bc1, bc2):
+    c = jnp.promote_types(w.dtype, jnp.float32)
+    g = g.astype(c)
+    m1 = (1 - b1) * g + b1 * m.astype(c)
+    v1 = (1 - b2) * (g * g) + b2 * v.astype(c)
+    num = b1 * m1 + (1 - b1) * g if nesterov else m1
+    return m1, v1, (num / bc1) / (jnp.sqrt(v1 / bc2) + eps)
 
   def update_fn(grads, state, params=None):
-    del params
-    count = optax.safe_increment(state.count)
-    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
-    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * jnp.square(g), state.nu, grads)
-    t = count.astype(jnp.float32)
-    bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
-    updates = jax.tree.map(lambda m, v, g: ((b1 * m + (1 - b1) * g) / bc1 / (jnp.sqrt(v / bc2) + eps)).astype(g.dtype),
-                           mu, nu, grads)
-    return updates, _NesterovAdamState(count, mu, nu)
+    if params is None:
+      raise ValueError("adamp needs params: call update(grads, state, params).")
+    adam = state.inner_state
+    count = optax.safe_increment(adam.count)
+    bc1, bc2 = 1 - b1 ** count, 1 - b2 ** count
+    gs, treedef = jax.tree.flatten(grads)
+    ms, vs, ws = (treedef.flatten_up_to(x) for x in (adam.mu, adam.nu, params))
+    for g, m, v, w in zip(gs, ms, vs, ws):
+      chex.assert_equal_shape((g, m, v, w))
+    kernels = [i for i, w in enumerate(ws) if w.ndim >= 2]
+    sums = []
+    for i in kernels:  # pass 1: per-channel sums, u formed on the fly
+      c = jnp.promote_types(ws[i].dtype, jnp.float32)
+      w2, g2, m2, v2 = (_as_rows(x, c) for x in (ws[i], gs[i], ms[i], vs[i]))
+      sums.append(_channel_sums(w2, g2, moments(g2, m2, v2, w2, bc1, bc2)[2]))
+    coeffs, flags = (_batched_coefficients(sums, [ws[i].size // ws[i].shape[-1] for i in kernels], delta, eps)
+                     if kernels else ([], []))
+    gs, ms, vs, ws, coeffs = jax.lax.optimization_barrier((gs, ms, vs, ws, coeffs))
+    coeff_of, flag_of = dict(zip(kernels, coeffs)), dict(zip(kernels, flags))
+    out, mu, nu = [], [], []
+    for i, (g, m, v, w, decays) in enumerate(zip(gs, ms, vs, ws, _decay_mask_leaves(mask, params, treedef))):
+      m1, v1, u = moments(g, m, v, w, bc1, bc2)  # pass 2: moments, projection and decay in one loop
+      c = u.dtype
+      if i in coeff_of:
+        u = u - w.astype(c) * coeff_of[i]
+      if decays:
+        ratio = jnp.where(flag_of[i], wd_ratio, 1.0) if i in flag_of else 1.0
+        u = u + weight_decay * ratio * w.astype(c)
+      out.append(u.astype(jnp.result_type(g, m)))
+      mu.append(m1.astype(m.dtype))
+      nu.append(v1.astype(v.dtype))
+    adam = optax.ScaleByAdamState(count, treedef.unflatten(mu), treedef.unflatten(nu))
+    return treedef.unflatten(out), ScaleByProjectionState(adam)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -312,10 +362,9 @@ def adamp(learning_rate: optax.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: flo
   _check_lr(learning_rate)
   check_range("b1", b1, 0.0, 1.0, high_inclusive=False)
   check_range("b2", b2, 0.0, 1.0, high_inclusive=False)
-  inner = _scale_by_adam_adamp_nesterov(b1, b2, eps) if nesterov else optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
-  return optax.chain(
-      scale_by_projection(inner, delta=delta, wd_ratio=wd_ratio, eps=eps, weight_decay=weight_decay, mask=mask),
-      optax.scale_by_learning_rate(learning_rate))
+  _check_projection_hparams(delta, wd_ratio, eps, weight_decay)
+  return optax.chain(_scale_by_adamp(b1, b2, eps, delta, wd_ratio, weight_decay, mask, nesterov),
+                     optax.scale_by_learning_rate(learning_rate))
 
 
 def sgdp(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.0, dampening: float = 0.0,
@@ -350,7 +399,8 @@ def sgdp(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.0, dampening
   _check_lr(learning_rate)
   check_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   check_range("dampening", dampening, 0.0, 1.0)
-  if nesterov and (momentum <= 0 or dampening != 0):
+  if nesterov and ((_concrete(momentum) is not None and _concrete(momentum) <= 0)
+                   or (_concrete(dampening) is not None and _concrete(dampening) != 0)):
     raise ValueError(f"nesterov=True needs momentum > 0 and dampening == 0, got momentum={momentum!r}, "
                      f"dampening={dampening!r}.")
   _check_projection_hparams(delta, wd_ratio, eps, weight_decay)
@@ -360,11 +410,23 @@ def sgdp(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.0, dampening
   elif nesterov:
     step = _sgdp_nesterov(momentum, delta, wd_ratio, eps, decay, mask)
   else:
-    inner = optax.trace(decay=momentum, nesterov=nesterov)
-    if dampening:
-      inner = optax.chain(optax.scale(1.0 - dampening), inner)
-    step = scale_by_projection(inner, delta=delta, wd_ratio=wd_ratio, eps=eps, weight_decay=decay, mask=mask)
+    step = scale_by_projection(_damped_trace(momentum, dampening), delta=delta, wd_ratio=wd_ratio, eps=eps, weight_decay=decay, mask=mask)
   return optax.chain(step, optax.scale_by_learning_rate(learning_rate))
+
+
+def _damped_trace(momentum, dampening) -> optax.GradientTransformation:
+  """``buf <- momentum buf + (1 - dampening) g`` (``torch.optim.SGD``'s buffer), both factors traceable; the
+  state is ``optax.TraceState`` as for ``optax.trace``."""
+
+  def init_fn(params):
+    return optax.TraceState(trace=jax.tree.map(jnp.zeros_like, params))
+
+  def update_fn(grads, state, params=None):
+    del params
+    buf = jax.tree.map(lambda g, b: ((1.0 - dampening) * g + momentum * b).astype(g.dtype), grads, state.trace)
+    return buf, optax.TraceState(trace=buf)
+
+  return optax.GradientTransformation(init_fn, update_fn)
 
 
 def _check_lr(learning_rate) -> None:
