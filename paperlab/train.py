@@ -16,6 +16,7 @@ import optax
 from flax import nnx
 
 from paperlab.data.batching import batch_at
+from paperlab.optim.sharpness import grad_fn_at
 
 LossFn = Callable[[nnx.Module, Any, jax.Array], Any]
 
@@ -77,7 +78,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
       the model is in training mode.
     optimizer: any optax transformation. A ``GradientTransformationExtraArgs`` (every ``optax.chain``) also
       receives ``value=loss`` (MoMo, reduce-on-plateau) and ``grad_fn``: ``grad_fn(params) -> grads`` on the
-      *same* batch and rng, for methods that need a second gradient (the SAM family, AWP).
+      *same* batch and rng, for methods that need a second gradient (the SAM family, AWP). ``grad_fn`` is a
+      :class:`paperlab.optim.GradFnAt` (it also carries the step's params and gradient), so those methods raise
+      when something chained before them changed the gradient, and work under ``optax.masked``.
     example_loss_fn: optional ``example_loss_fn(model, batch, rng) -> (batch,)`` per-example losses. When given,
       the optimizer's update also receives ``example_loss_fn=``: ``params -> per-example losses`` on the same
       batch and rng (RWP's loss-stationary-condition filter).
@@ -118,6 +121,9 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, optimizer: optax.Gr
     if pass_extra:
       def grad_fn(params):
         return jax.grad(lambda p: compute_loss(p, state.model_state, batch, rng)[0])(params)
+      # Anchored at (params, grads) so the grad_fn users can check that nothing before them changed the gradient
+      # and can evaluate grad_fn at the full parameters under optax.masked (paperlab.optim.sharpness's contract).
+      grad_fn = grad_fn_at(grad_fn, state.params, grads)
       extra = {}
       if example_loss_fn is not None:
         extra["example_loss_fn"] = lambda params: example_loss_fn(_model(params, state.model_state), batch, rng)

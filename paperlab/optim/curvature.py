@@ -3,6 +3,15 @@
 EGN needs the network's outputs on the batch, not just the gradient, so its transforms take two extra arguments:
 ``output_fn(params) -> outputs`` (the model on the current batch, any shape) and ``output_loss(outputs) -> scalar``
 (the batch loss as a function of the outputs, e.g. mean squared error or mean cross-entropy).
+
+EGN does not use the incoming gradient: it recomputes ``Jᵀr`` from ``output_fn``, so a transformation chained before
+it would be silently lost. Put transformations after it (``optax.chain(scale_by_egn(), optax.clip_by_global_norm(c),
+optax.scale_by_learning_rate(lr))``). As for the SAM family (:mod:`paperlab.optim.sharpness`), when the update also
+receives ``grad_fn=`` as a :class:`~paperlab.optim.GradFnAt` (``paperlab.train.make_train_step`` passes one), this is
+checked at trace time, and under ``optax.masked`` / ``optax.partition`` the Gauss-Newton step is taken in the leaves
+it owns (the Jacobian with respect to those leaves only), ``output_fn`` being evaluated at the full parameters.
+Numeric hyperparameters may be traced (``optax.inject_hyperparams``); ``egn``'s ``max_backtracking_steps`` goes in
+``static_args``.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab._checks import check_positive, check_range
+from paperlab.optim.sharpness import _bind
 
 __all__ = [
     "gauss_newton_system",
@@ -69,6 +79,23 @@ def _direction(output_fn, output_loss, params, damping):
   return jt(z), (jjt, q, r)
 
 
+_EGN_AFTER = ("It ignores the incoming gradient (it recomputes J^T r from output_fn): put such transformations "
+              "after it, optax.chain(paperlab.optim.scale_by_egn(), optax.clip_by_global_norm(c), "
+              "optax.scale_by_learning_rate(lr)) instead of optax.chain(optax.clip_by_global_norm(c), {name}(...)).")
+
+
+def _local_output_fn(name, updates, params, output_fn, output_loss, extra_args):
+  """``output_fn`` working on ``params``' (possibly masked) structure, after checking the grad_fn contract."""
+  if params is None or output_fn is None or output_loss is None:
+    raise ValueError(f"{name} needs update(grads, state, params, output_fn=..., output_loss=...): "
+                     "output_fn(params) -> outputs on the batch, output_loss(outputs) -> scalar loss.")
+  grad_fn = extra_args.get("grad_fn")
+  if grad_fn is None:  # no anchor: nothing to check; masked params then fail in _bind's filler
+    grad_fn = output_fn
+  _, fill = _bind(name, updates, params, grad_fn, _EGN_AFTER)
+  return lambda p: output_fn(fill(p))
+
+
 class EGNState(NamedTuple):
   """State of :func:`scale_by_egn`: the current damping ``λ`` (adapted when ``adaptive_damping``)."""
   damping: chex.Array
@@ -101,12 +128,10 @@ def scale_by_egn(damping: float = 1e-3, adaptive_damping: bool = False, increase
     return EGNState(damping=jnp.asarray(damping, jnp.float32))
 
   def update_fn(updates, state, params=None, *, output_fn=None, output_loss=None, **extra_args):
-    del updates, extra_args
-    if params is None or output_fn is None or output_loss is None:
-      raise ValueError("scale_by_egn needs update(grads, state, params, output_fn=..., output_loss=...): "
-                       "output_fn(params) -> outputs on the batch, output_loss(outputs) -> scalar loss.")
-    d, (jjt, q, r) = _direction(output_fn, output_loss, params, state.damping)
-    new_damping = state.damping
+    output_fn = _local_output_fn("scale_by_egn", updates, params, output_fn, output_loss, extra_args)
+    lam = state.damping if adaptive_damping else jnp.asarray(damping, state.damping.dtype)
+    d, (jjt, q, r) = _direction(output_fn, output_loss, params, lam)
+    new_damping = lam
     if adaptive_damping:
       loss = output_loss(output_fn(params))
       trial = output_loss(output_fn(jax.tree.map(lambda p, u: p - u, params, d)))
@@ -139,8 +164,10 @@ def egn(learning_rate: ScalarOrSchedule = 1.0, damping: float = 1e-3, adaptive_d
   """
   if not callable(learning_rate):
     check_positive("learning_rate", learning_rate)
-  if not isinstance(max_backtracking_steps, int) or max_backtracking_steps < 1:
-    raise ValueError(f"max_backtracking_steps must be a positive int, got {max_backtracking_steps!r}.")
+  if (isinstance(max_backtracking_steps, bool) or not isinstance(max_backtracking_steps, int)
+      or max_backtracking_steps < 1):
+    raise ValueError(f"max_backtracking_steps must be a positive Python int (under optax.inject_hyperparams list "
+                     f"it in static_args=('max_backtracking_steps',)), got {max_backtracking_steps!r}.")
   direction = scale_by_egn(damping, adaptive_damping)
   rest = [optax.scale_by_learning_rate(learning_rate)]
   if line_search:
@@ -152,8 +179,10 @@ def egn(learning_rate: ScalarOrSchedule = 1.0, damping: float = 1e-3, adaptive_d
     return _EGNAliasState(egn=direction.init(params), rest=rest.init(params))
 
   def update_fn(updates, state, params=None, *, output_fn=None, output_loss=None, **extra_args):
-    d, egn_state = direction.update(updates, state.egn, params, output_fn=output_fn, output_loss=output_loss)
-    value_fn = lambda p: output_loss(output_fn(p))
+    local_output_fn = _local_output_fn("egn", updates, params, output_fn, output_loss, extra_args)
+    d, egn_state = direction.update(updates, state.egn, params, output_fn=output_fn, output_loss=output_loss,
+                                    **extra_args)
+    value_fn = lambda p: output_loss(local_output_fn(p))
     value, grad = jax.value_and_grad(value_fn)(params)
     out, rest_state = rest.update(d, state.rest, params, value=value, grad=grad, value_fn=value_fn)
     return out, _EGNAliasState(egn=egn_state, rest=rest_state)

@@ -5,6 +5,13 @@ The perturbation is layer-wise and relative to each weight's norm, ``||v_l|| <= 
 tensors only (``ndim > 1`` by default; biases and norm scales are not perturbed). The training gradient is taken at
 ``w + v`` (the batch is usually adversarial, e.g. PGD examples made by the loss function) and applied at ``w``.
 Norms are computed in float32 or wider, so bfloat16 parameters work.
+
+:func:`awp` and :func:`rwp` follow the ``grad_fn`` contract of :mod:`paperlab.optim.sharpness`: their ``grads`` must
+be the raw gradient (transformations go inside, ``awp(optax.chain(clip, base))``; with a
+:class:`~paperlab.optim.GradFnAt` this is checked), under ``optax.masked`` / ``optax.partition`` only their own
+leaves are perturbed, and ``grad_fn`` / ``example_loss_fn`` are evaluated at the full parameters. Under
+``optax.inject_hyperparams``, ``gamma``, ``c_min``, ``step_size`` and ``eps`` may be traced; ``steps`` and a callable
+``mask`` go in ``static_args``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab._checks import check_non_negative, check_positive
+from paperlab.optim.sharpness import _bind
 
 __all__ = ["AWPState", "awp_perturbation", "awp_gradient", "awp", "rwp_perturbation", "RWPState", "rwp",
            "pgd_linf"]
@@ -29,9 +37,22 @@ def _wide(x):
 
 
 def _mask(mask: MaskOrFn, params) -> Any:
+  """The selection in ``params``' structure (MaskedNode kept under ``optax.masked``)."""
   if mask is None:
     return jax.tree.map(lambda w: jnp.ndim(w) > 1, params)
-  return mask(params) if callable(mask) else mask
+  selected = mask(params) if callable(mask) else mask
+  flat, treedef = jax.tree.flatten(params, is_leaf=_is_masked)
+  try:
+    flat_sel = treedef.flatten_up_to(selected)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"mask must be a pytree of bools shaped like the parameters {treedef} (or a callable params -> "
+                     f"such a pytree; under optax.inject_hyperparams list it in static_args=('mask',)), got "
+                     f"{jax.tree.structure(selected)}.") from err
+  return treedef.unflatten([w if _is_masked(w) else m for w, m in zip(flat, flat_sel)])
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
 
 
 def _add(params, delta):
@@ -83,13 +104,6 @@ class AWPState(NamedTuple):
   inner_state: optax.OptState
 
 
-def _require(grad_fn, params, name):
-  if params is None:
-    raise ValueError(f"{name} needs params: call update(grads, state, params, grad_fn=...).")
-  if grad_fn is None or not callable(grad_fn):
-    raise ValueError(f"{name} needs grad_fn=: a function params -> grads on the same batch, got {grad_fn!r}.")
-
-
 def awp(inner: optax.GradientTransformation, gamma: float = 1e-2, mask: MaskOrFn = None, eps: float = 1e-20
         ) -> optax.GradientTransformationExtraArgs:
   """AWP: feed the base optimizer the gradient at the layer-wise adversarially perturbed weights ``w + v``.
@@ -113,7 +127,7 @@ def awp(inner: optax.GradientTransformation, gamma: float = 1e-2, mask: MaskOrFn
     return AWPState(inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
-    _require(grad_fn, params, "awp")
+    grad_fn, _ = _bind("awp", grads, params, grad_fn)
     g = awp_gradient(grad_fn, params, grads, gamma=gamma, mask=mask, eps=eps)
     g = jax.tree.map(lambda a, b: a.astype(b.dtype), g, grads)
     updates, inner_state = inner.update(g, state.inner_state, params, **extra)
@@ -146,8 +160,9 @@ def rwp_perturbation(example_loss_fn: Callable[[optax.Params], jax.Array], param
     eps: added to norms.
   """
   check_positive("gamma", gamma)
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a Python int >= 1 (under optax.inject_hyperparams list it in "
+                     f"static_args=('steps',)), got {steps!r}.")
   step_size = gamma if step_size is None else check_positive("step_size", step_size)
   selected = _mask(mask, params)
 
@@ -194,10 +209,11 @@ def rwp(inner: optax.GradientTransformation, gamma: float = 1e-2, c_min: float =
     return RWPState(inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, example_loss_fn=None, **extra):
-    _require(grad_fn, params, "rwp")
-    if example_loss_fn is None:
-      raise ValueError("rwp needs example_loss_fn=: a function params -> per-example losses on the same batch.")
-    v = rwp_perturbation(example_loss_fn, params, gamma, c_min=c_min, steps=steps, step_size=step_size,
+    grad_fn, fill = _bind("rwp", grads, params, grad_fn)
+    if example_loss_fn is None or not callable(example_loss_fn):
+      raise ValueError("rwp needs example_loss_fn=: a function params -> per-example losses on the same batch "
+                       f"(paperlab.train.make_train_step(..., example_loss_fn=...) passes one), got {example_loss_fn!r}.")
+    v = rwp_perturbation(lambda p: example_loss_fn(fill(p)), params, gamma, c_min=c_min, steps=steps, step_size=step_size,
                          mask=mask, eps=eps)
     g = jax.tree.map(lambda a, b: a.astype(b.dtype), grad_fn(_add(params, v)), grads)
     updates, inner_state = inner.update(g, state.inner_state, params, **extra)

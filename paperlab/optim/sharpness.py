@@ -5,6 +5,37 @@ Each method here is a ``GradientTransformationExtraArgs`` wrapping a base optimi
 ``grad_fn(params) -> grads`` on the same batch (``paperlab.train.make_train_step`` passes one), evaluates it at the
 perturbed parameters and feeds the resulting gradient to ``inner``.
 
+The ``grad_fn`` contract (shared by every ``grad_fn`` user of :mod:`paperlab.optim`: ``sam``, ``gsam``, ``wsam``,
+``friendly_sam``, ``looksam``, ``awp``, ``rwp``, ``scale_by_egn`` and ``egn``):
+
+* ``grads`` must be the raw gradient at ``params``. These methods compute a new gradient with ``grad_fn`` (or, for
+  EGN, with ``output_fn``), so a transformation chained *before* them (``optax.chain(optax.clip_by_global_norm(c),
+  sam(base))``) would be silently lost. Put such transformations *inside*, where they act on the gradient the
+  method computes: ``sam(optax.chain(optax.clip_by_global_norm(c), base))`` (for EGN, after it:
+  ``optax.chain(scale_by_egn(), optax.clip_by_global_norm(c), ...)``).
+* This is checked when ``grad_fn`` is a :class:`GradFnAt`, the function together with the parameters and the
+  gradient it gave there (:func:`grad_fn_at`; ``make_train_step`` always passes one): at trace time, the leaves of
+  ``grads`` must be the very same arrays (Python object identity, no device work) as that gradient, otherwise a
+  ``ValueError`` says where the transformations go. Wrappers that hand the gradient through unchanged
+  (``optax.chain`` as first member, ``optax.masked``, ``optax.partition`` / ``multi_transform``,
+  ``optax.inject_hyperparams``, ``optax.apply_if_finite``) pass the check; ``optax.MultiSteps`` (the gradient is an
+  average over micro-batches that ``grad_fn`` cannot see) does not. A plain callable ``grad_fn`` cannot be
+  checked: it is trusted, so call ``update`` with the raw gradient, or wrap it by hand::
+
+    gf = optim.grad_fn_at(jax.grad(loss), params)      # one gradient pass, gf.grads
+    updates, state = tx.update(gf.grads, state, params, grad_fn=gf)
+
+* Under ``optax.masked`` and ``optax.partition`` the method sees ``params`` and ``grads`` with ``optax.MaskedNode``
+  in place of the leaves it does not own. It then perturbs only its own leaves (norms are over those leaves: SAM on
+  that subset of parameters, the others held at their current values) and calls ``grad_fn`` on the full
+  parameters, taken from the :class:`GradFnAt` (a plain callable there is an error that says so).
+* ``grad_fn`` may return ``flax.nnx.Variable`` leaves (``nnx.grad``'s ``nnx.State``): they are unwrapped to arrays
+  and must then have the structure of ``grads`` (e.g. ``nnx.Optimizer``'s pure ``nnx.State``; see :func:`sam`).
+* ``None`` leaves are empty subtrees (kept as ``None``). Numeric hyperparameters (``rho``, ``alpha``, ``gamma``,
+  ``sigma``, ``lmbda``, ``eta``, ``eps``, learning rates) may be traced, so ``optax.inject_hyperparams`` + ``jit``
+  can change them between steps; integer periods and counts (``looksam``'s ``k``, ``rwp``'s ``steps``, ``egn``'s
+  ``max_backtracking_steps``) and callables that are not schedules (``mask``) go in ``static_args``.
+
 Mixed precision: norms, inner products and the perturbation are computed in float32 (or wider) whatever the
 parameter dtype; only the perturbed parameters handed to ``grad_fn`` are cast back to each leaf's dtype, and the
 returned updates keep the leaves' dtypes. So bfloat16 / float16 parameters and gradients work (a norm accumulated
@@ -13,16 +44,18 @@ in bfloat16 over a large tensor would be off by percents, and a float16 sum of s
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import chex
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from paperlab._checks import check_non_negative, check_positive, check_range
 
 __all__ = [
+    "GradFnAt", "grad_fn_at",
     "SAMState", "sam_perturbation", "sam_gradient", "sam",
     "GSAMState", "gsam", "gsam_rho_schedule",
     "WSAMState", "wsam",
@@ -74,6 +107,135 @@ def _require(grad_fn, params, name: str) -> None:
   if grad_fn is None or not callable(grad_fn):
     raise ValueError(f"{name} needs grad_fn=: a function params -> grads on the same batch (e.g. passed by "
                      f"paperlab.train.make_train_step), got {grad_fn!r}.")
+
+
+class GradFnAt:
+  """``grad_fn`` together with the point ``params`` and the gradient ``grads`` it gave there (:func:`grad_fn_at`).
+
+  Calling it calls ``fn``. Passed as ``grad_fn=``, it lets the ``grad_fn`` users check that the ``updates`` they
+  receive are ``grads`` unmodified, and call ``fn`` on the full parameters under ``optax.masked`` (see the module
+  docstring). Not a pytree: build it inside the jitted step from the arrays you pass as ``updates``.
+  """
+
+  __slots__ = ("fn", "params", "grads")
+
+  def __init__(self, fn: GradFn, params: optax.Params, grads: optax.Updates):
+    self.fn, self.params, self.grads = fn, params, grads
+
+  def __call__(self, params: optax.Params) -> optax.Updates:
+    return self.fn(params)
+
+  def __repr__(self) -> str:
+    return f"GradFnAt(fn={self.fn!r})"
+
+
+def grad_fn_at(grad_fn: GradFn, params: optax.Params, grads: Optional[optax.Updates] = None) -> GradFnAt:
+  """``grad_fn`` anchored at ``params``: a :class:`GradFnAt` holding ``grads = grad_fn(params)``.
+
+  Pass ``grads`` when already computed (no extra pass); pass the same ``grads`` as the ``updates`` of
+  ``tx.update(grads, state, params, grad_fn=grad_fn_at(grad_fn, params, grads))``.
+  """
+  if isinstance(grad_fn, GradFnAt):
+    grad_fn = grad_fn.fn
+  if not callable(grad_fn):
+    raise TypeError(f"grad_fn must be a callable params -> grads, got {type(grad_fn).__name__}.")
+  if grads is None:
+    grads = grad_fn(params)
+  return GradFnAt(grad_fn, params, grads)
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def _array(x):
+  """A leaf position's value: the array itself, or the array an ``nnx.Variable`` holds; None if a subtree."""
+  if isinstance(x, nnx.Variable):
+    leaves = jax.tree.leaves(x)
+    return leaves[0] if len(leaves) == 1 else None
+  return x if jax.tree_util.treedef_is_leaf(jax.tree.structure(x)) and x is not None else None
+
+
+def _pure(tree):
+  """``tree`` with every ``nnx.Variable`` replaced by its value (containers kept, as ``nnx.as_pure``)."""
+  return jax.tree.map(lambda v: _array(v) if isinstance(v, nnx.Variable) else v, tree,
+                      is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def _up_to(like, tree, name: str, what: str):
+  """``(flat_like, flat_tree, treedef)``: ``tree`` flattened up to ``like``'s structure (MaskedNode as leaves)."""
+  flat_like, treedef = jax.tree.flatten(like, is_leaf=_is_masked)
+  try:
+    flat = treedef.flatten_up_to(tree)
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"{name}: {what} must have the structure of the updates {treedef}, got "
+                     f"{jax.tree.structure(tree)}. (grad_fn must return gradients shaped like the parameters it "
+                     f"receives; for flax.nnx.Optimizer, nnx.grad of the model restricted to its wrt filter.)"
+                     ) from err
+  return flat_like, flat, treedef
+
+
+def _align(tree, like, name: str, what: str):
+  """``tree`` (full, possibly with ``nnx.Variable`` leaves) cut to ``like``: MaskedNode where ``like`` has one."""
+  flat_like, flat, treedef = _up_to(like, tree, name, what)
+  out = []
+  for l, t in zip(flat_like, flat):
+    if _is_masked(l):
+      out.append(l)
+      continue
+    a = _array(t)
+    if a is None:
+      raise ValueError(f"{name}: {what} must have the structure of the updates {treedef}, got "
+                       f"{jax.tree.structure(tree)} (a subtree where the updates have an array).")
+    out.append(a)
+  return treedef.unflatten(out)
+
+
+_MOVE_INSIDE = ("Put such transformations inside it, where they act on the gradient it computes: "
+                "{name}(optax.chain(optax.clip_by_global_norm(c), base)) instead of "
+                "optax.chain(optax.clip_by_global_norm(c), {name}(base)).")
+
+
+def _check_unmodified(name: str, updates, anchor: GradFnAt, fix: str) -> None:
+  """Raise unless every (unmasked) leaf of ``updates`` is the very array ``anchor.grads`` holds there."""
+  paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(updates, is_leaf=_is_masked)[0]]
+  flat_u, flat_g, _ = _up_to(updates, anchor.grads, name, "grad_fn.grads (the gradient grad_fn gave at params)")
+  for path, u, g in zip(paths, flat_u, flat_g):
+    if not _is_masked(u) and u is not _array(g):
+      raise ValueError(
+          f"{name}: the updates it received are not the gradient grad_fn gave at params (first difference at "
+          f"{jax.tree_util.keystr(path) or 'the root'}): a transformation before {name} (e.g. in an optax.chain, "
+          f"or optax.MultiSteps) changed them, and {name} recomputes its gradient from grad_fn, so that change "
+          f"would be silently lost. " + fix.format(name=name) + " Wrappers that pass the gradient through "
+          f"unchanged (optax.masked, optax.partition, optax.inject_hyperparams) are fine.")
+
+
+def _filler(name: str, params, grad_fn) -> Callable[[Any], Any]:
+  """``p -> p`` with every MaskedNode (``optax.masked``) replaced by the full parameters' part."""
+  if not any(_is_masked(x) for x in jax.tree.leaves(params, is_leaf=_is_masked)):
+    return lambda p: p
+  if not isinstance(grad_fn, GradFnAt):
+    raise ValueError(
+        f"{name} runs under optax.masked / optax.partition (its params contain optax.MaskedNode), so it cannot "
+        f"evaluate grad_fn on them: pass grad_fn=paperlab.optim.grad_fn_at(fn, params, grads) with the full "
+        f"params (paperlab.train.make_train_step does), got a plain {type(grad_fn).__name__}.")
+  full = _pure(grad_fn.params)
+
+  def fill(p):
+    flat, flat_full, treedef = _up_to(p, full, name, "grad_fn.params (the full parameters)")
+    return treedef.unflatten([f if _is_masked(x) else x for x, f in zip(flat, flat_full)])
+
+  return fill
+
+
+def _bind(name: str, updates, params, grad_fn, fix: str = _MOVE_INSIDE):
+  """Check the ``grad_fn`` contract (module docstring) and return ``(local_grad_fn, fill)`` that work in the
+  structure of ``updates`` (MaskedNode kept, ``nnx.Variable`` unwrapped); ``fill`` completes masked params."""
+  _require(grad_fn, params, name)
+  if isinstance(grad_fn, GradFnAt):
+    _check_unmodified(name, updates, grad_fn, fix)
+  fill = _filler(name, params, grad_fn)
+  return (lambda p: _align(grad_fn(fill(p)), updates, name, "grad_fn(params)")), fill
 
 
 def sam_perturbation(grads: optax.Updates, params: optax.Params, rho: chex.Numeric = 0.05, *,
@@ -174,7 +336,7 @@ def sam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, adapt
     return SAMState(jnp.zeros([], jnp.int32), inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
-    _require(grad_fn, params, "sam")
+    grad_fn, _ = _bind("sam", grads, params, grad_fn)
     g_sam = sam_gradient(grad_fn, params, grads, rho=_value(rho, state.count), adaptive=adaptive, eta=eta, eps=eps,
                          normalize=normalize)
     updates, inner_state = inner.update(_cast_like(g_sam, grads), state.inner_state, params, **extra)
@@ -229,7 +391,7 @@ def gsam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, alph
     return GSAMState(jnp.zeros([], jnp.int32), inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
-    _require(grad_fn, params, "gsam")
+    grad_fn, _ = _bind("gsam", grads, params, grad_fn)
     g_p = sam_gradient(grad_fn, params, grads, rho=_value(rho, state.count), adaptive=adaptive, eta=eta, eps=eps)
     g_norm, gp_norm = _tree_norm(grads), _tree_norm(g_p)
     cosine = _tree_dot(grads, g_p) / (g_norm * gp_norm + eps)
@@ -282,7 +444,7 @@ def wsam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, gamm
     return WSAMState(jnp.zeros([], jnp.int32), inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
-    _require(grad_fn, params, "wsam")
+    grad_fn, _ = _bind("wsam", grads, params, grad_fn)
     g_p = sam_gradient(grad_fn, params, grads, rho=_value(rho, state.count), adaptive=adaptive, eta=eta, eps=eps)
     sharp = jax.tree.map(lambda gp, g: _wide(gp) - _wide(g), g_p, grads)
     if decouple:
@@ -333,7 +495,7 @@ def friendly_sam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.
                             inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
-    _require(grad_fn, params, "friendly_sam")
+    grad_fn, _ = _bind("friendly_sam", grads, params, grad_fn)
     first = state.count == 0
     direction = jax.tree.map(lambda g, m: jnp.where(first, _wide(g), _wide(g) - sigma * m), grads, state.momentum)
     momentum = jax.tree.map(lambda g, m: jnp.where(first, _wide(g), lmbda * m + (1 - lmbda) * _wide(g)),
@@ -374,8 +536,9 @@ def looksam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.1, k:
     adaptive, eta, eps: as in :func:`sam_perturbation`.
   """
   _check_rho(rho, eta, eps)
-  if not isinstance(k, int) or k < 1:
-    raise ValueError(f"k must be an integer >= 1, got {k!r}.")
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise ValueError(f"k must be a Python int >= 1 (a period, so under optax.inject_hyperparams list it in "
+                     f"static_args=('k',)), got {k!r}.")
   check_range("alpha", alpha, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
   inner = _check_inner(inner)
 
@@ -384,7 +547,7 @@ def looksam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.1, k:
                         inner.init(params))
 
   def update_fn(grads, state, params=None, *, grad_fn=None, **extra):
-    _require(grad_fn, params, "looksam")
+    grad_fn, _ = _bind("looksam", grads, params, grad_fn)
     wide = jax.tree.map(_wide, grads)
 
     def full(_):
