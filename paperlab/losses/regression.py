@@ -127,17 +127,23 @@ def _centres(num_bins, v_min, v_max, dtype=jnp.float32):
   return jnp.asarray(v_min + width * (np.arange(num_bins) + 0.5), dtype)
 
 
-def hl_gauss_target(targets: chex.Array, num_bins: int, v_min: float, v_max: float, sigma: float) -> jax.Array:
+def hl_gauss_target(targets: chex.Array, num_bins: int, v_min: float, v_max: float, sigma: float, *,
+                    clip_targets: bool = False) -> jax.Array:
   r"""Histogram-loss target: the mass of :math:`N(y, \sigma^2)` in each of ``num_bins`` uniform bins on
   ``[v_min, v_max]``, renormalised to the support.
 
   .. math:: p_i(y) = \frac{\Phi((z_i - y)/\sigma) - \Phi((z_{i-1} - y)/\sigma)}
                           {\Phi((z_m - y)/\sigma) - \Phi((z_0 - y)/\sigma)}
 
-  Targets are clipped to the support first (as in the paper's code), so the normaliser never vanishes.
+  The default follows the paper's listing (Farebrother et al. 2024, Listing 1, ``transform_to_probs``), which
+  does not clip ``y``. The listing's ``erf`` differences cancel to ``0 / 0`` for targets a few :math:`\sigma`
+  outside the support; here the same formula is evaluated in log space (``log_ndtr``, reflected so that the tail
+  in use is the lower one), which agrees with the listing wherever the listing is accurate and gives the limit
+  (the mass piles up in the outermost bins) beyond. ``clip_targets=True`` clips ``y`` to ``[v_min, v_max]``
+  first, as many codebases do.
 
   Returns:
-    ``targets.shape + (num_bins,)`` probabilities.
+    ``targets.shape + (num_bins,)`` float32 probabilities.
 
   References:
     Farebrother et al., `Stop Regressing: Training Value Functions via Classification for Scalable Deep RL
@@ -145,10 +151,24 @@ def hl_gauss_target(targets: chex.Array, num_bins: int, v_min: float, v_max: flo
   """
   _check_support(num_bins, v_min, v_max)
   _checks.check_positive("sigma", sigma)
-  y = jnp.clip(jnp.asarray(targets, jnp.float32), v_min, v_max)
-  edges = jnp.linspace(v_min, v_max, num_bins + 1, dtype=y.dtype)
-  cdf = jax.scipy.special.erf((edges - y[..., None]) / (np.sqrt(2.0) * sigma))  # 2*Phi - 1
-  return jnp.diff(cdf, axis=-1) / (cdf[..., -1:] - cdf[..., :1])
+  if not isinstance(clip_targets, (bool, np.bool_)):
+    raise TypeError(f"clip_targets must be a bool, got {clip_targets!r}.")
+  y = jnp.asarray(targets, jnp.float32)
+  if clip_targets:
+    y = jnp.clip(y, v_min, v_max)
+  else:  # beyond 100 sigma outside the support the target is one-hot on the outer bin to float32 precision
+    y = jnp.clip(y, v_min - 100.0 * sigma, v_max + 100.0 * sigma)
+  edges = jnp.linspace(v_min, v_max, num_bins + 1, dtype=jnp.float32)
+  u = (edges - y[..., None]) / sigma
+  # Reflect u -> -u (bins reversed) for targets below the centre, so that the far bins lie in the lower tail of
+  # Phi, where log_ndtr keeps relative precision; the bin masses are unchanged by the reflection.
+  flip = (y < 0.5 * (v_min + v_max))[..., None]
+  w = jnp.where(flip, -jnp.flip(u, axis=-1), u)
+  log_cdf = jax.scipy.special.log_ndtr(w)
+  hi, lo = log_cdf[..., 1:], log_cdf[..., :-1]
+  log_mass = hi + jnp.log(-jnp.expm1(jnp.minimum(lo - hi, -1e-30)))  # log(Phi(b) - Phi(a)), a < b
+  probs = jax.nn.softmax(log_mass, axis=-1)
+  return jnp.where(flip, jnp.flip(probs, axis=-1), probs)
 
 
 def two_hot_target(targets: chex.Array, num_bins: int, v_min: float, v_max: float) -> jax.Array:
@@ -182,11 +202,12 @@ def histogram_mean(logits: chex.Array, v_min: float, v_max: float) -> jax.Array:
 
 
 def hl_gauss_loss(logits: chex.Array, targets: chex.Array, *, v_min: float, v_max: float, sigma_ratio: float = 0.75,
-                  where: chex.Array | None = None) -> jax.Array:
+                  clip_targets: bool = False, where: chex.Array | None = None) -> jax.Array:
   r"""HL-Gauss loss: cross-entropy between ``softmax(logits)`` and :func:`hl_gauss_target`.
 
   The number of bins is ``logits.shape[-1]``; :math:`\sigma` = ``sigma_ratio`` x bin width (the paper
-  recommends 0.75). Predict with :func:`histogram_mean`.
+  recommends 0.75). Predict with :func:`histogram_mean`. Targets are not clipped to ``[v_min, v_max]``, as in
+  the paper's listing; ``clip_targets=True`` clips them first (see :func:`hl_gauss_target`).
 
   Args:
     logits: ``[..., num_bins]``.
@@ -205,5 +226,6 @@ def hl_gauss_loss(logits: chex.Array, targets: chex.Array, *, v_min: float, v_ma
   num_bins = logits.shape[-1]
   _check_support(num_bins, v_min, v_max)
   sigma = sigma_ratio * (v_max - v_min) / num_bins
-  probs = jax.lax.stop_gradient(hl_gauss_target(targets, num_bins, v_min, v_max, sigma)).astype(logits.dtype)
+  probs = jax.lax.stop_gradient(hl_gauss_target(targets, num_bins, v_min, v_max, sigma,
+                                                clip_targets=clip_targets)).astype(logits.dtype)
   return _masked(optax.losses.softmax_cross_entropy(logits, probs), where)
