@@ -3,7 +3,7 @@
   paperlab run EXP.py [--config.a.b=V ...] [--sweep] [--workdir DIR] [--backend local|process|ray]
                       [--max-parallel N] [--fresh] [--quiet]
   paperlab report DIR [--out DIR]
-  paperlab reproduce PAPER [--workdir DIR] [--config.a.b=V ...]
+  paperlab reproduce PAPER [--workdir DIR] [--config.a.b=V ...] [--check [--rtol R] [--atol A]]
   paperlab papers [--family F] [--status S]
 
 JAX is imported only by the commands that train, so ``paperlab papers`` and ``paperlab report`` start fast.
@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
   reproduce.add_argument("--workdir", default="runs")
   reproduce.add_argument("--fresh", action="store_true")
   reproduce.add_argument("--quiet", action="store_true")
+  reproduce.add_argument("--check", action="store_true",
+                         help="re-run at the recorded config (in a fresh work directory) and compare with the record "
+                              "instead of writing it")
+  reproduce.add_argument("--rtol", type=float, default=1e-3, help="--check: relative tolerance (default 1e-3)")
+  reproduce.add_argument("--atol", type=float, default=1e-6, help="--check: absolute tolerance (default 1e-6)")
 
   papers = sub.add_parser("papers", help="list the catalogued papers and their status")
   papers.add_argument("--family", default=None)
@@ -123,9 +128,63 @@ def _cmd_report(args) -> int:
   return 0
 
 
-def _cmd_reproduce(args, overrides: list[str]) -> int:
-  from paperlab import papers  # pylint: disable=g-import-not-at-top
+def _recorded_overrides(module, record: dict) -> dict:
+  """The dotted overrides that turn the experiment's default config into the one a record ran."""
+  from paperlab.runner.config import flatten  # pylint: disable=g-import-not-at-top
+  from paperlab.runner.context import to_jsonable  # pylint: disable=g-import-not-at-top
+  if not isinstance(record.get("config"), dict):
+    raise _config_error(f"the record of paper {record.get('paper')} holds no config: re-record it with "
+                        f"`paperlab reproduce {record.get('paper')}` before checking it")
+  default = flatten(to_jsonable(module.get_config().to_dict()))
+  recorded = flatten(record["config"])
+  unknown = sorted(set(recorded) - set(default))
+  if unknown:
+    raise _config_error(f"the recorded config has keys the experiment no longer defines: {unknown}")
+  return {k: v for k, v in recorded.items() if v != default[k]}
+
+
+def _config_error(message: str):
   from paperlab.runner.config import ConfigError  # pylint: disable=g-import-not-at-top
+  return ConfigError(message)
+
+
+_TIMING = ("seconds", "time", "wall", "duration")
+
+
+def _compare(recorded, new, rtol: float, atol: float, path: str = "") -> list[str]:
+  """Differences between two JSON results: numbers beyond ``atol + rtol * |recorded|``, anything else unequal.
+
+  Timings (keys naming seconds, time, wall or duration) depend on the machine and are not compared; a claim that
+  bounds one still has its verdict (``passed``) compared.
+  """
+  import math  # pylint: disable=g-import-not-at-top
+  if isinstance(recorded, dict) and isinstance(new, dict):
+    out = [f"{path}/{k}: missing in the re-run" for k in recorded if k not in new]
+    for k in recorded:
+      if k in new and not any(t in str(k).lower() for t in _TIMING):
+        out += _compare(recorded[k], new[k], rtol, atol, f"{path}/{k}")
+    return out
+  if isinstance(recorded, list) and isinstance(new, list):
+    if len(recorded) != len(new):
+      return [f"{path}: length {len(recorded)} recorded, {len(new)} now"]
+    return [d for i, (a, b) in enumerate(zip(recorded, new)) for d in _compare(a, b, rtol, atol, f"{path}[{i}]")]
+  as_float = lambda v: float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
+  a, b = as_float(recorded), as_float(new)
+  if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+    if math.isnan(a) and math.isnan(b):
+      return []
+    if a == b or abs(a - b) <= atol + rtol * abs(a):
+      return []
+    return [f"{path}: recorded {a!r}, now {b!r}"]
+  return [] if recorded == new else [f"{path}: recorded {recorded!r}, now {new!r}"]
+
+
+def _cmd_reproduce(args, overrides: list[str]) -> int:
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from paperlab import papers  # pylint: disable=g-import-not-at-top
+  from paperlab.runner.config import ConfigError, load_experiment  # pylint: disable=g-import-not-at-top
+  from paperlab.runner.context import to_jsonable  # pylint: disable=g-import-not-at-top
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
   _enable_compilation_cache()
   key = int(args.paper) if args.paper.isdigit() else args.paper
@@ -139,8 +198,21 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   path = pathlib.Path(paper.experiment)
   if not path.is_absolute() and not path.exists():
     path = pathlib.Path(__file__).resolve().parent.parent / paper.experiment  # the repository root
-  summaries = run_experiment(path, overrides, workdir=args.workdir, fresh=args.fresh, quiet=args.quiet)
-  summary = summaries[0]
+  module = load_experiment(path)
+  record = None
+  if args.check:
+    if overrides:
+      raise ConfigError("--check re-runs the recorded config and takes no --config overrides")
+    record = papers.last_result(paper)
+    if record is None:
+      raise ConfigError(f"paper {paper.id} ({paper.slug}) has no record to check: run `paperlab reproduce "
+                        f"{paper.id}` first")
+    overrides = _recorded_overrides(module, record)
+  with tempfile.TemporaryDirectory(prefix="paperlab-check-") as tmp:
+    workdir = tmp if args.check else args.workdir
+    summaries = run_experiment(path, overrides, workdir=workdir, fresh=args.fresh or args.check, quiet=args.quiet)
+    summary = summaries[0]
+    config = json.loads((pathlib.Path(summary["dir"]) / "config.json").read_text())
   if summary.get("status") != "done":
     print(f"{paper.slug}: trial {summary.get('status')}: {summary.get('reason', '')}", file=sys.stderr)
     return 1
@@ -149,9 +221,20 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   if claim is None:
     print(f"{paper.slug}: the experiment returned no claim", file=sys.stderr)
     return 1
-  papers.record_result(paper.id, result)
+  if args.check:
+    diffs = _compare(record.get("result", {}), to_jsonable(result), args.rtol, args.atol)
+    print(f"[{'SAME' if not diffs else 'DIFFERENT'}] {paper.id} {paper.slug}: re-run vs the record of "
+          f"{record.get('recorded')} (commit {record.get('commit')}), rtol {args.rtol:g}, atol {args.atol:g}")
+    for d in diffs[:50]:
+      print(f"  {d}")
+    return 0 if not diffs else 1
+  written = papers.record_result(paper.id, result, tested_claim=claim.get("statement"),
+                                 deviations=list(getattr(module, "DEVIATIONS", ())), config=config,
+                                 wall_time_s=summary.get("seconds"))
+  status = json.loads(pathlib.Path(written).read_text()).get("status") if written else None
   passed = bool(claim.get("passed"))
-  print(f"[{'PASS' if passed else 'FAIL'}] {paper.id} {paper.slug}: {claim.get('statement', '')}")
+  print(f"[{'PASS' if passed else 'FAIL'}] {paper.id} {paper.slug}{f' ({status})' if status else ''}: "
+        f"{claim.get('statement', '')}")
   print(json.dumps({k: v for k, v in claim.items() if k != "statement"}, indent=2, default=repr))
   print(f"trial directory: {summary['dir']}")
   return 0 if passed else 1

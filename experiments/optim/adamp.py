@@ -27,6 +27,12 @@ PAPER_ID = 17
 CLAIM = ("On a digits MLP with LayerNorm after each hidden layer, AdamP limits the norm growth of the "
          "scale-invariant kernels, mean(||W_T||/||W_0|| - 1) <= 0.5x that of Adam (lr=1e-2, wd=0, 25 epochs), "
          "with test accuracy >= Adam's - 0.01 (mean of 3 seeds).")
+DEVIATIONS = (
+    "learning rate 1e-3 -> 1e-2: at 1e-3 the kernels move too little on digits for norm growth to show (Adam "
+    "+0.18% at 40 epochs)",
+    "40 -> 25 epochs (with the raised learning rate)",
+    "the unit-test part of the claim (<w_c, p_c> ~ 0 per channel) is checked in tests/optim, not by this record",
+)
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -121,7 +121,7 @@ def test_reproduce_runs_the_paper_experiment_records_and_checks_its_claim(write_
   recorded = []
   paper = types.SimpleNamespace(id=999, slug="fake-paper", title="Fake", experiment=str(exp))
   monkeypatch.setattr(papers, "get", lambda key: paper if key in (999, "fake-paper") else papers.get(key))
-  monkeypatch.setattr(papers, "record_result", lambda pid, result: recorded.append((pid, result)))
+  monkeypatch.setattr(papers, "record_result", lambda pid, result, **kw: recorded.append((pid, result)))
   assert cli.main(["reproduce", "fake-paper", "--workdir", str(tmp_path / "r")]) == status
   out = capsys.readouterr().out
   assert ("[PASS]" if passed else "[FAIL]") in out and "x is large" in out
