@@ -16,8 +16,8 @@ import optax
 from flax import nnx
 
 from paperlab import _checks, train
-from paperlab.merge.averaging import (_check_models, _compute_dtype, _is_float, _selected, interpolate,
-                                     uniform_average)
+from paperlab.merge.averaging import (IntegerLeaves, _check_models, _compute_dtype, _integer_leaves, _is_float,
+                                     _model_names, _put_integer_leaves, _selected, interpolate, uniform_average)
 
 PyTree = Any
 
@@ -88,15 +88,18 @@ def finetune_grid(graphdef: nnx.GraphDef, params: PyTree, model_state: PyTree, d
   return jax.jit(jax.vmap(one, in_axes=(params_axis, 0, 0)))(params, hparams, keys)
 
 
-def uniform_soup(models: Sequence[PyTree], *, include: str | None = None, exclude: str | None = None) -> PyTree:
+def uniform_soup(models: Sequence[PyTree], *, include: str | None = None, exclude: str | None = None,
+                 integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Uniform soup: the mean of all ingredients (Wortsman et al., "Model soups: averaging weights of multiple
   fine-tuned models improves accuracy without increasing inference time", arXiv:2203.05482, Sec. 3,
-  ``f(x, 1/k sum_i theta_i)``). A soup of identical models is that model."""
-  return uniform_average(models, include=include, exclude=exclude)
+  ``f(x, 1/k sum_i theta_i)``). A soup of identical models is that model. Integer/bool leaves follow
+  ``integer_leaves`` (see :mod:`paperlab.merge.averaging`: equal -> kept, different -> ``ValueError``)."""
+  return uniform_average(models, include=include, exclude=exclude, integer_leaves=integer_leaves)
 
 
 def greedy_soup(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float], *,
-                order: Sequence[int] | None = None) -> tuple[PyTree, list[int]]:
+                order: Sequence[int] | None = None, integer_leaves: IntegerLeaves = "error"
+                ) -> tuple[PyTree, list[int]]:
   """Greedy soup (arXiv:2203.05482, Recipe 1): sort ingredients by held-out score (descending), start from the
   best, and add each next ingredient iff the score of the averaged soup does not decrease.
 
@@ -106,6 +109,9 @@ def greedy_soup(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float], *,
     models: non-empty list of ingredients fine-tuned from one initialization.
     eval_fn: ``params -> float``, higher is better (held-out accuracy); never the test set.
     order: visiting order (indices into ``models``); default: by ``eval_fn`` of each ingredient, best first.
+    integer_leaves: integer/bool leaves are resolved over all ingredients before the search (equal -> kept,
+      different -> ``ValueError`` naming the path; or ``"first"``, ``"last"``, a callable; see
+      :mod:`paperlab.merge.averaging`).
 
   Returns:
     ``(soup, selected)``: the soup and the indices of its ingredients in the order they were added. By
@@ -113,6 +119,7 @@ def greedy_soup(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float], *,
   """
   models = _check_models(models)
   n = len(models)
+  ints = _integer_leaves(models, _model_names(n), integer_leaves, has_base=False)
   if order is None:
     scores = [float(eval_fn(m)) for m in models]
     order = [int(i) for i in np.argsort(-np.asarray(scores), kind="stable")]
@@ -130,12 +137,12 @@ def greedy_soup(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float], *,
   add = jax.jit(lambda t, m: jax.tree.map(lambda a, x: a + x.astype(a.dtype) if _is_float(a) else a, t, m))
   mean = jax.jit(lambda t, c, like: jax.tree.map(
       lambda a, x: (a / c).astype(x.dtype) if _is_float(a) else x, t, like))
-  soup = models[first]
+  soup = _put_integer_leaves(models[first], ints)
   best = float(eval_fn(soup))
   selected = [first]
   for i in order[1:]:
     cand_total = add(total, models[i])
-    cand = mean(cand_total, jnp.asarray(count + 1, jnp.float32), models[first])
+    cand = _put_integer_leaves(mean(cand_total, jnp.asarray(count + 1, jnp.float32), models[first]), ints)
     score = float(eval_fn(cand))
     if score >= best:
       total, count, soup, best = cand_total, count + 1, cand, score
@@ -143,25 +150,27 @@ def greedy_soup(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float], *,
   return soup, selected
 
 
-def diwa(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float] | None = None) -> PyTree:
+def diwa(models: Sequence[PyTree], eval_fn: Callable[[PyTree], float] | None = None, *,
+         integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Diverse Weight Averaging (Ramé et al., "Diverse Weight Averaging for Out-of-Distribution Generalization",
   arXiv:2205.09739, Sec. 2.1, eq. 1): the uniform mean of models fine-tuned from one shared (linear-probed)
   initialization with diverse hyperparameters; with ``eval_fn`` the greedy "DiWA-restricted" variant
-  (:func:`greedy_soup`). Returns the averaged parameters."""
+  (:func:`greedy_soup`). Returns the averaged parameters; integer/bool leaves follow ``integer_leaves``."""
   if eval_fn is None:
-    return uniform_soup(models)
-  return greedy_soup(models, eval_fn)[0]
+    return uniform_soup(models, integer_leaves=integer_leaves)
+  return greedy_soup(models, eval_fn, integer_leaves=integer_leaves)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("axis", "return_ratio"))
-def _stock_leaf(w0, ws, axis, return_ratio):
+@functools.partial(jax.jit, static_argnames=("rows", "return_ratio"))
+def _stock_leaf(w0, ws, rows, return_ratio):
+  """Model Stock on one leaf; ``rows=None``: one ratio for the whole leaf, else one per index of axis ``rows``."""
   ct = _compute_dtype(w0.dtype)
   k = len(ws)
   b = w0.astype(ct)
-  if axis is None or w0.ndim == 0:
+  if rows is None:
     flat = lambda x: x.reshape(1, -1)
   else:
-    flat = lambda x: jnp.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+    flat = lambda x: jnp.moveaxis(x, rows, 0).reshape(x.shape[rows], -1)
   offs = [flat(w.astype(ct) - b) for w in ws]
   norms = [jnp.linalg.norm(o, axis=1) for o in offs]
   cos = []
@@ -174,28 +183,43 @@ def _stock_leaf(w0, ws, axis, return_ratio):
   singular = jnp.abs(den) < 1e-6  # no finite estimate: keep the base there
   t = jnp.where(singular, 0.0, k * cos / jnp.where(singular, 1.0, den))
   avg = sum(w.astype(ct) for w in ws) / k
-  if axis is None or w0.ndim == 0:
+  if rows is None:
     t = t.reshape(())
     tb = t
   else:
-    tb = t.reshape([-1 if a == axis % w0.ndim else 1 for a in range(w0.ndim)])
+    tb = t.reshape([-1 if a == rows % w0.ndim else 1 for a in range(w0.ndim)])
   out = (tb * avg + (1 - tb) * b).astype(w0.dtype)
   return (out, t) if return_ratio else out
 
 
-def model_stock(base: PyTree, finetuned: Sequence[PyTree], *, axis: int | None = None, return_ratios: bool = False,
-                include: str | None = None, exclude: str | None = None) -> PyTree | tuple[PyTree, PyTree]:
+_LAYOUTS = ("flax", "torch")
+
+
+def model_stock(base: PyTree, finetuned: Sequence[PyTree], *, filter_wise: bool = False, layout: str = "flax",
+                return_ratios: bool = False, include: str | None = None, exclude: str | None = None,
+                integer_leaves: IntegerLeaves = "error") -> PyTree | tuple[PyTree, PyTree]:
   """Model Stock (Jang et al., "Model Stock: All we need is just a few fine-tuned models", arXiv:2403.19522,
   eq. 6-7), per layer: with ``cos`` the mean pairwise cosine between the task vectors ``w_i - w_0``,
-  ``t = k cos / (1 + (k - 1) cos)`` and ``w_H = t * mean_i(w_i) + (1 - t) * w_0``.
+  ``t = k cos / (1 + (k - 1) cos)`` and ``w_H = t * mean_i(w_i) + (1 - t) * w_0``. The default (one ratio per
+  leaf) is the paper's per-layer rule and mergekit's ``model_stock``.
 
   Args:
     base: the pre-trained weights ``w_0``.
     finetuned: ``k >= 2`` fine-tunes of it (the paper uses 2 with different seeds).
-    axis: ``None`` computes one ratio per leaf; an int one ratio per slice along that axis (``axis=0`` on a
-      PyTorch ``(out, in)`` weight is mergekit's ``filter_wise``; ``axis=-1`` on a Flax ``(in, out)`` kernel).
-    return_ratios: also return the pytree of ratios ``t``.
+    filter_wise: one ratio per output channel (mergekit's ``filter_wise: true``): the angle of each output
+      channel's slice (all its input and spatial entries). The output channel is the last axis of a Flax kernel
+      (``(in, out)``, ``(h, w, in, out)``) with ``layout="flax"`` and axis 0 of a PyTorch ``(out, in, ...)`` weight
+      with ``layout="torch"``. Vectors (biases, norm scales) and scalars are one row: one ratio, never one per
+      element. On 2-D weights this is exactly mergekit's ``filter_wise``; for a PyTorch conv weight ``(out, in,
+      kh, kw)`` mergekit takes rows along its last axis (one ratio per ``(out, in, kh)``), which is not a filter;
+      here a filter is the output channel, i.e. mergekit on the ``(out, in * kh * kw)`` matrix.
+    layout: ``"flax"`` (default) or ``"torch"``; used by ``filter_wise`` only.
+    return_ratios: also return the pytree of ratios ``t`` (shape ``()`` per leaf, ``(out,)`` per filter-wise
+      matrix; ``None`` for leaves that are not merged).
     include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never averaged: equal across base and fine-tunes -> kept, different
+      -> ``ValueError`` naming the path; or ``"first"``, ``"last"``, ``"base"`` or a callable (see
+      :mod:`paperlab.merge.averaging`).
 
   Where ``1 + (k-1) cos`` vanishes (opposed task vectors) the base is kept, as mergekit does.
   """
@@ -203,16 +227,22 @@ def model_stock(base: PyTree, finetuned: Sequence[PyTree], *, axis: int | None =
   if len(finetuned) < 2:
     raise ValueError(f"finetuned must hold at least 2 models for model_stock (angles need pairs), got "
                      f"{len(finetuned)}.")
+  if not isinstance(filter_wise, (bool, np.bool_)):
+    raise TypeError(f"filter_wise must be a bool, got {filter_wise!r}.")
+  _checks.check_choice("layout", layout, _LAYOUTS)
   sel = _selected(base, include, exclude)
+  ints = _integer_leaves([base, *finetuned], _model_names(len(finetuned), "finetuned", "base"), integer_leaves,
+                         has_base=True, selected=sel)
   leaves, treedef = jax.tree.flatten(base)
   others = [treedef.flatten_up_to(m) for m in finetuned]
   merged, ratios = [], []
   for j, (s, w0) in enumerate(zip(sel, leaves)):
     if s and _is_float(w0):
-      ax = axis if (axis is not None and jnp.ndim(w0) > 0) else None
-      out, t = _stock_leaf(w0, tuple(o[j] for o in others), ax, True)
+      w0 = jnp.asarray(w0)
+      rows = None if not filter_wise or w0.ndim < 2 else (w0.ndim - 1 if layout == "flax" else 0)
+      out, t = _stock_leaf(w0, tuple(jnp.asarray(o[j]) for o in others), rows, True)
     else:
-      out, t = w0, None
+      out, t = ints.get(j, w0), None
     merged.append(out)
     ratios.append(t)
   merged = jax.tree.unflatten(treedef, merged)
@@ -221,18 +251,19 @@ def model_stock(base: PyTree, finetuned: Sequence[PyTree], *, axis: int | None =
   return merged, jax.tree.unflatten(treedef, ratios)
 
 
-def bcwi_select(old: PyTree, new: PyTree, alphas: Sequence[float], score_fn: Callable[[PyTree], float]
-                ) -> tuple[PyTree, float, list[float]]:
+def bcwi_select(old: PyTree, new: PyTree, alphas: Sequence[float], score_fn: Callable[[PyTree], float], *,
+                integer_leaves: IntegerLeaves = "error") -> tuple[PyTree, float, list[float]]:
   """Backward-compatible weight interpolation (Schumann et al., arXiv:2301.10546, Sec. 3): evaluate
   ``interpolate(old, new, alpha)`` for every ``alpha`` and return the best by ``score_fn`` (e.g. validation
   accuracy minus a negative-flip penalty, see :func:`paperlab.merge.negative_flip_rate`). Host loop.
 
-  Returns ``(params, alpha, scores)``."""
+  Returns ``(params, alpha, scores)``. Integer/bool leaves follow ``integer_leaves`` as in :func:`interpolate`."""
   alphas = [float(a) for a in alphas]
   if not alphas:
     raise ValueError("alphas must hold at least one value, got an empty sequence.")
   for a in alphas:
     _checks.check_range("alphas[i]", a, 0.0, 1.0)
-  scores = [float(score_fn(interpolate(old, new, a))) for a in alphas]
+  mix = lambda a: interpolate(old, new, a, integer_leaves=integer_leaves)
+  scores = [float(score_fn(mix(a))) for a in alphas]
   best = int(np.argmax(scores))
-  return interpolate(old, new, alphas[best]), alphas[best], scores
+  return mix(alphas[best]), alphas[best], scores

@@ -5,8 +5,9 @@ A task vector is ``tau = theta_ft - theta_base`` (Ilharco et al., arXiv:2212.040
 ``theta = theta_base + lam * combine(edit(tau_1), ..., edit(tau_T))`` and runs leaf by leaf: one jitted kernel
 per leaf reads the base leaf and the same leaf of every fine-tuned model, so a large model streams tensor by
 tensor (memory O(n_models x largest leaf)). Leaves keep their dtype (arithmetic in float32, float64 stays
-float64); leaves outside the path filter (``include``/``exclude`` regexes on ``/``-joined key paths) and
-non-floating leaves are copied from the base.
+float64); leaves outside the path filter (``include``/``exclude`` regexes on ``/``-joined key paths) are copied
+from the base. Integer and bool leaves are never merged: equal across base and fine-tunes -> kept, different ->
+``ValueError`` naming the path, unless ``integer_leaves=`` says otherwise (see :mod:`paperlab.merge.averaging`).
 
 Magnitude thresholds ("keep the top ``density`` fraction of |tau|") are exact by default: the k-th largest
 magnitude with ``k = max(1, int(density * n))`` (mergekit's convention), so entries tied with the threshold are all
@@ -24,6 +25,7 @@ DARE's Bernoulli masks come by default from a keyed counter-based hash (``sample
 from __future__ import annotations
 
 import concurrent.futures
+import decimal
 import functools
 import os
 from typing import Any, Callable, Sequence
@@ -34,7 +36,9 @@ import numpy as np
 
 from paperlab import _checks
 from paperlab._tree import check_same_structure
-from paperlab.merge.averaging import _check_models, _check_weights, _compute_dtype, _is_float, _selected
+from paperlab.merge.averaging import (IntegerLeaves, _check_models, _check_weights,
+                                     _compute_dtype, _integer_leaves, _is_float, _model_names, _put_integer_leaves,
+                                     _scalars_as_arrays, _selected)
 
 PyTree = Any
 
@@ -57,13 +61,20 @@ def _check_density(name: str, value) -> float:
   return value
 
 
-def _split(base: PyTree, finetuned: Sequence[PyTree], include, exclude):
-  """Flattened leaves: ``(treedef, base_leaves, [model_leaves...], selected_mask)``."""
+def _split(base: PyTree, finetuned: Sequence[PyTree], include, exclude, integer_leaves: IntegerLeaves = "error"):
+  """Flattened leaves: ``(treedef, base_leaves, [model_leaves...], selected_mask)``; the selected integer/bool
+  leaves of ``base_leaves`` are already resolved by the ``integer_leaves`` policy (so :func:`_finish` returns
+  them), see :mod:`paperlab.merge.averaging`."""
+  base = _scalars_as_arrays(base)
   finetuned = _check_models(finetuned, "finetuned", base=base)
   treedef = jax.tree.structure(base)
   b = treedef.flatten_up_to(base)
   ms = [treedef.flatten_up_to(m) for m in finetuned]
-  sel = [s and _is_float(x) for s, x in zip(_selected(base, include, exclude), b)]
+  chosen = _selected(base, include, exclude)
+  ints = _integer_leaves([base, *finetuned], _model_names(len(finetuned), "finetuned", "base"), integer_leaves,
+                         has_base=True, selected=chosen)
+  b = [ints.get(i, x) for i, x in enumerate(b)]
+  sel = [s and _is_float(x) for s, x in zip(chosen, b)]
   return treedef, b, ms, sel
 
 
@@ -463,16 +474,25 @@ def _finish(treedef, base_leaves, sel, fn):
 # task arithmetic
 
 
-def task_vector(base: PyTree, finetuned: PyTree) -> PyTree:
+def task_vector(base: PyTree, finetuned: PyTree, *, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """``tau = theta_ft - theta_base`` (Ilharco et al., "Editing Models with Task Arithmetic", arXiv:2212.04089,
-  Sec. 2). Non-floating leaves become zeros of their dtype."""
+  Sec. 2). Integer/bool leaves are not subtracted: equal in both -> the shared value (so
+  :func:`apply_task_vector` keeps it), different -> ``ValueError`` naming the path, unless ``integer_leaves``
+  (``"first"``/``"base"``: the base's, ``"last"``: the fine-tune's, or a callable) says otherwise."""
+  base, finetuned = _scalars_as_arrays(base), _scalars_as_arrays(finetuned)
   check_same_structure([base, finetuned], ["base", "finetuned"])
-  return jax.tree.map(lambda b, f: (f - b) if _is_float(b) else jnp.zeros_like(b), base, finetuned)
+  ints = _integer_leaves([base, finetuned], ["base", "finetuned"], integer_leaves, has_base=True)
+  return _put_integer_leaves(jax.tree.map(lambda b, f: (f - b) if _is_float(b) else b, base, finetuned), ints)
 
 
-def apply_task_vector(base: PyTree, tau: PyTree, scale: float | jax.Array = 1.0) -> PyTree:
-  """``theta_base + scale * tau`` (arXiv:2212.04089, Sec. 2: addition, negation with ``scale < 0``)."""
+def apply_task_vector(base: PyTree, tau: PyTree, scale: float | jax.Array = 1.0, *,
+                      integer_leaves: IntegerLeaves = "error") -> PyTree:
+  """``theta_base + scale * tau`` (arXiv:2212.04089, Sec. 2: addition, negation with ``scale < 0``). Integer/bool
+  leaves of ``base`` and ``tau`` (which :func:`task_vector` fills with the shared value) must be equal, unless
+  ``integer_leaves`` (``"base"``/``"first"``: the base's, ``"last"``: ``tau``'s, or a callable) says otherwise."""
+  base, tau = _scalars_as_arrays(base), _scalars_as_arrays(tau)
   check_same_structure([base, tau], ["base", "tau"])
+  ints = _integer_leaves([base, tau], ["base", "tau"], integer_leaves, has_base=True)
 
   def leaf(b, t):
     if not _is_float(b):
@@ -480,7 +500,7 @@ def apply_task_vector(base: PyTree, tau: PyTree, scale: float | jax.Array = 1.0)
     ct = _compute_dtype(b.dtype)
     return (b.astype(ct) + jnp.asarray(scale, ct) * t.astype(ct)).astype(b.dtype)
 
-  return jax.tree.map(leaf, base, tau)
+  return _put_integer_leaves(jax.tree.map(leaf, base, tau), ints)
 
 
 @jax.jit
@@ -493,7 +513,7 @@ def _ta_leaf(b, ms, w, lam):
 
 def task_arithmetic(base: PyTree, finetuned: Sequence[PyTree], lam: float | jax.Array = 0.3, *,
                     weights: Sequence[float] | jax.Array | None = None, include: str | None = None,
-                    exclude: str | None = None) -> PyTree:
+                    exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Task arithmetic: ``theta = theta_base + lam * sum_t w_t (theta_t - theta_base)`` (Ilharco et al., "Editing
   Models with Task Arithmetic", arXiv:2212.04089, Sec. 2 "addition").
 
@@ -504,8 +524,11 @@ def task_arithmetic(base: PyTree, finetuned: Sequence[PyTree], lam: float | jax.
       default for 8 tasks. ``lam=0`` returns the base.
     weights: optional per-model weights ``w_t`` (default 1), as in mergekit's ``weight``.
     include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
-  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   lam_a = jnp.asarray(lam, jnp.float32)
@@ -587,7 +610,7 @@ def _delta_order_stats(bs: tuple, ms: tuple, ranks: jax.Array, threshold: str, s
 def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: float | jax.Array = 1.0, *,
          scope: str = "global", merge: str = "mean", weights: Sequence[float] | jax.Array | None = None,
          threshold: str = "exact", sample_size: int = 1 << 16, include: str | None = None,
-         exclude: str | None = None) -> PyTree:
+         exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., "TIES-Merging: Resolving Interference When
   Merging Models", arXiv:2306.01708, Sec. 4 and Alg. 1).
 
@@ -610,12 +633,15 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
       hashed entries; see the module docstring).
     sample_size: entries drawn per threshold when ``threshold="sample"``.
     include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
   _check_density("density", density)
   _checks.check_choice("scope", scope, _SCOPES)
   _checks.check_choice("merge", merge, ("mean", "sum"))
   _checks.check_choice("threshold", threshold, _THRESHOLDS)
-  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   lam_a = jnp.asarray(lam, jnp.float32)
@@ -717,7 +743,8 @@ def _dare_merge_leaf(b, ms, keys, density, w, lam, factor, mode, sign_consensus,
 def dare_merge(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], density: float = 0.1,
                lam: float | jax.Array = 1.0, *, rescale: str | float | None = "inverse", sign_consensus: bool = False,
                merge: str = "mean", weights: Sequence[float] | jax.Array | None = None, sampler: str = "hash",
-               include: str | None = None, exclude: str | None = None) -> PyTree:
+               include: str | None = None, exclude: str | None = None,
+               integer_leaves: IntegerLeaves = "error") -> PyTree:
   """DARE: drop and rescale each task vector, then merge (Yu et al., "Language Models are Super Mario: Absorbing
   Abilities from Homologous Models as a Free Lunch", arXiv:2311.03099, eq. 1-2).
 
@@ -736,12 +763,15 @@ def dare_merge(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], densit
       (mergekit's ``dare_ties``, which does not normalize).
     weights: per-model weights; sampler: ``"hash"`` (default) or ``"threefry"`` (see :func:`random_mask`).
     include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
   _check_density("density", density)
   _check_rescale(rescale)
   _checks.check_choice("merge", merge, ("mean", "sum"))
   _checks.check_choice("sampler", sampler, _SAMPLERS)
-  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   model_keys = [jax.random.fold_in(key, t) for t in range(len(ms))]
@@ -759,21 +789,23 @@ def dare_merge(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], densit
 
 def dare(key: jax.Array, base: PyTree, finetuned: PyTree, density: float = 0.1, *,
          rescale: str | float | None = "inverse", sampler: str = "hash", include: str | None = None,
-         exclude: str | None = None) -> PyTree:
+         exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """DARE on one model: ``theta_base + m * (theta_ft - theta_base) * r`` (arXiv:2311.03099, eq. 1), the
   "competitive" delta edit of Tang et al. (arXiv:2410.13841): unbiased, ``E_m[result] = theta_ft`` when
-  ``rescale="inverse"``. ``rescale`` as in :func:`dare_merge` (a float ``1/q`` gives DAREx-q)."""
+  ``rescale="inverse"``. ``rescale`` as in :func:`dare_merge` (a float ``1/q`` gives DAREx-q); integer/bool
+  leaves follow ``integer_leaves`` (equal -> kept, different -> ``ValueError``)."""
   return dare_merge(key, base, [finetuned], density, 1.0, rescale=rescale,
-                    sampler=sampler, include=include, exclude=exclude)
+                    sampler=sampler, include=include, exclude=exclude, integer_leaves=integer_leaves)
 
 
 def darex_q(key: jax.Array, base: PyTree, finetuned: PyTree, density: float, q_grid: Sequence[float],
-            score_fn: Callable[[PyTree], float], *, sampler: str = "hash") -> tuple[PyTree, float]:
+            score_fn: Callable[[PyTree], float], *, sampler: str = "hash",
+            integer_leaves: IntegerLeaves = "error") -> tuple[PyTree, float]:
   """DARE the Extreme's DAREx-q (Deng et al., "DARE the Extreme: Revisiting Delta-Parameter Pruning For
   Fine-Tuned Models", arXiv:2410.09344, Sec. 4.1): replace DARE's ``1/(1-p)`` by ``1/q`` and pick ``q`` from
   ``q_grid`` maximizing ``score_fn`` (e.g. validation accuracy). Host loop; every candidate shares one mask.
 
-  Returns ``(params, q)`` for the best ``q``."""
+  Returns ``(params, q)`` for the best ``q``. Integer/bool leaves follow ``integer_leaves`` as in :func:`dare`."""
   q_grid = [float(q) for q in q_grid]
   if not q_grid:
     raise ValueError("q_grid must hold at least one value, got an empty sequence.")
@@ -781,7 +813,7 @@ def darex_q(key: jax.Array, base: PyTree, finetuned: PyTree, density: float, q_g
     _checks.check_positive("q_grid[i]", q)
   best = None
   for q in q_grid:
-    cand = dare(key, base, finetuned, density, rescale=1.0 / q, sampler=sampler)
+    cand = dare(key, base, finetuned, density, rescale=1.0 / q, sampler=sampler, integer_leaves=integer_leaves)
     s = float(score_fn(cand))
     if best is None or s > best[0]:
       best = (s, q, cand)
@@ -790,6 +822,12 @@ def darex_q(key: jax.Array, base: PyTree, finetuned: PyTree, density: float, q_g
 
 # ----------------------------------------------------------------------------------------------------------------
 # breadcrumbs
+
+
+def _kept_density(beta: float, gamma: float) -> float:
+  """``1 - beta - gamma`` computed in decimal on the shortest reprs of ``beta`` and ``gamma`` (what the user
+  wrote), then rounded once to float: the density a mergekit config would state."""
+  return float(decimal.Decimal(1) - decimal.Decimal(repr(float(beta))) - decimal.Decimal(repr(float(gamma))))
 
 
 def _band_ranks(n: int, density: float, gamma: float) -> tuple[int, int, int]:
@@ -817,29 +855,36 @@ def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus):
 def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, gamma: float = 0.01,
                 lam: float | jax.Array = 0.3, *, scope: str = "tensor", sign_consensus: bool = False,
                 weights: Sequence[float] | jax.Array | None = None, include: str | None = None,
-                exclude: str | None = None) -> PyTree:
+                exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Model Breadcrumbs (Davari & Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse
   Masks", arXiv:2312.06795, Sec. 3): per layer, drop the ``gamma`` fraction of largest-magnitude entries of each
   task vector (outliers) and the smallest ones so that ``1 - beta - gamma`` are kept, then
   ``theta = theta_base + lam * sum_t w_t m_t * tau_t``.
 
-  Counts follow mergekit's ``breadcrumbs`` with ``density = 1 - beta - gamma``: ``int(density n)`` kept,
-  ``int(gamma n)`` dropped from the top. ``sign_consensus=True`` adds TIES' sign election (mergekit's
-  ``breadcrumbs_ties``: sum of agreeing entries). Exact thresholds; entries tied with a band edge are kept.
+  Counts follow mergekit's ``breadcrumbs`` (``sparsify.magnitude_outliers``) with ``density = 1 - beta - gamma``:
+  ``int(density n)`` kept, ``int(gamma n)`` dropped from the top. ``density`` is computed in decimal from the
+  shortest repr of ``beta`` and ``gamma`` (``1 - 0.89 - 0.01`` is ``0.1``, where binary floating point gives
+  ``0.0999...`` and would keep ``n/10 - 1``), so ``beta = 1 - d - gamma`` keeps what mergekit keeps for
+  ``density: d``. ``sign_consensus=True`` adds TIES' sign election (mergekit's ``breadcrumbs_ties``: sum of
+  agreeing entries). Exact thresholds; entries tied with a band edge are kept.
 
   Args:
     beta: fraction dropped from the bottom (0.85 in the paper's typical masks); gamma: fraction dropped from the
       top (0.01); both >= 0 with ``beta + gamma < 1``. ``beta = gamma = 0`` is task arithmetic.
     lam: scaling (the paper tunes it once on validation data, ~0.3).
     scope: ``"tensor"`` (per layer, the paper and mergekit) or ``"global"``.
+    include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
   _checks.check_range("beta", beta, 0.0, 1.0, high_inclusive=False)
   _checks.check_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
   if beta + gamma >= 1:
     raise ValueError(f"beta + gamma must be < 1 so that some entries are kept, got beta={beta}, gamma={gamma}.")
   _checks.check_choice("scope", scope, _SCOPES)
-  density = 1.0 - beta - gamma
-  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  density = _kept_density(beta, gamma)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   lam_a = jnp.asarray(lam, jnp.float32)
@@ -903,7 +948,7 @@ def _pcb_flat(tau, ratio, clamp_q):
 
 def pcb(base: PyTree, finetuned: Sequence[PyTree], ratio: float = 0.1, lam: float | jax.Array = 1.0, *,
         scope: str = "global", clamp_q: float = 1e-4, include: str | None = None,
-        exclude: str | None = None) -> PyTree:
+        exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """PCB-merging (Du et al., "Parameter Competition Balancing for Model Merging", arXiv:2410.02396, Sec. 3,
   eq. 2-6), following the authors' ``PCB_merge`` on stacked flat task vectors ``tau`` (n, d):
 
@@ -918,11 +963,15 @@ def pcb(base: PyTree, finetuned: Sequence[PyTree], ratio: float = 0.1, lam: floa
     scope: ``"global"`` (the whole selected model is one flat vector, as in the paper) or ``"tensor"``.
       ``"global"`` concatenates the model: for models that fit in memory n times.
     clamp_q: outlier clamping quantile (1e-4).
+    include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
   _check_density("ratio", ratio)
   _checks.check_range("clamp_q", clamp_q, 0.0, 0.5, high_inclusive=False)
   _checks.check_choice("scope", scope, _SCOPES)
-  treedef, b, ms, sel = _split(base, finetuned, include, exclude)
+  treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   lam_a = jnp.asarray(lam, jnp.float32)
 
   def tau_of(i):
@@ -936,7 +985,7 @@ def pcb(base: PyTree, finetuned: Sequence[PyTree], ratio: float = 0.1, lam: floa
     return _finish(treedef, b, sel, lambda i: put(i, _pcb_flat(tau_of(i), float(ratio), float(clamp_q))))
   idx = [i for i, s in enumerate(sel) if s]
   if not idx:
-    return base
+    return jax.tree.unflatten(treedef, b)
   flat = _pcb_flat(jnp.concatenate([tau_of(i) for i in idx], axis=1), float(ratio), float(clamp_q))
   offsets = np.cumsum([0] + [b[i].size for i in idx])
   pieces = {i: flat[offsets[j]:offsets[j + 1]] for j, i in enumerate(idx)}
@@ -948,11 +997,12 @@ def pcb(base: PyTree, finetuned: Sequence[PyTree], ratio: float = 0.1, lam: floa
 
 
 def extrapolate(base: PyTree, finetuned: PyTree, alpha: float | jax.Array = 0.3, *, include: str | None = None,
-                exclude: str | None = None) -> PyTree:
+                exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """ExPO / model extrapolation: ``theta_base + (1 + alpha) (theta_ft - theta_base)`` (Zheng et al., "Weak-to-Strong
   Extrapolation Expedites Alignment", arXiv:2404.16792, eq. 3; the "improved" edit class of Tang et al.,
-  arXiv:2410.13841). ``alpha=0`` returns the fine-tune."""
-  return task_arithmetic(base, [finetuned], 1.0 + alpha, include=include, exclude=exclude)
+  arXiv:2410.13841). ``alpha=0`` returns the fine-tune. Integer/bool leaves follow ``integer_leaves``."""
+  return task_arithmetic(base, [finetuned], 1.0 + alpha, include=include, exclude=exclude,
+                         integer_leaves=integer_leaves)
 
 
 @functools.partial(jax.jit, static_argnames=("axis",))
@@ -968,14 +1018,17 @@ def _bitdelta_leaf(b, f, axis):
 
 
 def bitdelta(base: PyTree, finetuned: PyTree, *, axis: int | None = None, include: str | None = None,
-             exclude: str | None = None) -> PyTree:
+             exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """BitDelta-style 1-bit delta: ``theta_base + alpha * sign(theta_ft - theta_base)`` with ``alpha = mean |delta|``
   per leaf (or per slice along ``axis``, e.g. ``-1`` = per output unit of a Flax kernel): the L2-optimal scale
   for a sign code (Liu et al., "BitDelta: Your Fine-Tune May Only Be Worth One Bit", arXiv:2402.10193, eq. 2;
-  a "competitive" edit in Tang et al., arXiv:2410.13841). Returns the reconstructed parameters; 0-d leaves are
-  kept exactly."""
+  a "competitive" edit in Tang et al., arXiv:2410.13841). Returns the reconstructed parameters; 0-d floating
+  leaves are the fine-tune's exactly. Integer/bool leaves follow ``integer_leaves`` (equal -> kept, different ->
+  ``ValueError``)."""
+  base, finetuned = _scalars_as_arrays(base), _scalars_as_arrays(finetuned)
   check_same_structure([base, finetuned], ["base", "finetuned"])
   mask = _selected(base, include, exclude)
+  ints = _integer_leaves([base, finetuned], ["base", "finetuned"], integer_leaves, has_base=True, selected=mask)
   leaves_b, treedef = jax.tree.flatten(base)
   leaves_f = treedef.flatten_up_to(finetuned)
   out = []
@@ -984,4 +1037,4 @@ def bitdelta(base: PyTree, finetuned: PyTree, *, axis: int | None = None, includ
       out.append(y if (m and _is_float(x)) else x)
     else:
       out.append(_bitdelta_leaf(x, y, axis if jnp.ndim(x) >= 2 else None))
-  return jax.tree.unflatten(treedef, out)
+  return _put_integer_leaves(jax.tree.unflatten(treedef, out), ints)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,10 +13,11 @@ from flax import nnx
 import paperlab.merge as pm
 
 
-def _tree(seed, dtype=jnp.float32):
+def _tree(seed, dtype=jnp.float32, step=None):
+  """A small model; its integer ``step`` leaf is the same in every model unless ``step`` is given."""
   k1, k2 = jax.random.split(jax.random.key(seed))
   return {"dense": {"kernel": jax.random.normal(k1, (4, 3)).astype(dtype), "bias": jax.random.normal(k2, (3,)).astype(dtype)},
-          "step": jnp.asarray(seed, jnp.int32)}
+          "step": jnp.asarray(7 if step is None else step, jnp.int32)}
 
 
 def test_weighted_average_matches_numpy_weighted_mean():
@@ -23,7 +26,18 @@ def test_weighted_average_matches_numpy_weighted_mean():
   out = pm.weighted_average(models, w)
   expected = np.average(np.stack([np.asarray(m["dense"]["kernel"]) for m in models]), axis=0, weights=w)
   np.testing.assert_allclose(out["dense"]["kernel"], expected, rtol=1e-6)
-  assert out["step"] == models[0]["step"]  # integer leaves come from the first model
+  assert out["step"] is models[0]["step"]  # an integer leaf equal in every model is kept as it is
+
+
+def test_weighted_average_refuses_to_merge_differing_integer_leaves_unless_told_how():
+  models = [_tree(i, step=i) for i in range(3)]
+  with pytest.raises(ValueError, match="'step'.*differs"):
+    pm.weighted_average(models)
+  assert int(pm.weighted_average(models, integer_leaves="first")["step"]) == 0
+  assert int(pm.weighted_average(models, integer_leaves="last")["step"]) == 2
+  assert int(pm.weighted_average(models, integer_leaves=lambda path, xs: max(xs))["step"]) == 2
+  with pytest.raises(ValueError, match="integer_leaves"):
+    pm.weighted_average(models, integer_leaves="base")  # no base model here
 
 
 def test_weighted_average_without_normalization_is_a_weighted_sum():
@@ -159,15 +173,24 @@ def test_bn_update_is_a_no_op_without_batchnorm():
 
 
 def test_lawa_averages_the_latest_k_checkpoints_across_wraparound():
-  snaps = [_tree(i) for i in range(7)]
+  snaps = [_tree(i, step=i) for i in range(7)]
   s = pm.lawa_init(snaps[0], 3)
   update = jax.jit(pm.lawa_update)
+  params = jax.jit(functools.partial(pm.lawa_params, integer_leaves="last"))
   for i, p in enumerate(snaps):
     s = update(s, p)
-    got = jax.jit(pm.lawa_params)(s)
-    want = pm.latest_average(snaps[: i + 1], 3)
+    got = params(s)
+    want = pm.latest_average(snaps[: i + 1], 3, integer_leaves="last")
     np.testing.assert_allclose(got["dense"]["kernel"], want["dense"]["kernel"], rtol=1e-6, atol=1e-6)
-  assert int(got["step"]) == 6  # integer leaves: the latest checkpoint's
+  assert int(got["step"]) == 6 == int(want["step"])  # integer leaves: the latest checkpoint's, as asked
+  with pytest.raises(ValueError, match="'step'.*differs"):
+    pm.lawa_params(s)  # the checkpoints' step counters differ: never averaged silently
+  with pytest.raises((ValueError, RuntimeError), match="'step'.*differs"):
+    jax.jit(pm.lawa_params)(s)  # under jit the check runs at run time
+  same = pm.lawa_init(_tree(0), 3)
+  for i in range(4):
+    same = pm.lawa_update(same, _tree(i))
+  assert int(jax.jit(pm.lawa_params)(same)["step"]) == 7
 
 
 def test_lawa_with_k_one_returns_the_latest_checkpoint():

@@ -65,11 +65,33 @@ def test_model_stock_ratio_is_in_unit_interval_for_positive_cosines():
   base = {"w": jnp.zeros((6, 5))}
   shared = jax.random.normal(jax.random.key(0), (6, 5))
   fts = [{"w": shared + 0.5 * jax.random.normal(jax.random.key(i + 1), (6, 5))} for i in range(2)]
-  _, ratios = pm.model_stock(base, fts, axis=-1, return_ratios=True)
-  assert ratios["w"].shape == (5,)
+  _, ratios = pm.model_stock(base, fts, filter_wise=True, return_ratios=True)
+  assert ratios["w"].shape == (5,)  # one per output channel of a Flax (in, out) kernel
   assert bool(jnp.all((ratios["w"] >= 0) & (ratios["w"] <= 1)))
   with pytest.raises(ValueError, match="at least 2"):
     pm.model_stock(base, fts[:1])
+
+
+def test_model_stock_filter_wise_treats_a_vector_as_one_row():
+  """A bias is one row: one ratio from the angle between the whole vectors. Per element, each angle would be 0 or
+  180 degrees and t = k cos / (1 + (k - 1) cos) would be 1 or, for 3 models, -3 (extrapolation)."""
+  base = {"b": jnp.zeros(4)}
+  fts = [{"b": jnp.array([1.0, 1.0, -1.0, 0.5])}, {"b": jnp.array([1.0, -1.0, 1.0, 0.5])},
+         {"b": jnp.array([1.0, 1.0, 1.0, -0.5])}]
+  out, ratios = pm.model_stock(base, fts, filter_wise=True, return_ratios=True)
+  offs = np.stack([np.asarray(f["b"]) for f in fts])
+  unit = offs / np.linalg.norm(offs, axis=1, keepdims=True)
+  cos = np.mean([unit[i] @ unit[j] for i in range(3) for j in range(i + 1, 3)])
+  t = 3 * cos / (1 + 2 * cos)
+  assert ratios["b"].shape == ()
+  np.testing.assert_allclose(ratios["b"], t, rtol=1e-6)
+  np.testing.assert_allclose(out["b"], t * offs.mean(0), rtol=1e-6, atol=1e-7)
+
+
+def test_model_stock_rejects_bad_layout():
+  base = {"w": jnp.zeros((2, 2))}
+  with pytest.raises(ValueError, match="layout"):
+    pm.model_stock(base, [base, base], filter_wise=True, layout="jax")
 
 
 def test_bcwi_select_returns_the_best_interpolation():
