@@ -1,14 +1,18 @@
 """SAM vs its base optimizer under label noise (Foret et al., 2021, arXiv:2010.01412), catalogue [261].
 
 Digits MLP trained on labels with 20% symmetric noise, SGD with momentum 0.9 (lr 0.05) alone and wrapped in
-``paperlab.optim.sam`` (rho=0.05), same epochs, seeds and batches. Sharpness is the top eigenvalue of the Hessian of
-the (noisy) training loss at the final weights, by power iteration on Hessian-vector products (forward-over-reverse).
+``paperlab.optim.sam`` (rho=0.05), same epochs, seeds and batches: the catalogue's setting, compared through the
+shared protocol (:mod:`paperlab.runner.protocol`: both arms have one fixed point, so the same budget; 3 seeds; test
+read once per arm; the claim judged on seed means; control: SGD passed as the method must fail the claim).
+Sharpness is the top eigenvalue of the Hessian of the (noisy) training loss at the final weights, by power iteration
+on Hessian-vector products (forward-over-reverse).
 
-CI scale uses rho=0.2 from the paper's grid {0.01, 0.02, 0.05, 0.1, 0.2, 0.5}: with the default rho=0.05 the
-effect is too small on this MLP (measured lambda_max 1.93 vs 2.01, ratio 0.96; test accuracy 0.830 vs 0.826).
-With rho=0.2: ratio 0.58 and +1.2 points of clean test accuracy; rho=0.3: ratio 0.43, +2.3 points.
+Measured (40 epochs, seeds 0-2): lambda_max SAM 1.86 +- 0.49 vs SGD 1.84 +- 0.19 (ratio 1.01; per seed SAM
+1.65/1.40/2.54, SGD 2.09/1.64/1.80), clean test accuracy 0.810 vs 0.816: the catalogue's claim does not reproduce on
+this MLP at rho=0.05. The earlier record passed only after raising rho to 0.2 (ratio 0.58), a value picked on the
+claim's own metric, which the protocol does not allow. Explore it without a record with
 
-    paperlab run experiments/optim/sam.py --config.epochs=100 --config.rho=0.1
+    paperlab run experiments/optim/sam.py --config.rho=0.2
 """
 
 from __future__ import annotations
@@ -20,17 +24,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import data, models, optim, train
+from paperlab import data, models, optim, papers, train
+from paperlab.runner import protocol
 
 PAPER_ID = 261
-CLAIM = ("On digits with 20% label noise, SAM (rho=0.2, from the paper's grid) over SGD-momentum (lr 0.05) ends at a flatter minimum, "
-         "lambda_max(SAM) <= 0.7 lambda_max(SGD) of the training-loss Hessian, with clean test accuracy "
-         ">= SGD's - 0.005 (mean of 3 seeds).")
-DEVIATIONS = (
-    "rho 0.05 -> 0.2, chosen after rho=0.05 failed (lambda_max ratio 0.96) and picked on the claim's own metric, "
-    "not on a validation split",
-    "the SGD-momentum baseline's learning rate is fixed at 0.05, not tuned with the same budget as SAM's rho",
-)
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -40,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 64
   c.learning_rate = 0.05
   c.momentum = 0.9
-  c.rho = 0.2
+  c.rho = 0.05
   c.noise_rate = 0.2
   c.width = 128
   c.power_iterations = 20
@@ -67,10 +66,11 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
   steps = config.epochs * (x.shape[0] // config.batch_size)
   model_fn = lambda rngs: models.MLP(64, [config.width], ds.num_classes, rngs=rngs)
-  keys = jax.random.split(jax.random.key(0), config.seeds)
   base = optax.sgd(config.learning_rate, momentum=config.momentum)
-  results = {}
-  for name, tx in (("sgd", base), ("sam", optim.sam(base, rho=config.rho))):
+  optimizers = {"sgd": base, "sam": optim.sam(base, rho=config.rho)}
+
+  def fit(arm, hparams, seeds):
+    tx = optimizers[arm.name]
     graphdef, init = train.make_init(model_fn, tx)
     step = train.make_train_step(graphdef, train.classification_loss, tx)
 
@@ -82,18 +82,27 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
       loss_fn = lambda p: train.classification_loss(nnx.merge(graphdef, p, state.model_state), (x, y), key)[0]
       sharpness = top_hessian_eigenvalue(loss_fn, state.params, jax.random.key(1), config.power_iterations)
       test = train.evaluate(graphdef, state, jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))
-      return sharpness, test["accuracy"], metrics["loss"]
+      return {"lambda_max": sharpness, "test_accuracy": test["accuracy"]}, metrics["loss"]
 
-    sharpness, acc, losses = (np.asarray(a) for a in trial(keys))
+    out, losses = trial(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+    losses = np.asarray(losses)
     for i in range(0, steps, max(1, steps // 10)):
-      ctx.log(i, {f"{name}/train_loss": float(losses[:, i].mean())})
-    results[name] = {"lambda_max": sharpness.tolist(), "test_accuracy": acc.tolist()}
-    ctx.print(f"{name}: lambda_max {sharpness.mean():.3f}, clean test acc {acc.mean():.4f}")
+      ctx.log(i, {f"{arm.name}/train_loss": float(losses[:, i].mean())})
+    return jax.tree.map(np.asarray, out)
 
-  l_sgd, l_sam = np.mean(results["sgd"]["lambda_max"]), np.mean(results["sam"]["lambda_max"])
-  a_sgd, a_sam = np.mean(results["sgd"]["test_accuracy"]), np.mean(results["sam"]["test_accuracy"])
-  passed = bool(l_sam <= 0.7 * l_sgd and a_sam >= a_sgd - 0.005)
-  results["claim"] = {"passed": passed, "statement": CLAIM, "lambda_max_sgd": float(l_sgd),
-                      "lambda_max_sam": float(l_sam), "sharpness_ratio": float(l_sam / l_sgd),
-                      "test_accuracy_sgd": float(a_sgd), "test_accuracy_sam": float(a_sam)}
+  comparison = protocol.compare([protocol.Arm("sgd"), protocol.Arm("sam")], range(config.seeds), fit,
+                                validate=lambda out: np.zeros(config.seeds),  # one point per arm: nothing to pick
+                                test=lambda out: out)
+  for name in ("sgd", "sam"):
+    ctx.print(f"{name}: lambda_max {comparison[name].mean('lambda_max'):.3f}, "
+              f"clean test acc {comparison[name].mean('test_accuracy'):.4f}")
+  verdict = comparison.judge(
+      lambda m, b: m["lambda_max"] <= 0.7 * b["lambda_max"] and m["test_accuracy"] >= b["test_accuracy"] - 0.005,
+      method="sam", baseline="sgd")
+  l_sgd, l_sam = comparison["sgd"].mean("lambda_max"), comparison["sam"].mean("lambda_max")
+  results = {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()}
+  results["protocol"] = comparison.to_json()
+  results["claim"] = {**verdict, "statement": CLAIM, "lambda_max_sgd": l_sgd, "lambda_max_sam": l_sam,
+                      "sharpness_ratio": l_sam / l_sgd, "test_accuracy_sgd": comparison["sgd"].mean("test_accuracy"),
+                      "test_accuracy_sam": comparison["sam"].mean("test_accuracy")}
   return results

@@ -6,6 +6,12 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce at the catalogue's setting (rho=0.05, SGD-M lr 0.05, 40 epochs, 3 seeds): lambda_max SAM "
+    "1.86 vs SGD 1.84 (ratio 1.01 > 0.7), clean test accuracy 0.810 vs 0.816"))
 def test_sam_is_flatter_and_no_less_accurate_under_label_noise(run_claim, tmp_path):
-  result = run_claim("optim/sam", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
+  result = run_claim("optim/sam", tmp_path, paper_id=261)
+  claim = result["claim"]
+  assert not claim["control_passes"], "SGD passed as the method must fail the claim"
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert claim["passed"], claim
