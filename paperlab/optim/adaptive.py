@@ -104,45 +104,48 @@ def _schedule_or_one(schedule: Optional[optax.ScalarOrSchedule]) -> Callable[[ch
   return lambda count: jnp.asarray(schedule, jnp.float32)
 
 
-def adamw_paper(alpha: float = 1e-3, schedule: Optional[optax.ScalarOrSchedule] = None, b1: float = 0.9,
+def adamw_paper(learning_rate: float = 1e-3, schedule: Optional[optax.ScalarOrSchedule] = None, b1: float = 0.9,
                 b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, mask: MaskOrFn = None
                 ) -> optax.GradientTransformation:
   """AdamW as in the paper: ``theta <- theta - eta_t (alpha m_hat / (sqrt(v_hat) + eps) + lambda theta)``.
 
-  ``lambda`` (``weight_decay``) is decoupled from the base rate ``alpha``; both are multiplied by the schedule
+  ``alpha`` is ``learning_rate`` (named as in optax). ``lambda`` (``weight_decay``) is decoupled from the base rate
+  ``alpha``; both are multiplied by the schedule
   multiplier ``eta_t`` (e.g. cosine annealing ``optax.cosine_decay_schedule(1.0, T)`` or warm restarts
   ``optax.sgdr_schedule``). ``optax.adamw(lr, weight_decay=w)`` is the special case ``alpha = lr``,
   ``lambda = lr * w`` with a constant multiplier.
 
   Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, arXiv:1711.05101, Algorithm 2,
-  line 12. Defaults alpha=1e-3, betas=(0.9, 0.999), eps=1e-8.
+  line 12. Defaults alpha=1e-3, betas=(0.9, 0.999), eps=1e-8. Every numeric argument may be traced
+  (``optax.inject_hyperparams``).
 
   Args:
-    alpha: base step size (> 0).
+    learning_rate: the paper's base step size ``alpha`` (> 0); 1e-3 as in the paper.
     schedule: schedule multiplier ``eta_t`` (``count -> float``), a constant, or ``None`` for 1.
     b1, b2: in [0, 1).
     eps: Adam epsilon.
     weight_decay: ``lambda`` (>= 0), NOT multiplied by ``alpha``.
     mask: leaves that get decay (pytree of bools or a callable), as in ``optax.adamw``.
   """
-  check_positive("alpha", alpha)
+  check_positive("learning_rate", learning_rate)
   check_range("b1", b1, 0.0, 1.0, high_inclusive=False)
   check_range("b2", b2, 0.0, 1.0, high_inclusive=False)
   check_non_negative("eps", eps)
   check_non_negative("weight_decay", weight_decay)
   eta = _schedule_or_one(schedule)
-  return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.scale(alpha),
+  return optax.chain(optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.scale(learning_rate),
                      optax.add_decayed_weights(weight_decay, mask=mask), optax.scale_by_schedule(eta),
                      optax.scale(-1.0))
 
 
-def sgdw(alpha: float, momentum: float = 0.9, weight_decay: float = 0.0,
+def sgdw(learning_rate: float, momentum: float = 0.9, weight_decay: float = 0.0,
          schedule: Optional[optax.ScalarOrSchedule] = None, nesterov: bool = False, mask: MaskOrFn = None
          ) -> optax.GradientTransformation:
   """SGDW: momentum SGD with decoupled weight decay, ``m_t = b m_{t-1} + eta_t alpha g_t``,
   ``theta_t = theta_{t-1} - m_t - eta_t lambda theta_{t-1}``.
 
-  With a constant multiplier this equals ``pytorch_optimizer.SGDW(lr=alpha, weight_decay=lambda / alpha)``; with
+  ``alpha`` is ``learning_rate`` (named as in optax; the paper gives no default for SGD). With a constant multiplier
+  this equals ``pytorch_optimizer.SGDW(lr=alpha, weight_decay=lambda / alpha)``; with
   plain SGD (``momentum=0``) it equals L2 regularization with coefficient ``lambda / alpha`` (they only differ
   under momentum or adaptivity).
 
@@ -150,18 +153,18 @@ def sgdw(alpha: float, momentum: float = 0.9, weight_decay: float = 0.0,
   lines 6-8.
 
   Args:
-    alpha: base learning rate (> 0).
+    learning_rate: the paper's base learning rate ``alpha`` (> 0).
     momentum: ``beta1`` in [0, 1).
     weight_decay: ``lambda`` (>= 0), NOT multiplied by ``alpha``.
     schedule: multiplier ``eta_t`` or ``None``.
     nesterov: Nesterov momentum.
     mask: leaves that get decay.
   """
-  check_positive("alpha", alpha)
+  check_positive("learning_rate", learning_rate)
   check_range("momentum", momentum, 0.0, 1.0, high_inclusive=False)
   check_non_negative("weight_decay", weight_decay)
   eta = _schedule_or_one(schedule)
-  step = optax.chain(optax.scale_by_schedule(lambda c: alpha * eta(c)),
+  step = optax.chain(optax.scale_by_schedule(lambda c: learning_rate * eta(c)),
                      optax.trace(decay=momentum, nesterov=nesterov))
   decay = optax.chain(optax.add_decayed_weights(weight_decay, mask=mask), optax.scale_by_schedule(eta))
   # The momentum buffer sees only the scaled gradient; the decay term bypasses it (lines 6 and 8 of Alg. 1).

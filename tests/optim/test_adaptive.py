@@ -85,7 +85,7 @@ def test_normalized_weight_decay():
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: optim.adamw_paper(-1e-3), "alpha"), (lambda: optim.adamw_paper(b1=1.0), "b1"),
+    (lambda: optim.adamw_paper(-1e-3), "learning_rate"), (lambda: optim.adamw_paper(b1=1.0), "b1"),
     (lambda: optim.adamw_paper(weight_decay=-0.1), "weight_decay"), (lambda: optim.sgdw(0.1, momentum=1.5), "momentum"),
     (lambda: optim.adafactor_paper(decay_rate=0.0), "decay_rate"),
     (lambda: optim.adafactor_paper(clipping_threshold=0.5), "clipping_threshold"),
