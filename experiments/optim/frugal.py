@@ -46,7 +46,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   never = num_steps + 1
   optimizers = {
       "frugal": optim.frugal(schedule, rank=config.rank, update_proj_gap=never, projection="svd"),
-      "galore": optim.galore(schedule, rank=config.rank, update_proj_gap=never),
+      # scale 1: the same subspace step as FRUGAL's state-full part (galore's default 0.25 pairs with lr 0.01).
+      "galore": optim.galore(schedule, rank=config.rank, update_proj_gap=never, scale=1.0),
       "adam": optax.adam(schedule),
   }
 

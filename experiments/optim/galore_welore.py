@@ -64,7 +64,7 @@ def _compress(params, ranks):
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ds = data.digits()
-  optimizer = optim.galore(config.learning_rate, rank=config.rank, update_proj_gap=200)
+  optimizer = optim.galore(config.learning_rate, rank=config.rank, update_proj_gap=200, scale=1.0)
   graphdef, init = train.make_init(lambda rngs: MLP(64, tuple(config.widths), 10, rngs=rngs), optimizer)
   step = train.make_train_step(graphdef, train.classification_loss, optimizer)
   train_data = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))

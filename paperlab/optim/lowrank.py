@@ -5,16 +5,20 @@ Every matrix leaf ``G`` (shape ``(m, n)``; Flax Dense kernels are ``(in, out)``)
 ``r``-dimensional subspace spanned by the orthonormal columns of a basis ``B``. As in GaLore's ``std`` convention
 the smaller dimension is projected: ``n <= m`` -> right projection ``low = G B`` (``B`` is ``n x r``), otherwise
 left projection ``low = Bᵀ G`` (``B`` is ``m x r``). Non-matrix leaves (biases, norms) and leaves in
-``full_rank_mask`` get the stateful optimizer on the full tensor.
+``full_rank_mask`` get the stateful optimizer on the full tensor, with a state of their own.
 
 * GaLore: ``U = back(Opt(low))``, the residual ``G - back(low)`` is dropped.
-* FRUGAL: ``U = back(Opt(low)) + StateFree(G - back(low))`` (signSGD or SGD on the residual), state reset when the
-  subspace changes.
-* Online Subspace Descent: ``B`` moves every step by a gradient step on the online-PCA loss instead of an SVD.
+* FRUGAL: ``U = back(Opt(low)) + StateFree(G - back(low))`` (signSGD or SGD on the residual), the projected
+  leaves' state reset when the subspace changes; embeddings and heads stay full rank by default.
+* Online Subspace Descent: ``B`` moves every step by an AdamW step on the online-PCA loss instead of an SVD.
+
+Ranks, ``density``, ``update_proj_gap`` and the projection type fix array shapes or the refresh schedule: under
+``optax.inject_hyperparams`` list them in ``static_args``; every other numeric hyperparameter is traceable.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab._checks import check_choice, check_non_negative, check_positive, check_range
+from paperlab._tree import leaf_paths
 
 __all__ = [
     "subspace_rank",
@@ -32,6 +37,7 @@ __all__ = [
     "split_gradient",
     "online_pca_loss",
     "online_pca_step",
+    "FULL_RANK_PATTERN",
     "LowRankState",
     "scale_by_galore",
     "galore",
@@ -117,97 +123,172 @@ def online_pca_step(basis: jax.Array, g: jax.Array, lr: float) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------------ the shared engine
 
+# Leaves kept full rank by FRUGAL's default: embeddings, positional tables and output heads, matched on a path segment.
+FULL_RANK_PATTERN = (r"(^|/)(embed\w*|embedding\w*|wte|wpe|pos|pos_embed\w*|position\w*|lm_head|head|unembed\w*"
+                     r"|logits?|classifier)(/|$)")
+
 
 class LowRankState(NamedTuple):
-  """State of the subspace optimizers: step count, per-leaf basis (``None`` for full-rank leaves), the stateful
-  optimizer's state (on low-rank coordinates) and a PRNG key for random subspaces."""
+  """State of the subspace optimizers.
+
+  ``basis`` holds the ``d x r`` basis of each projected leaf (``None`` for full-rank leaves); ``inner_state`` is the
+  state-full optimizer on the low-rank coordinates of the projected leaves (``None`` elsewhere), ``full_state`` the
+  same optimizer on the full-rank leaves (``None`` at projected ones), so FRUGAL can reset the first without touching
+  the second; ``proj_state`` is Online Subspace Descent's projector-optimizer state (``None`` otherwise).
+  """
   count: chex.Array
   basis: Any
   inner_state: Any
+  full_state: Any
+  proj_state: Any
   key: jax.Array
 
 
-def _matrix_leaves(params: Any, full_rank_mask: Any) -> Any:
-  """True where a leaf is projected: 2-D and not forced full rank."""
-  is_matrix = jax.tree.map(lambda p: jnp.ndim(p) == 2, params)
+def _as_key(key: Any) -> jax.Array:
+  """A typed PRNG key from a seed, a typed key or a legacy ``uint32[2]`` key (traced seeds are fine)."""
+  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  if jnp.shape(key) == (2,):
+    return jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+  return jax.random.key(key)
+
+
+def _full_rank_flags(params: Any, treedef: Any, full_rank_mask: Any) -> list[bool]:
+  """Per leaf (``jax.tree.leaves`` order): True where ``full_rank_mask`` keeps the leaf out of the subspace."""
+  n = treedef.num_leaves
   if full_rank_mask is None:
-    return is_matrix
+    return [False] * n
+  if isinstance(full_rank_mask, str):
+    pattern = re.compile(full_rank_mask)
+    return [pattern.search(p) is not None for p in leaf_paths(params)]
   mask = full_rank_mask(params) if callable(full_rank_mask) else full_rank_mask
-  return jax.tree.map(lambda a, b: bool(a) and not bool(b), is_matrix, mask)
+  try:
+    flags = treedef.flatten_up_to(mask)
+  except (ValueError, TypeError) as e:
+    raise ValueError(f"full_rank_mask must be None, a regex string, a pytree of booleans shaped like the params or a "
+                     f"callable returning one; got a tree that does not match the params: {e}") from None
+  return [bool(f) for f in flags]
 
 
-def _low_rank(rank: int | None, density: float, update_proj_gap: int, method: str, inner: optax.GradientTransformation,
-              state_free: optax.GradientTransformation | None, reset_on_update: bool, scale: float,
-              full_rank_mask: Any, key: jax.Array | int, online_lr: float | None) -> optax.GradientTransformation:
-  if isinstance(key, int):
-    key = jax.random.key(key)
+def _leaf_ranks(params: Any, full_rank_mask: Any, rank: int | None, density: float) -> tuple[list, Any]:
+  """``(ranks, treedef)``: the subspace rank of every projected leaf (2-D, not full rank), ``None`` elsewhere."""
+  leaves, treedef = jax.tree.flatten(params)
+  flags = _full_rank_flags(params, treedef, full_rank_mask)
+  ranks = [subspace_rank(p.shape, rank, density) if jnp.ndim(p) == 2 and not f else None
+           for p, f in zip(leaves, flags)]
+  return ranks, treedef
 
-  def ranks(params):
-    projected = _matrix_leaves(params, full_rank_mask)
-    return jax.tree.map(lambda p, on: subspace_rank(p.shape, rank, density) if on else None, params, projected)
 
-  def low_shape(p, r):
-    return (p.shape[0], r) if _right(p.shape) else (r, p.shape[1])
+def _basis_shape(shape: tuple[int, int], r: int) -> tuple[int, int]:
+  return (shape[1] if _right(shape) else shape[0], r)
 
-  def to_low(g, b):
-    return g if b is None else to_subspace(g, b)
+
+def _low_shape(shape: tuple[int, int], r: int) -> tuple[int, int]:
+  return (shape[0], r) if _right(shape) else (r, shape[1])
+
+
+def _tree_where(cond: jax.Array, a: Any, b: Any) -> Any:
+  return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+
+def _low_rank(*, rank: int | None, density: float, update_proj_gap: int, method: str,
+              inner: optax.GradientTransformation, state_free: optax.GradientTransformation | None,
+              reset_on_update: bool, scale: Any, full_rank_mask: Any, key: Any,
+              proj_optimizer: optax.GradientTransformation | None) -> optax.GradientTransformation:
+  """Engine shared by GaLore, FRUGAL and Online Subspace Descent.
+
+  Projected leaves: ``U = scale · back(Inner(low)) [+ StateFree(G - back(low))]``; full-rank leaves (non-matrices,
+  ``full_rank_mask``) get ``Inner`` on the full tensor with their own state. With ``proj_optimizer is None`` the basis
+  is recomputed at steps ``0, T, 2T, ...`` (and, with ``reset_on_update``, only the projected leaves' inner state is
+  re-initialised there); otherwise the basis is the SVD basis at step 0 and afterwards moves by ``proj_optimizer``
+  on the online-PCA loss, after it has been used to project the current gradient.
+  """
+
+  def unflatten(treedef, xs):
+    return jax.tree.unflatten(treedef, xs)
 
   def init_fn(params):
-    rk = ranks(params)
-    is_none = lambda x: x is None
-    basis = jax.tree.map(lambda p, r: None if r is None else jnp.zeros(
-        ((p.shape[1] if _right(p.shape) else p.shape[0]), r), p.dtype), params, rk, is_leaf=is_none)
-    lows = jax.tree.map(lambda p, r: p if r is None else jnp.zeros(low_shape(p, r), p.dtype), params, rk,
-                        is_leaf=is_none)
-    return LowRankState(count=jnp.zeros([], jnp.int32), basis=basis, inner_state=inner.init(lows), key=key)
+    ranks, treedef = _leaf_ranks(params, full_rank_mask, rank, density)
+    leaves = treedef.flatten_up_to(params)
+    basis = [None if r is None else jnp.zeros(_basis_shape(p.shape, r), p.dtype) for p, r in zip(leaves, ranks)]
+    low = [None if r is None else jnp.zeros(_low_shape(p.shape, r), p.dtype) for p, r in zip(leaves, ranks)]
+    full = [p if r is None else None for p, r in zip(leaves, ranks)]
+    basis_tree = unflatten(treedef, basis)
+    proj_state = None if proj_optimizer is None else proj_optimizer.init(basis_tree)
+    return LowRankState(count=jnp.zeros([], jnp.int32), basis=basis_tree,
+                        inner_state=inner.init(unflatten(treedef, low)),
+                        full_state=inner.init(unflatten(treedef, full)), proj_state=proj_state,
+                        key=_as_key(key))
 
   def update_fn(updates, state, params=None):
     del params
-    rk = ranks(updates)
-    is_none = lambda x: x is None
-    refresh = state.count % update_proj_gap == 0
+    ranks, treedef = _leaf_ranks(updates, full_rank_mask, rank, density)
+    grads = treedef.flatten_up_to(updates)
+    bases = treedef.flatten_up_to(state.basis)
     next_key, sub = jax.random.split(state.key)
-    leaf_keys = iter(jax.random.split(sub, max(1, len(jax.tree.leaves(updates)))))
+    keys = jax.random.split(sub, max(1, len(grads)))
+    proj_state = state.proj_state
 
-    def new_basis(g, b, r):
-      if r is None:
-        return None
-      k = next(leaf_keys)
-      fresh = lambda: galore_basis(g, r, method, k)
-      if online_lr is None:
-        return jax.lax.cond(refresh, fresh, lambda: b)
-      # Online Subspace Descent: an SVD basis at the first step, then one online-PCA step per step.
-      return jax.lax.cond(state.count == 0, fresh, lambda: online_pca_step(b, g, online_lr).astype(b.dtype))
+    if proj_optimizer is None:
+      refresh = state.count % update_proj_gap == 0
+      basis = [None if r is None else jax.lax.cond(
+          refresh, lambda g=g, r=r, k=k, b=b: galore_basis(g, r, method, k).astype(b.dtype), lambda b=b: b)
+               for g, b, r, k in zip(grads, bases, ranks, keys)]
+      stored = basis
+    else:
+      # Online Subspace Descent (official order): project G_t with P_t, then P_{t+1} = Opt_P(∇_P loss(P_t; G_t)).
+      first = state.count == 0
+      basis = [None if r is None else jax.lax.cond(
+          first, lambda g=g, r=r, b=b: galore_basis(g, r, "svd").astype(b.dtype), lambda b=b: b)
+               for g, b, r in zip(grads, bases, ranks)]
+      pca_grads = [None if b is None else jax.grad(online_pca_loss)(b, g).astype(b.dtype)
+                   for g, b in zip(grads, basis)]
+      basis_tree = unflatten(treedef, basis)
+      steps, moved_state = proj_optimizer.update(unflatten(treedef, pca_grads), state.proj_state, basis_tree)
+      moved = optax.apply_updates(basis_tree, steps)
+      # Step 0 only sets P_0 from the SVD; the official projector optimizer takes its first step at step 1.
+      stored = treedef.flatten_up_to(_tree_where(first, basis_tree, moved))
+      proj_state = _tree_where(first, state.proj_state, moved_state)
 
-    basis = jax.tree.map(new_basis, updates, state.basis, rk, is_leaf=is_none)
-    lows = jax.tree.map(to_low, updates, basis, is_leaf=is_none)
+    low = [None if r is None else to_subspace(g, b) for g, b, r in zip(grads, basis, ranks)]
+    full = [g if r is None else None for g, r in zip(grads, ranks)]
     inner_state = state.inner_state
     if reset_on_update:
-      fresh_state = inner.init(jax.tree.map(jnp.zeros_like, lows))
-      inner_state = jax.tree.map(lambda a, b: jnp.where(refresh, a, b), fresh_state, inner_state)
-    low_updates, inner_state = inner.update(lows, inner_state)
-    out = jax.tree.map(lambda u, b, g: u if b is None else scale * from_subspace(u, b, g.shape),
-                       low_updates, basis, updates, is_leaf=is_none)
+      fresh = inner.init(jax.tree.map(jnp.zeros_like, unflatten(treedef, low)))
+      inner_state = _tree_where(state.count % update_proj_gap == 0, fresh, inner_state)
+    low_steps, inner_state = inner.update(unflatten(treedef, low), inner_state)
+    full_steps, full_state = inner.update(unflatten(treedef, full), state.full_state)
+    low_steps, full_steps = treedef.flatten_up_to(low_steps), treedef.flatten_up_to(full_steps)
+
+    out = [f if r is None else scale * from_subspace(u, b, g.shape)
+           for g, b, r, u, f in zip(grads, basis, ranks, low_steps, full_steps)]
     if state_free is not None:
-      residual = jax.tree.map(lambda g, b: jnp.zeros_like(g) if b is None else split_gradient(g, b)[1],
-                              updates, basis, is_leaf=is_none)
+      residual = unflatten(treedef, [None if r is None else split_gradient(g, b)[1]
+                                     for g, b, r in zip(grads, basis, ranks)])
       free, _ = state_free.update(residual, state_free.init(residual))
-      out = jax.tree.map(lambda a, f: (a + f).astype(a.dtype), out, free)
-    out = jax.tree.map(lambda u, g: u.astype(g.dtype), out, updates)
-    return out, LowRankState(count=optax.safe_int32_increment(state.count), basis=basis, inner_state=inner_state,
-                             key=next_key)
+      out = [o if f is None else o + f for o, f in zip(out, treedef.flatten_up_to(free))]
+    out = [o.astype(g.dtype) for o, g in zip(out, grads)]
+    return unflatten(treedef, out), LowRankState(
+        count=optax.safe_int32_increment(state.count), basis=unflatten(treedef, stored), inner_state=inner_state,
+        full_state=full_state, proj_state=proj_state, key=next_key)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+_STATIC = "list it in optax.inject_hyperparams(..., static_args=...)"
 
 
 def _check_common(rank, density, update_proj_gap):
   if rank is not None:
     if not isinstance(rank, int) or isinstance(rank, bool):
-      raise TypeError(f"rank must be a positive int or None, got {rank!r}.")
+      raise TypeError(f"rank must be a positive Python int or None (it sets array shapes; {_STATIC}), got {rank!r}.")
     check_positive("rank", rank)
+  if not isinstance(density, (int, float)) or isinstance(density, bool):
+    raise TypeError(f"density must be a Python float in (0, 1] (it sets the subspace rank, an array shape; "
+                    f"{_STATIC}), got {density!r}.")
   check_range("density", density, 0.0, 1.0, low_inclusive=False)
-  if not isinstance(update_proj_gap, int) or update_proj_gap < 1:
-    raise ValueError(f"update_proj_gap must be a positive int, got {update_proj_gap!r}.")
+  if not isinstance(update_proj_gap, int) or isinstance(update_proj_gap, bool) or update_proj_gap < 1:
+    raise ValueError(f"update_proj_gap must be a positive Python int ({_STATIC}), got {update_proj_gap!r}.")
 
 
 def _alias(direction, learning_rate, weight_decay, mask):
@@ -235,22 +316,38 @@ def scale_by_galore(rank: int = 128, update_proj_gap: int = 200, scale: float = 
   paper. ``optax.contrib.scale_by_galore`` projects the *other* side (``reverse_std``); this one follows the paper.
 
   Args:
-    rank: subspace rank ``r`` (capped at ``min(m, n)``).
-    update_proj_gap: ``T`` >= 1.
-    scale: ``α`` (paper 0.25 for LLaMA pre-training; 1.0 is plain projection).
-    base: stateful optimizer in the subspace (gradient-only; default ``optax.scale_by_adam()``).
-    full_rank_mask: optional pytree/callable of booleans: True leaves skip the projection.
+    rank: subspace rank ``r`` (capped at ``min(m, n)``); static.
+    update_proj_gap: ``T`` >= 1; static.
+    scale: ``α`` (paper 0.25 for LLaMA pre-training; 1.0 is plain projection); traceable.
+    base: stateful optimizer in the subspace (gradient-only, per-leaf; default ``optax.scale_by_adam()``).
+    full_rank_mask: leaves that skip the projection: a regex searched in each leaf's ``/``-joined path (e.g.
+      :data:`FULL_RANK_PATTERN`), a pytree of booleans or a callable returning one. Default ``None``: every 2-D
+      leaf is projected.
+
+  Under ``optax.inject_hyperparams`` pass ``static_args=('rank', 'update_proj_gap')``: they fix array shapes or the
+  refresh schedule; every other numeric argument is traceable (changeable between steps under ``jit``). A callable
+  ``mask``/``full_rank_mask`` must be static too (``inject_hyperparams`` would call it as a schedule).
   """
   _check_common(rank, 0.25, update_proj_gap)
   check_positive("scale", scale)
-  return _low_rank(rank, 0.25, update_proj_gap, "svd", base or optax.scale_by_adam(), None, False, scale,
-                   full_rank_mask, 0, None)
+  return _low_rank(rank=rank, density=0.25, update_proj_gap=update_proj_gap, method="svd",
+                   inner=base or optax.scale_by_adam(), state_free=None, reset_on_update=False, scale=scale,
+                   full_rank_mask=full_rank_mask, key=0, proj_optimizer=None)
 
 
-def galore(learning_rate: ScalarOrSchedule, rank: int = 128, update_proj_gap: int = 200, scale: float = 1.0,
+def galore(learning_rate: ScalarOrSchedule = 1e-2, rank: int = 128, update_proj_gap: int = 200, scale: float = 0.25,
            b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, mask: Any = None,
            full_rank_mask: Any = None) -> optax.GradientTransformation:
-  """GaLore-Adam with decoupled weight decay in the full space (Zhao et al., arXiv:2403.03507)."""
+  """GaLore-Adam with decoupled weight decay in the full space (Zhao et al., arXiv:2403.03507).
+
+  Defaults are the paper's LLaMA/C4 pre-training setting as run by the official scripts: learning rate 0.01 with
+  ``α = 0.25``, ``T = 200``, rank 128 (``--lr 0.01 --galore_scale 0.25 --update_proj_gap 200 --rank 128``; the
+  FRUGAL README gives the same GaLore setting). ``scale=1.0`` is plain projection (``pytorch_optimizer.GaLore``).
+
+  Under ``optax.inject_hyperparams`` pass ``static_args=('rank', 'update_proj_gap')``: they fix array shapes or the
+  refresh schedule; every other numeric argument is traceable (changeable between steps under ``jit``). A callable
+  ``mask``/``full_rank_mask`` must be static too (``inject_hyperparams`` would call it as a schedule).
+  """
   base = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
   return _alias(scale_by_galore(rank, update_proj_gap, scale, base, full_rank_mask), learning_rate, weight_decay, mask)
 
@@ -261,82 +358,144 @@ def galore(learning_rate: ScalarOrSchedule, rank: int = 128, update_proj_gap: in
 def scale_by_frugal(density: float = 0.25, update_proj_gap: int = 200, projection: str = "svd", *,
                     rank: int | None = None, state_full: optax.GradientTransformation | None = None,
                     state_free: optax.GradientTransformation | None = None, state_free_scale: float = 1.0,
-                    full_rank_mask: Any = None, key: jax.Array | int = 0) -> optax.GradientTransformation:
+                    full_rank_mask: Any = FULL_RANK_PATTERN, reset_state: bool = True,
+                    key: jax.Array | int = 0) -> optax.GradientTransformation:
   """FRUGAL: a stateful optimizer in a subspace plus a state-free one on the orthogonal residual.
 
   Zmushko et al., "FRUGAL: Memory-Efficient Optimization by Reducing State Overhead for Scalable Training",
   arXiv:2411.07837, Alg. 1: every ``T = update_proj_gap`` steps pick a subspace (``projection``: ``'svd'`` of the
   gradient, ``'random'`` orthonormal, or ``'columns'``: random coordinates); split ``G = G_sf + G_free``;
-  ``U = P · StateFull(Pᵀ G) + c · StateFree(G_free)`` with the state-full state reset when the subspace changes.
-  Defaults: density ``ρ = 0.25``, state-full Adam, state-free signSGD (``optax.scale_by_sign``), ``c = 1``.
-  ``density = 1`` gives the state-full optimizer; the state-free part alone is the ``ρ -> 0`` limit. Non-matrix
-  leaves and ``full_rank_mask`` leaves (embeddings, norms, heads in the paper) are always state-full.
+  ``U = P · StateFull(Pᵀ G) + c · StateFree(G_free)``. Defaults: density ``ρ = 0.25``, ``T = 200``, state-full
+  Adam, state-free signSGD (``optax.scale_by_sign``), ``c = 1``. ``density = 1`` gives the state-full optimizer.
+
+  Follows the official code (github.com/philip-zmushko/FRUGAL, ``frugal/proj_optimizer_templates.py`` and
+  ``frugal/adamw.py`` at commit c7ebe4c2): at each refresh only the *projected* matrices' state-full state (moments
+  and step count) is re-initialised (``reset_statistics=True``); every other leaf keeps one uninterrupted Adam.
+  Which leaves are projected: the official ``prepare_proj_params`` projects the weights of ``nn.Linear`` modules
+  inside attention/MLP blocks and keeps embeddings (``nn.Embedding``), the output head (``lm_head``) and norms on
+  AdamW. A parameter pytree carries no module types, so the default here projects every 2-D leaf except those
+  whose ``/``-joined path has a segment matching :data:`FULL_RANK_PATTERN` (``embed*``, ``embedding*``, ``wte``,
+  ``wpe``, ``pos``, ``pos_embed*``, ``position*``, ``lm_head``, ``head``, ``unembed*``, ``logit(s)``,
+  ``classifier``); non-matrix leaves (biases, norms, convolution kernels) are always full rank. A 2-D leaf outside
+  attention/MLP that the official list would leave alone is projected here unless the mask names it; a bare
+  array (empty path) is projected.
 
   Args:
-    density: subspace fraction ``ρ`` in (0, 1] of the projected dimension (ignored when ``rank`` is given).
-    update_proj_gap: ``T`` >= 1.
-    projection: ``'svd'``, ``'random'`` or ``'columns'``.
-    rank: explicit subspace rank.
-    state_full: gradient-only transformation on the subspace (default ``optax.scale_by_adam()``).
+    density: subspace fraction ``ρ`` in (0, 1] of the projected dimension (ignored when ``rank`` is given); static.
+    update_proj_gap: ``T`` >= 1; static.
+    projection: ``'svd'``, ``'random'`` or ``'columns'``; static.
+    rank: explicit subspace rank; static.
+    state_full: gradient-only, per-leaf transformation on the subspace (default ``optax.scale_by_adam()``).
     state_free: stateless transformation on the residual (default ``optax.scale_by_sign()``; use
       ``optax.identity()`` for SGD).
-    state_free_scale: ``c``, the residual's step relative to the learning rate.
-    full_rank_mask: booleans (pytree or callable): True leaves skip the split.
+    state_free_scale: ``c``, the residual's step relative to the learning rate (official ``inactive_lr_scale``);
+      traceable.
+    full_rank_mask: leaves kept full rank: a regex (default :data:`FULL_RANK_PATTERN`), a pytree of booleans, a
+      callable returning one, or ``None`` to project every 2-D leaf.
+    reset_state: re-initialise the projected leaves' state at each refresh (official ``reset_statistics``).
     key: PRNG key/seed for random subspaces.
+
+  Under ``optax.inject_hyperparams`` pass ``static_args=('density', 'update_proj_gap', 'projection', 'rank')``: they
+  fix array shapes or the refresh schedule; every other numeric argument is traceable (changeable between steps under
+  ``jit``). A callable ``mask``/``full_rank_mask`` must be static too (``inject_hyperparams`` would call it as a
+  schedule).
   """
   _check_common(rank, density, update_proj_gap)
   check_choice("projection", projection, ("svd", "random", "columns"))
   check_non_negative("state_free_scale", state_free_scale)
   free = state_free or optax.scale_by_sign()
-  if state_free_scale != 1.0:
+  if not (isinstance(state_free_scale, (int, float)) and state_free_scale == 1.0):
     free = optax.chain(free, optax.scale(state_free_scale))
-  return _low_rank(rank, density, update_proj_gap, projection, state_full or optax.scale_by_adam(), free, True, 1.0,
-                   full_rank_mask, key, None)
+  return _low_rank(rank=rank, density=density, update_proj_gap=update_proj_gap, method=projection,
+                   inner=state_full or optax.scale_by_adam(), state_free=free, reset_on_update=bool(reset_state),
+                   scale=1.0, full_rank_mask=full_rank_mask, key=key, proj_optimizer=None)
 
 
-def frugal(learning_rate: ScalarOrSchedule, density: float = 0.25, update_proj_gap: int = 200,
+def frugal(learning_rate: ScalarOrSchedule = 1e-3, density: float = 0.25, update_proj_gap: int = 200,
            projection: str = "svd", *, rank: int | None = None, b1: float = 0.9, b2: float = 0.999,
            eps: float = 1e-8, state_free: optax.GradientTransformation | None = None, state_free_scale: float = 1.0,
-           weight_decay: float = 0.0, mask: Any = None, full_rank_mask: Any = None,
-           key: jax.Array | int = 0) -> optax.GradientTransformation:
-  """FRUGAL with AdamW as the state-full part (Zmushko et al., arXiv:2411.07837); see :func:`scale_by_frugal`."""
+           weight_decay: float = 0.0, mask: Any = None, full_rank_mask: Any = FULL_RANK_PATTERN,
+           reset_state: bool = True, key: jax.Array | int = 0) -> optax.GradientTransformation:
+  """FRUGAL with AdamW as the state-full part (Zmushko et al., arXiv:2411.07837); see :func:`scale_by_frugal`.
+
+  Defaults are the paper's pre-training setting (official ``scripts/benchmark_c4``): learning rate ``1e-3``,
+  ``ρ = 0.25``, ``T = 200``, Adam ``(0.9, 0.999, 1e-8)``, signSGD on the residual at the same learning rate,
+  weight decay 0. Decoupled weight decay ``p ← p (1 - lr·wd)`` applies to every leaf, as in the official AdamW.
+
+  Under ``optax.inject_hyperparams`` pass ``static_args=('density', 'update_proj_gap', 'projection', 'rank')``: they
+  fix array shapes or the refresh schedule; every other numeric argument is traceable (changeable between steps under
+  ``jit``). A callable ``mask``/``full_rank_mask`` must be static too (``inject_hyperparams`` would call it as a
+  schedule).
+  """
   inner = scale_by_frugal(density, update_proj_gap, projection, rank=rank,
                           state_full=optax.scale_by_adam(b1=b1, b2=b2, eps=eps), state_free=state_free,
-                          state_free_scale=state_free_scale, full_rank_mask=full_rank_mask, key=key)
+                          state_free_scale=state_free_scale, full_rank_mask=full_rank_mask, reset_state=reset_state,
+                          key=key)
   return _alias(inner, learning_rate, weight_decay, mask)
 
 
 # ------------------------------------------------------------------------------------------ Online Subspace Descent
 
 
-def scale_by_online_subspace_descent(rank: int = 128, proj_lr: float = 0.1,
+def scale_by_online_subspace_descent(rank: int = 128, update_proj_gap: int = 200,
+                                     proj_lr: ScalarOrSchedule | None = None, proj_weight_decay: float = 0.01,
+                                     scale: float = 1.0,
                                      base: optax.GradientTransformation | None = None,
+                                     proj_optimizer: optax.GradientTransformation | None = None,
                                      full_rank_mask: Any = None) -> optax.GradientTransformation:
   """Online Subspace Descent: GaLore's subspace state, with the projector moved every step by online PCA.
 
-  Liang et al., "Memory-Efficient LLM Training with Online Subspace Descent", arXiv:2408.12857, Alg. 1:
-  ``Ŝ_t = Opt(P_tᵀ G_t)``, ``W ← W - η P_t Ŝ_t`` and ``P_{t+1} = P_t - η_P ∇_P ||G_t - P Pᵀ G_t||²`` (here the
-  loss is normalised by ``||G_t||²`` so ``proj_lr`` is scale free, and plain SGD updates ``P``). ``P_0`` is the
-  SVD basis of the first gradient.
+  Liang et al., "Memory-Efficient LLM Training with Online Subspace Descent", arXiv:2408.12857, Alg. 1, as in the
+  official code (github.com/kyleliang919/Online-Subspace-Descent, ``galore_torch/galore_projector.py``, proj_type
+  ``continuous``, commit e694775): ``P_0`` is the SVD basis of the first gradient; at every step ``t`` the gradient
+  is projected with the current ``P_t`` (``Ŝ_t = Opt(P_tᵀ G_t)``, ``U = α P_t Ŝ_t``) and then
+  ``P_{t+1} = AdamW(∇_P ||Ĝ_t - P Pᵀ Ĝ_t||²_F)`` with ``Ĝ_t = G_t / ||G_t||_F``, learning rate
+  ``1 / update_proj_gap`` and weight decay 0.01 (``torch.optim.AdamW`` defaults, betas (0.9, 0.999), eps 1e-8).
+  ``P`` takes its first step at step 1 (the official optimizer has no gradient at step 0). The official code also
+  multiplies the projector learning rate by the main schedule's ratio ``lr_t / lr_0``; pass ``proj_lr`` as a
+  schedule to reproduce a decaying one.
 
   Args:
-    rank: subspace rank.
-    proj_lr: ``η_P > 0``.
+    rank: subspace rank; static.
+    update_proj_gap: sets the default projector learning rate ``1 / update_proj_gap``; static.
+    proj_lr: projector learning rate (float or schedule; default ``1 / update_proj_gap``); traceable.
+    proj_weight_decay: AdamW weight decay on ``P`` (default 0.01); traceable.
+    scale: ``α`` on the projected-back update (official ``--galore_scale``, default 1.0); traceable.
     base: stateful optimizer in the subspace (default ``optax.scale_by_adam()``).
-    full_rank_mask: booleans: True leaves are not projected.
+    proj_optimizer: replaces the AdamW on ``P`` (e.g. ``optax.sgd(0.1)`` for plain SGD on the online-PCA loss,
+      the official ``continuous_sgd``); ``proj_lr``/``proj_weight_decay`` are then unused.
+    full_rank_mask: leaves that skip the projection (regex, pytree of booleans or callable); default every 2-D leaf
+      is projected.
+
+  Under ``optax.inject_hyperparams`` pass ``static_args=('rank', 'update_proj_gap')``: they fix array shapes or the
+  refresh schedule; every other numeric argument is traceable (changeable between steps under ``jit``). A callable
+  ``mask``/``full_rank_mask`` must be static too (``inject_hyperparams`` would call it as a schedule).
   """
-  _check_common(rank, 0.25, 1)
-  check_positive("proj_lr", proj_lr)
-  return _low_rank(rank, 0.25, 1, "svd", base or optax.scale_by_adam(), None, False, 1.0, full_rank_mask, 0, proj_lr)
+  _check_common(rank, 0.25, update_proj_gap)
+  check_positive("scale", scale)
+  check_non_negative("proj_weight_decay", proj_weight_decay)
+  if proj_lr is not None and not callable(proj_lr):
+    check_positive("proj_lr", proj_lr)
+  if proj_optimizer is None:
+    lr = 1.0 / update_proj_gap if proj_lr is None else proj_lr
+    proj_optimizer = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=proj_weight_decay)
+  return _low_rank(rank=rank, density=0.25, update_proj_gap=update_proj_gap, method="svd",
+                   inner=base or optax.scale_by_adam(), state_free=None, reset_on_update=False, scale=scale,
+                   full_rank_mask=full_rank_mask, key=0, proj_optimizer=proj_optimizer)
 
 
-def online_subspace_descent(learning_rate: ScalarOrSchedule, rank: int = 128, proj_lr: float = 0.1, b1: float = 0.9,
-                            b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, mask: Any = None,
+def online_subspace_descent(learning_rate: ScalarOrSchedule = 1e-2, rank: int = 128, update_proj_gap: int = 200,
+                            proj_lr: ScalarOrSchedule | None = None, proj_weight_decay: float = 0.01,
+                            scale: float = 1.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+                            weight_decay: float = 0.0, mask: Any = None, proj_optimizer: Any = None,
                             full_rank_mask: Any = None) -> optax.GradientTransformation:
-  """Online Subspace Descent with Adam in the subspace (Liang et al., arXiv:2408.12857)."""
+  """Online Subspace Descent with Adam in the subspace (Liang et al., arXiv:2408.12857); see
+  :func:`scale_by_online_subspace_descent`. Learning rate 0.01 and ``T = 200`` are the official README's LLaMA-60M
+  command (which also sets ``--galore_scale 0.25``; ``scale`` defaults to the argument parser's 1.0)."""
   base = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
-  return _alias(scale_by_online_subspace_descent(rank, proj_lr, base, full_rank_mask), learning_rate, weight_decay,
-                mask)
+  inner = scale_by_online_subspace_descent(rank, update_proj_gap, proj_lr, proj_weight_decay, scale, base,
+                                           proj_optimizer, full_rank_mask)
+  return _alias(inner, learning_rate, weight_decay, mask)
 
 
 # ------------------------------------------------------------------------------------------------------------ WeLore

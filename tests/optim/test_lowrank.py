@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from paperlab import optim
+from paperlab._tree import leaf_paths
 
 PARAMS = {"dense": {"kernel": jnp.ones((12, 6)), "bias": jnp.zeros(6)}, "wide": jnp.ones((4, 10))}
 
@@ -77,14 +78,117 @@ def test_frugal_residual_gets_sign_descent():
   np.testing.assert_array_equal(u["dense"]["bias"], 0.0)  # non-matrix leaves are fully state-full
 
 
-def test_frugal_resets_state_full_optimizer_when_the_subspace_changes():
+def test_frugal_resets_only_the_projected_leaves_state_when_the_subspace_changes():
+  """Official FRUGAL (philip-zmushko/FRUGAL c7ebe4c2, GaloreOptimizer._update_states) re-initialises the state of
+  the projected matrices only; biases and full-rank leaves keep one uninterrupted Adam."""
   opt = optim.scale_by_frugal(rank=2, update_proj_gap=2)
   state = opt.init(PARAMS)
-  counts = []
+  projected, full = [], []
   for i in range(4):
     _, state = opt.update(_grads(i), state)
-    counts.append(int(state.inner_state.count))
-  assert counts == [1, 2, 1, 2]
+    projected.append(int(state.inner_state.count))
+    full.append(int(state.full_state.count))
+  assert projected == [1, 2, 1, 2]
+  assert full == [1, 2, 3, 4]
+  # the bias leaf's update is plain Adam over the 4 steps
+  adam = optax.scale_by_adam()
+  s = adam.init(PARAMS["dense"]["bias"])
+  opt_state = opt.init(PARAMS)
+  for i in range(4):
+    u, opt_state = opt.update(_grads(i), opt_state)
+    ref, s = adam.update(_grads(i)["dense"]["bias"], s)
+  np.testing.assert_allclose(u["dense"]["bias"], ref, rtol=1e-6)
+
+
+def test_frugal_default_keeps_embeddings_and_head_full_rank():
+  """Official ``prepare_proj_params`` leaves ``nn.Embedding``, ``lm_head`` and norms on AdamW; ours matches the
+  path segments of ``FULL_RANK_PATTERN`` (checked on a real ``nnx.State``, whose paths end in ``.value``)."""
+  from flax import nnx
+  from paperlab.models import CharTransformer
+
+  model = CharTransformer(vocab_size=11, seq_len=8, d_model=16, num_heads=2, num_layers=1, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  treedef = jax.tree.structure(params)
+  state = optim.scale_by_frugal().init(params)
+  flags = dict(zip(leaf_paths(params), [b is not None for b in treedef.flatten_up_to(state.basis)]))
+  full_rank = {p for p, on in flags.items() if not on}
+  projected = {p for p, on in flags.items() if on}
+  assert {"embed/embedding", "pos", "head/kernel"} <= full_rank
+  assert projected and all(p.startswith("blocks/") and p.endswith("kernel") for p in projected)
+  assert any("qkv" in p for p in projected) and any("fc1" in p for p in projected)
+  everything = optim.scale_by_frugal(full_rank_mask=None).init(params)  # None: every 2-D leaf is projected
+  two_d = [p for p, x in zip(leaf_paths(params), jax.tree.leaves(params)) if x.ndim == 2]
+  assert sum(b is not None for b in treedef.flatten_up_to(everything.basis)) == len(two_d) > len(projected)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: optim.frugal(1e-2, update_proj_gap=2, weight_decay=0.1),
+    lambda: optim.galore(1e-2, rank=2, update_proj_gap=2, weight_decay=0.1),
+    lambda: optim.online_subspace_descent(1e-2, rank=2, weight_decay=0.1),
+], ids=["frugal", "galore", "osd"])
+def test_none_leaves_and_bf16_params_work(make):
+  params = {"w": jnp.ones((12, 6), jnp.bfloat16), "b": jnp.zeros(6, jnp.bfloat16), "aux": None, "v": jnp.ones((4, 10))}
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(0), p.shape).astype(p.dtype), params)
+  opt = make()
+  state = opt.init(params)
+  update = jax.jit(opt.update)
+  for _ in range(3):
+    u, state = update(grads, state, params)
+  assert u["aux"] is None
+  chex.assert_trees_all_equal_shapes_and_dtypes(u, params)
+  chex.assert_tree_all_finite(u)
+
+
+@pytest.mark.parametrize("factory,static,kwargs", [
+    (optim.frugal, ("density", "update_proj_gap", "projection", "rank"),
+     dict(density=0.5, update_proj_gap=2, b1=0.8, state_free_scale=0.5)),
+    (optim.galore, ("rank", "update_proj_gap"), dict(rank=2, update_proj_gap=2, scale=0.5, b2=0.99)),
+    (optim.online_subspace_descent, ("rank", "update_proj_gap"),
+     dict(rank=2, update_proj_gap=2, proj_lr=0.2, proj_weight_decay=0.05, scale=0.5)),
+], ids=["frugal", "galore", "osd"])
+def test_inject_hyperparams_jit_changes_learning_rate_and_weight_decay_between_steps(factory, static, kwargs):
+  """Under ``inject_hyperparams(static_args=...)`` + ``jit`` the learning rate and weight decay are traced: one
+  compilation serves every value, the update scales with the learning rate and the decay adds
+  ``-lr * Δwd * params`` (closed form of decoupled weight decay)."""
+  opt = optax.inject_hyperparams(factory, static_args=static)(learning_rate=1e-2, weight_decay=0.1, **kwargs)
+  state = opt.init(PARAMS)
+  update = jax.jit(opt.update)
+  for i in range(3):  # steps with a changing learning rate
+    state.hyperparams["learning_rate"] = jnp.asarray(1e-2 * (i + 1), jnp.float32)
+    _, state = update(_grads(i), state, PARAMS)
+  g = _grads(5)
+
+  def with_hparams(lr, wd):
+    hp = dict(state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32), weight_decay=jnp.asarray(wd, jnp.float32))
+    return update(g, state._replace(hyperparams=hp), PARAMS)[0]
+
+  u1, u2, u3 = with_hparams(1e-2, 0.1), with_hparams(3e-2, 0.1), with_hparams(1e-2, 0.4)
+  chex.assert_trees_all_close(u2, jax.tree.map(lambda u: 3 * u, u1), rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(jax.tree.map(jnp.subtract, u3, u1),
+                              jax.tree.map(lambda p: -1e-2 * 0.3 * p, PARAMS), rtol=1e-5, atol=1e-7)
+  assert update._cache_size() == 1
+
+
+@pytest.mark.parametrize("factory,arg,static,kwargs", [
+    (optim.frugal, "density", ("update_proj_gap",), {}),
+    (optim.galore, "rank", ("update_proj_gap",), {"rank": 2}),
+    (optim.online_subspace_descent, "update_proj_gap", ("rank",), {"rank": 2}),
+])
+def test_shape_setting_hyperparameters_must_be_static_under_inject_hyperparams(factory, arg, static, kwargs):
+  with pytest.raises((TypeError, ValueError), match=f"^{arg} .*static_args"):
+    optax.inject_hyperparams(factory, static_args=static)(learning_rate=1e-2, **kwargs).init(PARAMS)
+
+
+def test_frugal_and_galore_default_learning_rates_are_the_papers():
+  """FRUGAL: 1e-3 (official scripts/benchmark_c4); GaLore: 0.01 with scale 0.25 (LLaMA pre-training)."""
+  g = _grads()
+  for default, explicit in ((optim.frugal(), optim.frugal(1e-3)),
+                            (optim.galore(rank=2), optim.galore(1e-2, rank=2, scale=0.25))):
+    u1, _ = default.update(g, default.init(PARAMS), PARAMS)
+    u2, _ = explicit.update(g, explicit.init(PARAMS), PARAMS)
+    chex.assert_trees_all_equal(u1, u2)
+  u_other, _ = optim.frugal(1e-2).update(g, optim.frugal(1e-2).init(PARAMS), PARAMS)
+  assert not np.allclose(u_other["wide"], optim.frugal().update(g, optim.frugal().init(PARAMS), PARAMS)[0]["wide"])
 
 
 def test_full_rank_mask_keeps_leaf_unprojected():
@@ -107,13 +211,21 @@ def test_online_pca_converges_to_top_singular_subspace():
   assert float(jnp.sqrt(1 - jnp.min(cosines) ** 2)) <= 1e-3
 
 
-def test_online_subspace_descent_moves_the_basis_every_step():
-  opt = optim.scale_by_online_subspace_descent(rank=2, proj_lr=0.5)
+def test_online_subspace_descent_projects_with_the_current_basis_then_moves_it():
+  """Official order (kyleliang919/Online-Subspace-Descent e694775, GaLoreProjector.project/project_back): G_t is
+  projected with P_t; the AdamW step on P happens afterwards, and not at step 0."""
+  opt = optim.scale_by_online_subspace_descent(rank=2, update_proj_gap=2)
   state = opt.init(PARAMS)
-  _, state = opt.update(_grads(0), state)
-  b1 = state.basis["wide"]
-  _, state = opt.update(_grads(1), state)
-  assert float(jnp.max(jnp.abs(state.basis["wide"] - b1))) > 1e-4
+  g0 = _grads(0)
+  _, state = opt.update(g0, state)
+  p0 = state.basis["wide"]
+  np.testing.assert_allclose(p0 @ p0.T, (lambda b: b @ b.T)(optim.galore_basis(g0["wide"], 2)), atol=1e-5)
+  assert int(state.proj_state[0].count) == 0  # no projector step at step 0
+  g1 = _grads(1)
+  u1, state = opt.update(g1, state)
+  _, outside = optim.split_gradient(u1["wide"], p0)  # projected with P_0, not the moved basis
+  assert float(jnp.max(jnp.abs(outside))) < 1e-5
+  assert float(jnp.max(jnp.abs(state.basis["wide"] - p0))) > 1e-3
 
 
 def test_low_rank_factorize_error_is_eckart_young():
