@@ -116,8 +116,9 @@ def online_pca_loss(basis: jax.Array, g: jax.Array) -> jax.Array:
 
 
 def online_pca_step(basis: jax.Array, g: jax.Array, lr: float) -> jax.Array:
-  """One gradient step on :func:`online_pca_loss` (Online Subspace Descent's projector update, Liang et al.,
-  "Memory-Efficient LLM Training with Online Subspace Descent", arXiv:2408.12857, Alg. 1 with SGD on ``P``)."""
+  """One SGD step on :func:`online_pca_loss` (Liang et al., "Memory-Efficient LLM Training with Online Subspace
+  Descent", arXiv:2408.12857, Alg. 1 with SGD on ``P``, the official ``continuous_sgd``); the optimizer's default
+  moves ``P`` with AdamW instead (see :func:`scale_by_online_subspace_descent`)."""
   return basis - lr * jax.grad(online_pca_loss)(basis, g)
 
 
