@@ -127,3 +127,25 @@ def test_rwp_through_the_train_step_equals_awp_when_every_example_is_kept(batch)
     step = train.make_train_step(graphdef, train.classification_loss, opt, **kwargs)
     states.append(jax.jit(step)(init(jax.random.key(0)), batch, jax.random.key(1))[0].params)
   chex.assert_trees_all_close(states[0], states[1], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_fn_is_anchored_at_the_step_params_and_gradient(batch):
+  # The grad_fn users check (by identity, at trace time) that the updates they receive are the gradient grad_fn
+  # gave at params; that needs make_train_step to pass the very arrays it hands the optimizer.
+  from paperlab import optim
+
+  seen = {}
+
+  def update(updates, state, params=None, *, grad_fn=None, **extra):
+    seen["anchored"] = isinstance(grad_fn, optim.GradFnAt)
+    seen["same_grads"] = all(a is b for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(grad_fn.grads)))
+    seen["same_params"] = all(a is b for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(grad_fn.params)))
+    diff = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), grad_fn(params), updates)
+    return jax.tree.map(jnp.zeros_like, updates), jnp.max(jnp.stack(jax.tree.leaves(diff)))  # grad_fn is the same-batch gradient
+
+  opt = optax.GradientTransformationExtraArgs(lambda params: jnp.zeros(()), update)
+  graphdef, init = train.make_init(_mlp, opt)
+  step = train.make_train_step(graphdef, train.classification_loss, opt)
+  new_state, _ = jax.jit(step)(init(jax.random.key(0)), batch, jax.random.key(1))
+  assert seen == {"anchored": True, "same_grads": True, "same_params": True}
+  assert float(new_state.opt_state) < 1e-6

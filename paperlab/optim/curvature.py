@@ -44,11 +44,15 @@ def gauss_newton_system(output_fn: Callable[[Any], jax.Array], output_loss: Call
   cost is ``N`` backward passes and an ``N x N`` Gram matrix, never a ``p x p`` matrix."""
   outputs, vjp = jax.vjp(output_fn, params)
   n = outputs.size
+  # The N x N system is built and solved in float32 (or wider) whatever the model's dtype: bf16 LU is unsupported
+  # and a bf16 Gram matrix would lose the damping term.
+  wide = jnp.promote_types(outputs.dtype, jnp.float32)
   flat_loss = lambda f: output_loss(f.reshape(outputs.shape))
-  r = jax.grad(flat_loss)(outputs.reshape(-1))
-  q = jax.hessian(flat_loss)(outputs.reshape(-1))
+  r = jax.grad(flat_loss)(outputs.reshape(-1).astype(wide))
+  q = jax.hessian(flat_loss)(outputs.reshape(-1).astype(wide))
   rows = jax.vmap(lambda e: vjp(e.reshape(outputs.shape).astype(outputs.dtype))[0])(jnp.eye(n, dtype=outputs.dtype))
-  jjt = sum(jnp.einsum("ik,jk->ij", x.reshape(n, -1), x.reshape(n, -1)) for x in jax.tree.leaves(rows))
+  jjt = sum(jnp.einsum("ik,jk->ij", x.reshape(n, -1).astype(wide), x.reshape(n, -1).astype(wide))
+            for x in jax.tree.leaves(rows))
   jt = lambda v: vjp(v.reshape(outputs.shape).astype(outputs.dtype))[0]
   return jjt, q, r, jt
 
@@ -75,7 +79,7 @@ def egn_direction(output_fn: Callable[[Any], jax.Array], output_loss: Callable[[
 def _direction(output_fn, output_loss, params, damping):
   jjt, q, r, jt = gauss_newton_system(output_fn, output_loss, params)
   n = r.shape[0]
-  z = jnp.linalg.solve(q @ jjt + damping * jnp.eye(n, dtype=jjt.dtype), r)
+  z = jnp.linalg.solve(q @ jjt + jnp.asarray(damping, jjt.dtype) * jnp.eye(n, dtype=jjt.dtype), r)
   return jt(z), (jjt, q, r)
 
 

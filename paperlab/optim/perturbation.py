@@ -160,9 +160,7 @@ def rwp_perturbation(example_loss_fn: Callable[[optax.Params], jax.Array], param
     eps: added to norms.
   """
   check_positive("gamma", gamma)
-  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps must be a Python int >= 1 (under optax.inject_hyperparams list it in "
-                     f"static_args=('steps',)), got {steps!r}.")
+  _check_steps(steps)
   step_size = gamma if step_size is None else check_positive("step_size", step_size)
   selected = _mask(mask, params)
 
@@ -185,6 +183,12 @@ def rwp_perturbation(example_loss_fn: Callable[[optax.Params], jax.Array], param
   return jax.lax.fori_loop(0, steps, body, v0)
 
 
+def _check_steps(steps) -> None:
+  if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    raise ValueError(f"steps must be a Python int >= 1 (under optax.inject_hyperparams list it in "
+                     f"static_args=('steps',)), got {steps!r}.")
+
+
 class RWPState(NamedTuple):
   """State of :func:`rwp`: the base optimizer's state."""
 
@@ -201,6 +205,9 @@ def rwp(inner: optax.GradientTransformation, gamma: float = 1e-2, c_min: float =
   Yu et al., "Robust Weight Perturbation for Adversarial Training", arXiv:2205.14826, Algorithm 1.
   """
   check_positive("gamma", gamma)
+  _check_steps(steps)
+  if step_size is not None:
+    check_positive("step_size", step_size)
   if not isinstance(inner, optax.GradientTransformation):
     raise TypeError(f"inner must be an optax.GradientTransformation, got {type(inner).__name__}.")
   inner = optax.with_extra_args_support(inner)

@@ -327,7 +327,31 @@ def sam(inner: optax.GradientTransformation, rho: ScalarOrSchedule = 0.05, adapt
     normalize: ``False`` for unnormalized SAM (USAM, ``e = rho g``; arXiv:2301.08203).
 
   Returns:
-    A transformation whose ``update(grads, state, params, grad_fn=...)`` needs ``grad_fn``.
+    A transformation whose ``update(grads, state, params, grad_fn=...)`` needs ``grad_fn`` (the module docstring
+    gives the contract: ``grads`` unmodified, transformations such as clipping go inside ``inner``).
+
+  Example with ``flax.nnx.Optimizer``: its ``update(model, grads, **kwargs)`` hands ``grad_fn`` on to
+  ``tx.update`` with ``params`` the pure ``nnx.State`` of its ``wrt`` variables, so ``grad_fn`` rebuilds the model
+  from them (``nnx.merge``) and may return ``nnx.grad``'s output; :func:`grad_fn_at` lets ``sam`` check that the
+  gradient reached it unmodified::
+
+    >>> import jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from paperlab import optim
+    >>> model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> optimizer = nnx.Optimizer(model, optim.sam(optax.sgd(0.1), rho=0.05), wrt=nnx.Param)
+    >>> loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
+    >>> @nnx.jit
+    ... def train_step(model, optimizer, x, y):
+    ...   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    ...   grad_fn = lambda p: nnx.grad(loss_fn)(nnx.merge(graphdef, p, rest), x, y)
+    ...   grads = nnx.grad(loss_fn)(model, x, y)
+    ...   optimizer.update(model, grads, grad_fn=optim.grad_fn_at(grad_fn, params, grads))
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros((4, 2))
+    >>> before = loss_fn(model, x, y)
+    >>> train_step(model, optimizer, x, y)
+    >>> bool(loss_fn(model, x, y) < before)
+    True
   """
   _check_rho(rho, eta, eps)
   inner = _check_inner(inner)
