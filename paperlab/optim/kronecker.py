@@ -193,8 +193,8 @@ def scale_by_mkor(gamma: float = 0.95, inv_freq: int = 10, reset_threshold: floa
   applies to the mean).
 
   Under ``optax.inject_hyperparams`` the numeric arguments (``gamma``, ``reset_threshold``, ``reset_weight``,
-  ``clip_value``) may be traced; ``inv_freq``, ``warmup_steps`` and ``factor_update`` must be listed in
-  ``static_args``.
+  ``clip_value``, ``warmup_steps``) may be traced; the period ``inv_freq`` must be listed in ``static_args``
+  (``factor_update``, a string, is static anyway).
 
   Args:
     gamma: blend (``"official"``) or EMA (``"paper"``) factor, in (0, 1).
@@ -203,17 +203,19 @@ def scale_by_mkor(gamma: float = 0.95, inv_freq: int = 10, reset_threshold: floa
     reset_weight: weight of ``I`` in the paper's blend, in (0, 1]; unused with ``"official"``.
     clip_value: clipping of the statistics' entries (> 0).
     factor_update: ``"official"`` or ``"paper"`` (static).
-    warmup_steps: the first ``warmup_steps`` steps all update the factors (official ``warmup_steps``; static).
+    warmup_steps: the first ``warmup_steps`` steps all update the factors (official ``warmup_steps``; int >= 0).
 
   References:
     Mozaffari et al., `MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using Rank-1 Updates
     <https://arxiv.org/abs/2306.01685>`_, NeurIPS 2023.
   """
   check_range("gamma", gamma, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
-  for name, value, low in (("inv_freq", inv_freq, 1), ("warmup_steps", warmup_steps, 0)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise ValueError(f"{name} must be a Python integer >= {low} (under optax.inject_hyperparams list it in "
-                       f"static_args), got {value!r}.")
+  if isinstance(inv_freq, bool) or not isinstance(inv_freq, int) or inv_freq < 1:
+    raise ValueError("inv_freq must be a Python integer >= 1 (under optax.inject_hyperparams list it in "
+                     f"static_args), got {inv_freq!r}.")
+  if isinstance(warmup_steps, (bool, float)):
+    raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
+  check_non_negative("warmup_steps", warmup_steps)
   check_positive("reset_threshold", reset_threshold)
   check_range("reset_weight", reset_weight, 0.0, 1.0, low_inclusive=False)
   check_positive("clip_value", clip_value)
@@ -307,8 +309,8 @@ def mkor(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.9, weight_de
   does inside the official optimizer.
 
   Call ``update(grads, state, params, layer_stats=...)``; the MKOR arguments are those of :func:`scale_by_mkor`.
-  Under ``optax.inject_hyperparams`` pass ``static_args=("inv_freq", "warmup_steps", "factor_update")``;
-  ``learning_rate``, ``momentum``, ``weight_decay`` and the numeric MKOR arguments may be traced.
+  Under ``optax.inject_hyperparams`` pass ``static_args=("inv_freq",)``; ``learning_rate``, ``momentum``,
+  ``weight_decay`` and the numeric MKOR arguments may be traced.
   """
   if not callable(learning_rate):
     check_non_negative("learning_rate", learning_rate)

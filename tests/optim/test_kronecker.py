@@ -200,26 +200,29 @@ def test_under_optax_masked_only_the_selected_layers_are_preconditioned():
 
 def test_inject_hyperparams_under_jit_changes_numeric_hyperparameters_between_steps():
   params = _params()
-  static = ("inv_freq", "warmup_steps", "factor_update")
-  tx = optax.inject_hyperparams(optim.mkor, static_args=static)(learning_rate=0.1, weight_decay=1e-2, gamma=0.95,
-                                                                inv_freq=1)
+  tx = optax.inject_hyperparams(optim.mkor, static_args=("inv_freq",))(learning_rate=0.1, weight_decay=1e-2,
+                                                                       inv_freq=4)
   state = tx.init(params)
   step = jax.jit(lambda g, s, stats: tx.update(g, s, params, layer_stats=stats))
-  schedule = [(0.1, 1e-2, 0.95), (0.03, 0.0, 0.8), (0.2, 5e-2, 0.9)]
+  # (learning_rate, weight_decay, gamma, warmup_steps): step 2 updates the factors only through warmup_steps.
+  schedule = [(0.1, 1e-2, 0.95, 0), (0.03, 0.0, 0.8, 0), (0.2, 5e-2, 0.9, 3), (0.1, 0.0, 0.9, 0)]
   got = []
-  for seed, (lr, wd, gamma) in enumerate(schedule):
-    state.hyperparams.update(learning_rate=jnp.asarray(lr), weight_decay=jnp.asarray(wd), gamma=jnp.asarray(gamma))
+  for seed, (lr, wd, gamma, warmup) in enumerate(schedule):
+    state.hyperparams.update(learning_rate=jnp.asarray(lr), weight_decay=jnp.asarray(wd), gamma=jnp.asarray(gamma),
+                             warmup_steps=jnp.asarray(warmup))
     grads, stats = _random_inputs(seed, params)
     out, state = step(grads, state, stats)
     got.append(out)
+  assert step._cache_size() == 1  # one compilation for all the values
   # Reference: the same steps taken by separately built (non-injected) transforms sharing one state.
-  ref_state = optim.mkor(0.1, weight_decay=1e-2, inv_freq=1).init(params)
-  for seed, ((lr, wd, gamma), out) in enumerate(zip(schedule, got)):
+  ref_state = optim.mkor(0.1, inv_freq=4).init(params)
+  for seed, ((lr, wd, gamma, warmup), out) in enumerate(zip(schedule, got)):
     grads, stats = _random_inputs(seed, params)
-    want, ref_state = optim.mkor(lr, weight_decay=wd, gamma=gamma, inv_freq=1).update(grads, ref_state, params,
-                                                                                        layer_stats=stats)
+    ref = optim.mkor(lr, weight_decay=wd, gamma=gamma, inv_freq=4, warmup_steps=warmup)
+    want, ref_state = ref.update(grads, ref_state, params, layer_stats=stats)
     chex.assert_trees_all_close(out, want, rtol=1e-5, atol=1e-6)
-  assert not np.allclose(got[1]["head"]["kernel"], got[2]["head"]["kernel"])
+  # The warm-up step did update the factors (the identity factors would give momentum SGD there).
+  assert not np.allclose(state.inner_state[0].a_inv["head"], np.eye(4))
 
 
 def test_inject_hyperparams_names_the_periods_that_must_be_static():
