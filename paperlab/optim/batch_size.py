@@ -296,7 +296,8 @@ def next_batch_size(batch_size: chex.Numeric, test: BatchSizeTest, *, max_batch_
 
 
 class AdaGradNormState(NamedTuple):
-  """State of :func:`scale_by_adagrad_norm`: ``b_k^2``, the accumulated squared gradient norms."""
+  """State of :func:`scale_by_adagrad_norm`: ``sum_i ||g_i||^2``, the accumulated squared gradient norms
+  (``b_k^2 = b_0^2 + sum_of_squares``; ``b_0`` is added at each step so that it may be traced and changed)."""
 
   sum_of_squares: jax.Array
 
@@ -304,7 +305,8 @@ class AdaGradNormState(NamedTuple):
 def scale_by_adagrad_norm(b0: float = 1e-2) -> optax.GradientTransformation:
   r"""AdaGrad-Norm: one scalar step size for all coordinates (Ward et al., 2019; the model step of AdAdaGrad-Norm).
 
-  ``b_k^2 = b_{k-1}^2 + ||g_k||^2`` and ``u_k = g_k / b_k`` (chain with ``optax.scale(-lr)``).
+  ``b_k^2 = b_{k-1}^2 + ||g_k||^2`` and ``u_k = g_k / b_k`` (chain with ``optax.scale(-lr)``). The state holds
+  ``b_k^2 - b_0^2``, so ``b0`` may be traced (``optax.inject_hyperparams``) and changed between steps.
 
   Args:
     b0: initial accumulator ``b_0`` (> 0).
@@ -317,12 +319,12 @@ def scale_by_adagrad_norm(b0: float = 1e-2) -> optax.GradientTransformation:
 
   def init_fn(params):
     del params
-    return AdaGradNormState(jnp.asarray(b0 * b0, jnp.float32))
+    return AdaGradNormState(jnp.zeros([], jnp.float32))
 
   def update_fn(updates, state, params=None):
     del params
     total = state.sum_of_squares + jnp.square(optax.global_norm(updates)).astype(jnp.float32)
-    inv = jax.lax.rsqrt(total)
+    inv = jax.lax.rsqrt(jnp.square(jnp.asarray(b0, jnp.float32)) + total)
     return jax.tree.map(lambda g: (g * inv).astype(g.dtype), updates), AdaGradNormState(total)
 
   return optax.GradientTransformation(init_fn, update_fn)

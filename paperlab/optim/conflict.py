@@ -362,6 +362,17 @@ def m_config(learning_rate: ScalarOrSchedule, num_losses: int, b1: float = 0.9, 
 # ----------------------------------------------------------------------------------------------------------- Bloop
 
 
+def _restrict_like(updates: Any, tree: Any, name: str) -> Any:
+  """``tree`` (structured like the full parameters) restricted to the leaves ``updates`` holds: under
+  ``optax.masked`` the masked-out leaves of ``updates`` are ``optax.MaskedNode`` and become so in ``tree``."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)
+  try:
+    return jax.tree.map(lambda u, a: u if is_masked(u) else a, updates, tree, is_leaf=is_masked)
+  except ValueError as e:
+    raise ValueError(f"{name} must have the structure of the gradient (or of the full parameters under "
+                     f"optax.masked): {e}") from e
+
+
 def bloop_direction(main_grads: Any, aux_grads: Any, main_ema: Any, aux_weight: float) -> Any:
   """``d = g_main + λ π(g_aux; m)`` (Hsieh et al., arXiv:2402.02998, Alg. 1); ``m`` is the EMA of main grads."""
   projected = project_out(aux_grads, main_ema)
@@ -399,6 +410,7 @@ def scale_by_bloop(aux_weight: float = 0.1, ema_decay: float = 0.99) -> optax.Gr
     if aux_grads is None:
       raise ValueError("scale_by_bloop needs the auxiliary-loss gradients: update(main_grads, state, "
                        "params, aux_grads=...).")
+    aux_grads = _restrict_like(updates, aux_grads, "aux_grads")
     ema = jax.tree.map(lambda m, g: (ema_decay * m + (1.0 - ema_decay) * g).astype(m.dtype), state.main_ema, updates)
     return bloop_direction(updates, aux_grads, ema, aux_weight), BloopState(main_ema=ema)
 
