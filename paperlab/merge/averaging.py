@@ -250,9 +250,10 @@ def weighted_average(models: Sequence[PyTree], weights: Sequence[float] | jax.Ar
   return _map_leaves(leaf, models, include, exclude, integer_leaves=integer_leaves)
 
 
-def uniform_average(models: Sequence[PyTree], **kwargs) -> PyTree:
+def uniform_average(models: Sequence[PyTree], *, include: str | None = None, exclude: str | None = None,
+                    integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Uniform mean of models (:func:`weighted_average` with equal weights); see Wortsman et al., arXiv:2203.05482."""
-  return weighted_average(models, None, **kwargs)
+  return weighted_average(models, None, include=include, exclude=exclude, integer_leaves=integer_leaves)
 
 
 def interpolate(a: PyTree, b: PyTree, alpha: float | jax.Array, *, include: str | None = None,

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 
 from paperlab._checks import check_range
 from paperlab._tree import check_same_structure, path_str
+from paperlab.merge.averaging import (IntegerLeaves, _integer_leaves, _is_float, _put_integer_leaves,
+                                     _scalars_as_arrays)
 
 __all__ = ["OPCMState", "opcm_init", "opcm_step", "opcm_params", "project_out_merged"]
 
@@ -68,8 +70,8 @@ def project_out_merged(merged_tv: jax.Array, task_tv: jax.Array, alpha: float = 
   return u @ jnp.where(keep, p, 0.0) @ vh
 
 
-def opcm_step(state: OPCMState, finetuned: PyTree, *, alpha: float = 0.5, matrices: str | None = None
-              ) -> OPCMState:
+def opcm_step(state: OPCMState, finetuned: PyTree, *, alpha: float = 0.5, matrices: str | None = None,
+              integer_leaves: IntegerLeaves = "error") -> OPCMState:
   """Merge one more fine-tuned model (OPCM, arXiv:2501.09522, Sec. 4; FusionBench ``opcm``).
 
   For the ``t``-th model (``t >= 2``) with task vector ``tau_t = theta_t - theta_0`` and the current merged task
@@ -88,16 +90,24 @@ def opcm_step(state: OPCMState, finetuned: PyTree, *, alpha: float = 0.5, matric
     finetuned: the new model (same structure as the base).
     alpha: cumulative singular-value share protected from the new model, in ``[0, 1]`` (paper: 0.5).
     matrices: regex (searched) on leaf paths choosing the 2-D leaves that are projected; default every 2-D leaf.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tune -> kept, different ->
+      ``ValueError`` naming the path (at run time under ``jit``); or ``"first"``, ``"last"``, ``"base"`` or a
+      callable (see :mod:`paperlab.merge.averaging`).
 
   Returns:
     The new state. Jittable (``matrices`` static); memory O(base + merged) whatever the number of models.
   """
+  finetuned = _scalars_as_arrays(finetuned)
   check_same_structure([state.base, finetuned], ["state.base", "finetuned"])
   check_range("alpha", alpha, 0.0, 1.0)
+  ints = _integer_leaves([state.base, finetuned], ["state.base", "finetuned"], integer_leaves, has_base=True)
   rx = re.compile(matrices) if matrices is not None else None
   base, merged = state.base, state.merged
-  task_tv = jax.tree.map(lambda f, b: f.astype(jnp.float32) - b.astype(jnp.float32), finetuned, base)
-  merged_tv = jax.tree.map(lambda m, b: m.astype(jnp.float32) - b.astype(jnp.float32), merged, base)
+  # integer/bool leaves (resolved by the policy) take no part in the task vectors or their norms
+  diff = lambda f, b: (f.astype(jnp.float32) - b.astype(jnp.float32) if _is_float(b)
+                       else jnp.zeros(jnp.shape(b), jnp.float32))
+  task_tv = jax.tree.map(diff, finetuned, base)
+  merged_tv = jax.tree.map(diff, merged, base)
   new_norm = _global_norm(task_tv)
   norm_sum = state.norm_sum + new_norm
   avg = norm_sum / (state.count + 1).astype(jnp.float32)
@@ -114,7 +124,7 @@ def opcm_step(state: OPCMState, finetuned: PyTree, *, alpha: float = 0.5, matric
   new_merged = jax.tree.map(
       lambda b, f, vv: jnp.where(first, f, (b.astype(jnp.float32) + vv / jnp.maximum(lam, 1e-30)).astype(b.dtype)),
       base, finetuned, v)
-  return OPCMState(base, new_merged, state.count + 1, lam.astype(jnp.float32), norm_sum)
+  return OPCMState(base, _put_integer_leaves(new_merged, ints), state.count + 1, lam.astype(jnp.float32), norm_sum)
 
 
 def opcm_params(state: OPCMState) -> PyTree:

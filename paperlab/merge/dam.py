@@ -17,21 +17,14 @@ import jax.numpy as jnp
 
 from paperlab import _checks
 from paperlab._tree import check_same_structure
+from paperlab.merge.averaging import (IntegerLeaves, _check_models, _integer_leaves, _is_float, _model_names,
+                                     _put_integer_leaves)
 
 PyTree = Any
 
 __all__ = ["dam_init", "dam_apply", "dam_loss"]
 
 _GRANULARITIES = ("input", "layer")
-
-
-def _check_models(models) -> list:
-  if isinstance(models, (str, bytes)) or not isinstance(models, (list, tuple)) or len(models) == 0:
-    raise ValueError(f"models must be a non-empty list of parameter pytrees, got {type(models).__name__} "
-                     f"of length {len(models) if hasattr(models, '__len__') else '?'}.")
-  models = list(models)
-  check_same_structure(models, [f"models[{i}]" for i in range(len(models))])
-  return models
 
 
 def _coeff_shape(x, n: int, granularity: str) -> tuple:
@@ -66,12 +59,15 @@ def dam_init(models: Sequence[PyTree], init: float | None = None, *, granularity
   return jax.tree.map(lambda x: jnp.full(_coeff_shape(x, n, granularity), value, jnp.float32), models[0])
 
 
-def dam_apply(models: Sequence[PyTree], coeffs: PyTree) -> PyTree:
+def dam_apply(models: Sequence[PyTree], coeffs: PyTree, *, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Merged parameters ``W = sum_i W_i diag(c_i)`` (Gauthier-Caron et al., arXiv:2410.08371, eq. 1): each leaf is
   the sum over models of the leaf times that model's coefficients (broadcast along the leaf's input axis). Jittable
   and differentiable in ``coeffs``; one-hot coefficients return model ``i``, ``1/N`` the simple average. The result
-  has each leaf's dtype (the sum runs in float32 or wider)."""
+  has each leaf's dtype (the sum runs in float32 or wider). Integer/bool leaves are never mixed: equal across models
+  -> kept, different -> ``ValueError`` naming the path, unless ``integer_leaves`` (``"first"``, ``"last"`` or a
+  callable, see :mod:`paperlab.merge.averaging`) says otherwise; their coefficients are unused."""
   models = _check_models(models)
+  ints = _integer_leaves(models, _model_names(len(models)), integer_leaves, has_base=False)
   check_same_structure([models[0], coeffs], ["models[0]", "coeffs"], check_shapes=False)
   n = len(models)
   leaves_c, treedef = jax.tree.flatten(coeffs)
@@ -85,8 +81,8 @@ def dam_apply(models: Sequence[PyTree], coeffs: PyTree) -> PyTree:
     ct = jnp.promote_types(jnp.result_type(x0), jnp.float32)
     acc = sum(_broadcast(c[i].astype(ct), jnp.asarray(leaves_m[i][j])) * jnp.asarray(leaves_m[i][j]).astype(ct)
               for i in range(n))
-    out.append(acc.astype(jnp.result_type(x0)))
-  return jax.tree.unflatten(treedef, out)
+    out.append(acc.astype(jnp.result_type(x0)) if _is_float(x0) else x0)
+  return _put_integer_leaves(jax.tree.unflatten(treedef, out), ints)
 
 
 def _kl_teacher_student(teacher: jax.Array, student: jax.Array, temperature) -> jax.Array:
@@ -98,7 +94,7 @@ def _kl_teacher_student(teacher: jax.Array, student: jax.Array, temperature) -> 
 def dam_loss(apply_fn: Callable[[PyTree, jax.Array, int], jax.Array], models: Sequence[PyTree], coeffs: PyTree,
              batches_per_model: Sequence[jax.Array], temperature: float = 2.0, *,
              teacher_logits: Sequence[jax.Array] | None = None, cosine_weight: float = 0.0, l1_weight: float = 0.0,
-             l2_weight: float = 0.0) -> jax.Array:
+             l2_weight: float = 0.0, integer_leaves: IntegerLeaves = "error") -> jax.Array:
   """DAM's objective (Gauthier-Caron et al., arXiv:2410.08371, Sec. 3.2)::
 
       sum_i T^2 KL( softmax(f(W_i; x_i) / T) || softmax(f(dam_apply(W, c); x_i) / T) )
@@ -120,6 +116,7 @@ def dam_loss(apply_fn: Callable[[PyTree, jax.Array, int], jax.Array], models: Se
     teacher_logits: optional cached teacher logits per model (computed with ``apply_fn(models[i], x_i, i)`` if
       omitted; never differentiated).
     cosine_weight, l1_weight, l2_weight: regulariser weights (>= 0).
+    integer_leaves: policy for integer/bool leaves of the models, as in :func:`dam_apply`.
 
   Returns:
     A scalar loss, differentiable in ``coeffs``.
@@ -133,7 +130,7 @@ def dam_loss(apply_fn: Callable[[PyTree, jax.Array, int], jax.Array], models: Se
   _checks.check_positive("temperature", temperature)
   for name, w in (("cosine_weight", cosine_weight), ("l1_weight", l1_weight), ("l2_weight", l2_weight)):
     _checks.check_non_negative(name, w)
-  merged = dam_apply(models, coeffs)
+  merged = dam_apply(models, coeffs, integer_leaves=integer_leaves)
   loss = jnp.zeros((), jnp.float32)
   for i, x in enumerate(batches_per_model):
     teacher = apply_fn(models[i], x, i) if teacher_logits is None else teacher_logits[i]

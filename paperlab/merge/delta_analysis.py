@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paperlab._tree import check_same_structure
+from paperlab.merge.averaging import IntegerLeaves, _integer_leaves, _is_float, _scalars_as_arrays
 
 PyTree = Any
 
@@ -28,7 +29,7 @@ __all__ = ["riemann_delta_loss"]
 
 
 def riemann_delta_loss(loss_fn: Callable[[PyTree], jax.Array], base: PyTree, delta: PyTree, delta_edit: PyTree,
-                       n_points: int = 8) -> jax.Array:
+                       n_points: int = 8, *, integer_leaves: IntegerLeaves = "error") -> jax.Array:
   """Riemann-sum estimate of the loss change caused by editing a delta (Tang et al., "A Unified View of Delta
   Parameter Editing in Post-Trained Large-Scale Models", arXiv:2410.13841, Sec. 3, eq. 2-3).
 
@@ -46,6 +47,9 @@ def riemann_delta_loss(loss_fn: Callable[[PyTree], jax.Array], base: PyTree, del
     delta: the post-training delta ``theta_ft - theta_0`` (same structure as ``base``).
     delta_edit: the edited delta ``delta'`` (same structure), e.g. ``task_vector(base, dare(key, base, ft))``.
     n_points: number ``K >= 1`` of gradient evaluations along the path (paper's examples use a handful; default 8).
+    integer_leaves: integer/bool leaves are not on the path: ``base``, ``delta`` and ``delta_edit`` must agree on
+      them (:func:`paperlab.merge.task_vector` stores the shared value), else ``ValueError`` naming the path; or
+      ``"base"``, ``"first"``, ``"last"`` or a callable (see :mod:`paperlab.merge.averaging`).
 
   Returns:
     A scalar, the predicted ``L(base + delta_edit) - L(base + delta)`` in float32 (or the leaves' wider dtype).
@@ -55,20 +59,30 @@ def riemann_delta_loss(loss_fn: Callable[[PyTree], jax.Array], base: PyTree, del
     raise ValueError(f"n_points must be an integer >= 1, got {n_points!r}.")
   if not callable(loss_fn):
     raise TypeError(f"loss_fn must be a callable params -> scalar loss, got {type(loss_fn).__name__}.")
+  base, delta, delta_edit = map(_scalars_as_arrays, (base, delta, delta_edit))
   check_same_structure([base, delta, delta_edit], ["base", "delta", "delta_edit"])
-  start = jax.tree.map(lambda b, d: b + d, base, delta)
-  direction = jax.tree.map(lambda e, d: e - d, delta_edit, delta)
-  grad_fn = jax.grad(lambda p: jnp.asarray(loss_fn(p)).reshape(()))
+  ints = _integer_leaves([base, delta, delta_edit], ["base", "delta", "delta_edit"], integer_leaves, has_base=True)
+  b_leaves, treedef = jax.tree.flatten(base)
+  d_leaves, e_leaves = treedef.flatten_up_to(delta), treedef.flatten_up_to(delta_edit)
+  is_f = [_is_float(x) for x in b_leaves]
+  start = [b + d for b, d, f in zip(b_leaves, d_leaves, is_f) if f]
+  direction = [e - d for e, d, f in zip(e_leaves, d_leaves, is_f) if f]
+
+  def assemble(floats):  # the full parameter tree: floating leaves on the path, integer leaves fixed
+    it = iter(floats)
+    return jax.tree.unflatten(treedef, [next(it) if f else ints[j] for j, f in enumerate(is_f)])
+
+  grad_fn = jax.grad(lambda p: jnp.asarray(loss_fn(assemble(p))).reshape(()))
   k = int(n_points)
 
   def body(i, acc):
     t = (i.astype(jnp.float32) + 0.5) / k
-    point = jax.tree.map(lambda s, d: s + t.astype(s.dtype) * d, start, direction)
+    point = [s + t.astype(s.dtype) * d for s, d in zip(start, direction)]
     g = grad_fn(point)
-    dots = [jnp.vdot(a, b).real for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(direction))]
+    dots = [jnp.vdot(a, b).real for a, b in zip(g, direction)]
     return acc + sum(dots, jnp.zeros((), acc.dtype))
 
-  leaves = jax.tree.leaves(direction)
+  leaves = direction
   dtype = jnp.result_type(jnp.float32, *[x.dtype for x in leaves]) if leaves else jnp.float32
   total = jax.lax.fori_loop(0, k, body, jnp.zeros((), dtype))
   return total / k

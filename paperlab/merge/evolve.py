@@ -16,25 +16,33 @@ import numpy as np
 
 from paperlab._checks import check_positive
 from paperlab._tree import check_same_structure, path_str
+from paperlab.merge.averaging import (IntegerLeaves, _integer_leaves, _is_float, _model_names, _put_integer_leaves,
+                                     _scalars_as_arrays)
 
 __all__ = ["evolve_merge", "task_arithmetic_recipe"]
 
 PyTree = Any
 
 
-def task_arithmetic_recipe(base: PyTree, finetuned: Sequence[PyTree], groups: Sequence[str] | None = None
-                           ) -> Callable[[jax.Array], PyTree]:
+def task_arithmetic_recipe(base: PyTree, finetuned: Sequence[PyTree], groups: Sequence[str] | None = None, *,
+                           integer_leaves: IntegerLeaves = "error") -> Callable[[jax.Array], PyTree]:
   """Per-model, per-group task arithmetic as a function of a flat genome (the PS space of arXiv:2403.13187).
 
   ``recipe(c)`` with ``c`` of size ``len(finetuned) * len(groups)`` (model-major) returns
   ``theta_0 + sum_i c[i, g(leaf)] * (theta_i - theta_0)``, where ``g(leaf)`` is the first regex in ``groups``
   that the leaf path matches (searched). With ``groups=None`` there is one coefficient per model; a genome of all
-  equal values ``lam`` is task arithmetic with scale ``lam``. The recipe is jittable in ``c``.
+  equal values ``lam`` is task arithmetic with scale ``lam``. The recipe is jittable in ``c``. Integer/bool
+  leaves are resolved once, when the recipe is built: equal in base and fine-tunes -> kept, different ->
+  ``ValueError`` naming the path, unless ``integer_leaves`` (``"first"``, ``"last"``, ``"base"`` or a callable; see
+  :mod:`paperlab.merge.averaging`) says otherwise.
   """
-  finetuned = list(finetuned)
+  base = _scalars_as_arrays(base)
+  finetuned = [_scalars_as_arrays(f) for f in finetuned]
   if not finetuned:
     raise ValueError("finetuned must hold at least one model, got an empty sequence.")
   check_same_structure([base] + finetuned, ["base"] + [f"finetuned[{i}]" for i in range(len(finetuned))])
+  ints = _integer_leaves([base, *finetuned], _model_names(len(finetuned), "finetuned", "base"), integer_leaves,
+                         has_base=True)
   groups = [".*"] if groups is None else list(groups)
   if not groups:
     raise ValueError("groups must hold at least one regex (or be None).")
@@ -56,9 +64,9 @@ def task_arithmetic_recipe(base: PyTree, finetuned: Sequence[PyTree], groups: Se
     if c.shape != (n * k,):
       raise ValueError(f"genome must have shape ({n * k},) = (models * groups,), got {c.shape}.")
     c = c.reshape(n, k)
-    return jax.tree.map(
+    return _put_integer_leaves(jax.tree.map(
         lambda b, g, *ts: (b.astype(jnp.float32) + sum(c[i, g] * t for i, t in enumerate(ts))).astype(b.dtype),
-        base, gid, *taus)
+        base, gid, *taus), ints)
 
   return recipe
 

@@ -18,7 +18,9 @@ import numpy as np
 import optax
 
 from paperlab._checks import check_non_negative
-from paperlab._tree import check_same_structure
+from paperlab._tree import check_same_structure, path_str
+from paperlab.merge.averaging import (IntegerLeaves, _check_integer_rule, _integer_leaves, _is_float,
+                                     _model_names, _put_integer_leaves, _resolve_integer_leaf, _scalars_as_arrays)
 
 __all__ = ["aggregate", "prox_term", "prox_loss", "ProximalState", "add_proximal_gradient",
            "learnable_aggregate", "fit_learnable_aggregate"]
@@ -26,9 +28,25 @@ __all__ = ["aggregate", "prox_term", "prox_loss", "ProximalState", "add_proximal
 PyTree = Any
 
 
+def _client_ints(client_params, rule: IntegerLeaves) -> dict:
+  """The integer/bool leaves of the aggregate by the shared policy (see :mod:`paperlab.merge.averaging`), from a
+  list of clients or from the slices of a stacked pytree."""
+  if isinstance(client_params, (list, tuple)):
+    clients = [_scalars_as_arrays(c) for c in client_params]
+    return _integer_leaves(clients, _model_names(len(clients), "client_params"), rule, has_base=False)
+  rule = _check_integer_rule(rule, False)
+  out = {}
+  for j, (p, x) in enumerate(jax.tree_util.tree_flatten_with_path(client_params)[0]):
+    if not _is_float(x):
+      n = jnp.shape(x)[0]
+      out[j] = _resolve_integer_leaf(path_str(p), [x[i] for i in range(n)], _model_names(n, "client_params"), rule,
+                                     False)
+  return out
+
+
 def _as_stack(client_params) -> tuple[PyTree, int]:
   if isinstance(client_params, (list, tuple)):
-    clients = list(client_params)
+    clients = [_scalars_as_arrays(c) for c in client_params]
     if not clients:
       raise ValueError("client_params must hold at least one client, got an empty sequence.")
     check_same_structure(clients, "client_params")
@@ -46,7 +64,7 @@ def _as_stack(client_params) -> tuple[PyTree, int]:
 
 
 def aggregate(client_params: Sequence[PyTree] | PyTree, weights: Sequence[float] | jax.Array | None = None, *,
-              shrink: float | jax.Array = 1.0) -> PyTree:
+              shrink: float | jax.Array = 1.0, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Server aggregation ``w = shrink * sum_k (n_k / sum_j n_j) w_k``.
 
   FedAvg (arXiv:1602.05629, Algorithm 1) weighs clients by their data sizes ``n_k``; FedProx
@@ -57,11 +75,15 @@ def aggregate(client_params: Sequence[PyTree] | PyTree, weights: Sequence[float]
     client_params: a list of client pytrees, or one pytree whose leaves stack clients on axis 0.
     weights: non-negative per-client weights (e.g. data sizes), normalised to sum to 1; uniform by default.
     shrink: global scale ``gamma``.
+    integer_leaves: integer/bool leaves are never averaged (or shrunk): equal across clients -> kept, different
+      -> ``ValueError`` naming the path (at run time under ``jit``); or ``"first"``, ``"last"`` or a callable
+      (see :mod:`paperlab.merge.averaging`).
 
   Returns:
     The aggregated pytree in the clients' dtypes. Jittable.
   """
   stacked, n = _as_stack(client_params)
+  ints = _client_ints(client_params, integer_leaves)
   if weights is None:
     w = jnp.full((n,), 1.0 / n, jnp.float32)
   else:
@@ -76,7 +98,9 @@ def aggregate(client_params: Sequence[PyTree] | PyTree, weights: Sequence[float]
         raise ValueError(f"weights must be finite, non-negative and not all zero, got {arr.tolist()}.")
     w = jnp.asarray(weights, jnp.float32)
     w = w / jnp.sum(w)
-  return jax.tree.map(lambda x: (shrink * jnp.tensordot(w, x.astype(jnp.float32), axes=1)).astype(x.dtype), stacked)
+  return _put_integer_leaves(
+      jax.tree.map(lambda x: (shrink * jnp.tensordot(w, x.astype(jnp.float32), axes=1)).astype(x.dtype), stacked),
+      ints)
 
 
 def prox_term(params: PyTree, global_params: PyTree, mu: float | jax.Array) -> jax.Array:
@@ -127,11 +151,16 @@ def add_proximal_gradient(mu: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def learnable_aggregate(client_params: Sequence[PyTree] | PyTree, gamma: jax.Array, logits: jax.Array) -> PyTree:
+def learnable_aggregate(client_params: Sequence[PyTree] | PyTree, gamma: jax.Array, logits: jax.Array, *,
+                        integer_leaves: IntegerLeaves = "error") -> PyTree:
   """FedLAW aggregation ``w_g = gamma * sum_i softmax(logits)_i w_i`` (arXiv:2302.10911, Sec. 5), differentiable
   in ``gamma`` and ``logits`` so the server can fit them on a proxy set. ``gamma = 1`` with
-  ``logits = log n_i`` is FedAvg. Jittable."""
+  ``logits = log n_i`` is FedAvg. Jittable. Integer/bool leaves follow ``integer_leaves`` as in :func:`aggregate`."""
   stacked, n = _as_stack(client_params)
+  return _put_integer_leaves(_learnable(stacked, n, gamma, logits), _client_ints(client_params, integer_leaves))
+
+
+def _learnable(stacked: PyTree, n: int, gamma, logits) -> PyTree:
   logits = jnp.asarray(logits)
   if logits.shape != (n,):
     raise ValueError(f"logits must have shape ({n},) (one per client), got {logits.shape}.")
@@ -141,8 +170,8 @@ def learnable_aggregate(client_params: Sequence[PyTree] | PyTree, gamma: jax.Arr
 
 def fit_learnable_aggregate(loss_fn: Callable[[PyTree, Any], jax.Array], client_params: Sequence[PyTree] | PyTree,
                             proxy_batch: Any, *, steps: int = 100, learning_rate: float = 0.01,
-                            init_gamma: float = 1.0, init_logits: jax.Array | None = None
-                            ) -> tuple[PyTree, jax.Array, jax.Array]:
+                            init_gamma: float = 1.0, init_logits: jax.Array | None = None,
+                            integer_leaves: IntegerLeaves = "error") -> tuple[PyTree, jax.Array, jax.Array]:
   """FedLAW's server step (arXiv:2302.10911, Algorithm 1): fit ``(gamma, logits)`` of
   :func:`learnable_aggregate` by Adam on a small server-side proxy batch, then aggregate.
 
@@ -154,6 +183,7 @@ def fit_learnable_aggregate(loss_fn: Callable[[PyTree, Any], jax.Array], client_
     learning_rate: Adam learning rate ``> 0``.
     init_gamma: starting shrinking factor (1 = no shrinkage).
     init_logits: starting logits (uniform weights by default; ``log n_i`` starts from FedAvg).
+    integer_leaves: integer/bool leaves, resolved once as in :func:`aggregate`.
 
   Returns:
     ``(aggregated_params, gamma, logits)``. Jittable (``loss_fn``, ``steps`` static).
@@ -162,12 +192,13 @@ def fit_learnable_aggregate(loss_fn: Callable[[PyTree, Any], jax.Array], client_
     raise ValueError(f"steps must be a positive integer, got {steps!r}.")
   check_non_negative("learning_rate", learning_rate)
   stacked, n = _as_stack(client_params)
+  ints = _client_ints(client_params, integer_leaves)
   logits = jnp.zeros((n,), jnp.float32) if init_logits is None else jnp.asarray(init_logits, jnp.float32)
   theta = (jnp.asarray(init_gamma, jnp.float32), logits)
   opt = optax.adam(learning_rate)
 
   def objective(t):
-    return loss_fn(learnable_aggregate(stacked, t[0], t[1]), proxy_batch)
+    return loss_fn(_put_integer_leaves(_learnable(stacked, n, t[0], t[1]), ints), proxy_batch)
 
   def body(carry, _):
     t, o = carry
@@ -176,4 +207,4 @@ def fit_learnable_aggregate(loss_fn: Callable[[PyTree, Any], jax.Array], client_
     return (optax.apply_updates(t, u), o), None
 
   (theta, _), _ = jax.lax.scan(body, (theta, opt.init(theta)), None, length=int(steps))
-  return learnable_aggregate(stacked, theta[0], theta[1]), theta[0], theta[1]
+  return _put_integer_leaves(_learnable(stacked, n, theta[0], theta[1]), ints), theta[0], theta[1]

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 from paperlab._checks import check_choice, check_non_negative, check_positive
 from paperlab._tree import check_same_structure
+from paperlab.merge.averaging import (IntegerLeaves, _check_models, _integer_leaves, _is_float, _model_names,
+                                     _put_integer_leaves)
 
 __all__ = ["diag_fisher", "fisher_merge", "gradient_matching"]
 
@@ -93,14 +95,6 @@ def diag_fisher(apply_fn: Callable[[PyTree, jax.Array], jax.Array], params: PyTr
   return jax.tree.map(lambda t: t / n, total)
 
 
-def _check_models(models, name="models"):
-  models = list(models)
-  if not models:
-    raise ValueError(f"{name} must hold at least one pytree, got an empty sequence.")
-  check_same_structure(models, name)
-  return models
-
-
 def _check_weights(weights, n, name="weights"):
   if weights is None:
     return [1.0] * n
@@ -113,7 +107,7 @@ def _check_weights(weights, n, name="weights"):
 
 
 def fisher_merge(models: Sequence[PyTree], fishers: Sequence[PyTree], *, weights: Sequence[float] | None = None,
-                 eps: float = 1e-6, normalize: bool = False) -> PyTree:
+                 eps: float = 1e-6, normalize: bool = False, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Fisher-weighted averaging, ``theta* = sum_i lambda_i F_i theta_i / sum_i lambda_i F_i`` elementwise.
 
   Matena & Raffel (arXiv:2111.09832), the Fisher merging rule (Sec. 2) with diagonal Fishers. ``eps`` is added to every Fisher (the
@@ -127,11 +121,14 @@ def fisher_merge(models: Sequence[PyTree], fishers: Sequence[PyTree], *, weights
     weights: per-model ``lambda_i >= 0`` (uniform by default).
     eps: floor added to each Fisher, ``>= 0``.
     normalize: divide each Fisher by its global L2 norm first.
+    integer_leaves: integer/bool leaves are never averaged: equal across models -> kept, different ->
+      ``ValueError`` naming the path; or ``"first"``, ``"last"`` or a callable (see :mod:`paperlab.merge.averaging`).
 
   Returns:
     The merged pytree, each leaf in its model dtype. Jittable.
   """
   models = _check_models(models)
+  ints = _integer_leaves(models, _model_names(len(models)), integer_leaves, has_base=False)
   fishers = _check_models(fishers, "fishers")
   if len(fishers) != len(models):
     raise ValueError(f"fishers must have one entry per model: got {len(fishers)} for {len(models)} models.")
@@ -153,13 +150,13 @@ def fisher_merge(models: Sequence[PyTree], fishers: Sequence[PyTree], *, weights
       num, den = num + c * t.astype(jnp.float32), den + c
     return (num / den).astype(thetas[0].dtype)
 
-  return jax.tree.map(merge_leaf, *models, *fishers)
+  return _put_integer_leaves(jax.tree.map(merge_leaf, *models, *fishers), ints)
 
 
 def gradient_matching(base: PyTree, finetuned: Sequence[PyTree], hessians: Sequence[PyTree], *,
                       base_hessian: PyTree | None = None, alpha: float = 1.0,
-                      sizes: Sequence[float] | None = None, base_size: float = 1.0, delta: float = 1e-12
-                      ) -> PyTree:
+                      sizes: Sequence[float] | None = None, base_size: float = 1.0, delta: float = 1e-12,
+                      integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Uncertainty-based gradient matching (Daheim et al., arXiv:2310.12808, Sec. 3, with
   diagonal Hessians, as in the authors' ``uncertainty_based_gradient_matching.py``).
 
@@ -178,6 +175,8 @@ def gradient_matching(base: PyTree, finetuned: Sequence[PyTree], hessians: Seque
     sizes: ``s_t >= 0`` (1 each by default).
     base_size: ``s_0 >= 0``.
     delta: damping ``>= 0`` (the authors' 1e-12).
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path; or ``"first"``, ``"last"``, ``"base"`` or a callable.
 
   Returns:
     The merged pytree in the base's dtypes. Jittable.
@@ -189,6 +188,8 @@ def gradient_matching(base: PyTree, finetuned: Sequence[PyTree], hessians: Seque
                      f"{len(finetuned)}.")
   check_same_structure([base] + finetuned, ["base"] + [f"finetuned[{i}]" for i in range(len(finetuned))])
   check_same_structure([base, hessians[0]], ["base", "hessians[0]"])
+  ints = _integer_leaves([base, *finetuned], _model_names(len(finetuned), "finetuned", "base"), integer_leaves,
+                         has_base=True)
   if base_hessian is None:
     base_hessian = jax.tree.map(jnp.zeros_like, base)
   check_same_structure([base, base_hessian], ["base", "base_hessian"])
@@ -207,4 +208,4 @@ def gradient_matching(base: PyTree, finetuned: Sequence[PyTree], hessians: Seque
               for s, h, t in zip(sizes, hs, thetas))
     return (b32 + alpha * upd / den).astype(b.dtype)
 
-  return jax.tree.map(merge_leaf, base, base_hessian, *finetuned, *hessians)
+  return _put_integer_leaves(jax.tree.map(merge_leaf, base, base_hessian, *finetuned, *hessians), ints)

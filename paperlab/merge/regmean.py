@@ -232,7 +232,7 @@ def output_gradient_grams(graphdef: nnx.GraphDef, params: PyTree, x: jax.Array, 
 
 
 def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Array]], *, alpha: float = 0.95,
-            ridge: float = 0.0) -> PyTree:
+                  ridge: float = 0.0, integer_leaves: str | Callable = "error") -> PyTree:
   """RegMean merge of ``models`` (same structure) given each model's input Grams.
 
   Jin et al., "Dataless Knowledge Fusion by Merging Weights of Language Models" (arXiv:2212.09849), Sec. 3:
@@ -249,12 +249,16 @@ def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Arr
       average.
     ridge: added to the diagonal of the summed Gram (``>= 0``) for ill-conditioned layers. Inputs that are zero
       on every model's data (dead units: zero diagonal) always get the plain average of their rows.
+    integer_leaves: integer/bool leaves are never averaged: equal across models -> kept, different ->
+      ``ValueError`` naming the path; or ``"first"``, ``"last"`` or a callable (see :mod:`paperlab.merge.averaging`).
 
   Returns:
     The merged pytree (dtype of each leaf kept). Jittable.
   """
-  models = list(models)
-  check_same_structure(models, "models")
+  from paperlab.merge.averaging import _check_models, _integer_leaves, _model_names
+
+  models = _check_models(models)
+  ints = _integer_leaves(models, _model_names(len(models)), integer_leaves, has_base=False)
   grams = list(grams)
   if len(grams) != len(models):
     raise ValueError(f"grams must have one entry per model: got {len(grams)} for {len(models)} models.")
@@ -296,4 +300,6 @@ def regmean_merge(models: Sequence[PyTree], grams: Sequence[Mapping[str, jax.Arr
     rhs = rhs + dead[:, None] * sum(w.astype(jnp.float32) for w in leaves)
     return jnp.linalg.solve(lhs, rhs).reshape(shape).astype(leaves[0].dtype)
 
-  return jax.tree_util.tree_map_with_path(merge_leaf, models[0], *models[1:])
+  from paperlab.merge.averaging import _put_integer_leaves
+
+  return _put_integer_leaves(jax.tree_util.tree_map_with_path(merge_leaf, models[0], *models[1:]), ints)

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from paperlab._tree import check_same_structure, path_mask
-from paperlab.merge.averaging import _compute_dtype, _is_float
+from paperlab.merge.averaging import (IntegerLeaves, _compute_dtype, _integer_leaves, _is_float, _put_integer_leaves,
+                                     _scalars_as_arrays)
 
 PyTree = Any
 
@@ -36,7 +37,7 @@ def _check_filter(name: str, value) -> None:
 
 
 def weight_signature(clean: PyTree, robust: PyTree, *, include: str | None = None,
-                     exclude: str | None = None) -> PyTree:
+                     exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Robust weight signature ``RWS = M (theta_r - theta_c)`` (Cai et al., arXiv:2302.12480, Sec. 3, eq. 1):
   the weight difference on the selected (shallow) layers, zero elsewhere.
 
@@ -45,16 +46,23 @@ def weight_signature(clean: PyTree, robust: PyTree, *, include: str | None = Non
     robust: the robust model's parameters ``theta_r`` (same structure and shapes).
     include, exclude: regexes on ``/``-joined leaf paths choosing the layers ``M`` keeps (the paper keeps the
       shallowest few layers); default keeps every leaf, i.e. the full task vector.
+    integer_leaves: integer/bool leaves are not differenced: equal in both models -> the shared value (as
+      :func:`paperlab.merge.task_vector` does, so patching keeps it), different -> ``ValueError`` naming the path;
+      or ``"first"``/``"base"`` (clean's), ``"last"`` (robust's) or a callable.
 
   Returns:
-    A pytree like ``clean``: ``robust - clean`` on selected floating leaves, zeros (of the leaf's dtype) elsewhere.
+    A pytree like ``clean``: ``robust - clean`` on selected floating leaves, zeros on unselected floating leaves,
+    and the policy's value on integer/bool leaves.
     Patch with ``apply_task_vector(clean, rws, alpha)`` and remove with ``scale=-alpha``.
   """
   _check_filter("include", include)
   _check_filter("exclude", exclude)
+  clean, robust = _scalars_as_arrays(clean), _scalars_as_arrays(robust)
   check_same_structure([clean, robust], ["clean", "robust"])
+  ints = _integer_leaves([clean, robust], ["clean", "robust"], integer_leaves, has_base=True)
   mask = path_mask(clean, include, exclude)
-  return jax.tree.map(lambda m, c, r: (r - c) if (m and _is_float(c)) else jnp.zeros_like(c), mask, clean, robust)
+  return _put_integer_leaves(
+      jax.tree.map(lambda m, c, r: (r - c) if (m and _is_float(c)) else jnp.zeros_like(c), mask, clean, robust), ints)
 
 
 class QuantizedDelta(NamedTuple):

@@ -18,7 +18,8 @@ import jax.numpy as jnp
 
 from paperlab import _checks
 from paperlab._tree import path_str
-from paperlab.merge.averaging import _check_models, _compute_dtype, _is_float, _selected
+from paperlab.merge.averaging import (IntegerLeaves, _check_models, _compute_dtype, _integer_leaves, _is_float,
+                                     _model_names, _scalars_as_arrays, _selected)
 
 PyTree = Any
 
@@ -27,13 +28,18 @@ __all__ = ["iso_c", "iso_cts", "flatten_spectrum", "mats"]
 _LAYOUTS = ("flax", "torch")
 
 
-def _leaves(base, finetuned, include, exclude):
+def _leaves(base, finetuned, include, exclude, integer_leaves: IntegerLeaves = "error"):
+  """Flattened leaves (base leaves with the selected integer/bool ones resolved by the ``integer_leaves`` policy)."""
+  base = _scalars_as_arrays(base)
   finetuned = _check_models(finetuned, "finetuned", base=base)
   flat, treedef = jax.tree_util.tree_flatten_with_path(base)
   names = [path_str(p) for p, _ in flat]
-  b = [x for _, x in flat]
+  chosen = _selected(base, include, exclude)
+  ints = _integer_leaves([base, *finetuned], _model_names(len(finetuned), "finetuned", "base"), integer_leaves,
+                         has_base=True, selected=chosen)
+  b = [ints.get(i, x) for i, (_, x) in enumerate(flat)]
   ms = [treedef.flatten_up_to(m) for m in finetuned]
-  sel = [s and _is_float(x) for s, x in zip(_selected(base, include, exclude), b)]
+  sel = [s and _is_float(x) for s, x in zip(chosen, b)]
   return treedef, names, b, ms, sel
 
 
@@ -74,9 +80,9 @@ def _iso_cts_leaf(taus, k_common):
   return sigma * ((pu @ qu) @ (pv @ qv))
 
 
-def _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, matrix_fn):
+def _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, matrix_fn, integer_leaves):
   _checks.check_choice("layout", layout, _LAYOUTS)
-  treedef, names, b, ms, sel = _leaves(base, finetuned, include, exclude)
+  treedef, names, b, ms, sel = _leaves(base, finetuned, include, exclude, integer_leaves)
   skip = re.compile(svd_exclude) if svd_exclude is not None else None
   out = []
   for i, (name, x) in enumerate(zip(names, b)):
@@ -97,7 +103,7 @@ def _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, matrix_f
 
 def iso_c(base: PyTree, finetuned: Sequence[PyTree], alpha: float | jax.Array = 1.0, *,
           svd_exclude: str | None = "embed", layout: str = "flax", include: str | None = None,
-          exclude: str | None = None) -> PyTree:
+          exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Iso-C: isotropic merging in the common subspace (Marczak et al., "No Task Left Behind: Isotropic Model Merging
   with Common and Task-Specific Subspaces", arXiv:2502.04959, Sec. 4.1, eq. 8).
 
@@ -111,20 +117,25 @@ def iso_c(base: PyTree, finetuned: Sequence[PyTree], alpha: float | jax.Array = 
     layout: ``"flax"`` (2-D leaves are ``(in, out)``) or ``"torch"`` (``(out, in)``); Iso-C itself does not depend
       on it.
     include, exclude: path filters; unselected leaves are the base's.
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
-  return _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, _iso_c_leaf)
+  return _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, _iso_c_leaf, integer_leaves)
 
 
 def iso_cts(base: PyTree, finetuned: Sequence[PyTree], alpha: float | jax.Array = 1.0, *,
             common_fraction: float = 0.8, svd_exclude: str | None = "embed", layout: str = "flax",
-            include: str | None = None, exclude: str | None = None) -> PyTree:
+            include: str | None = None, exclude: str | None = None, integer_leaves: IntegerLeaves = "error"
+            ) -> PyTree:
   """Iso-CTS: isotropic merging with common and task-specific subspaces (arXiv:2502.04959, Sec. 4.2, Alg. 1).
 
   Per 2-D leaf (in ``(out, in)`` orientation): keep the top ``k`` singular directions of ``sum_t tau_t`` as the
   common subspace (``k ~ common_fraction * r``, adjusted so that ``r - k`` divides evenly among the ``T`` tasks),
   add each task's top ``(r - k) / T`` directions of its component orthogonal to the common left subspace,
   orthonormalize the stacked bases (polar factor) and give every direction the mean singular value. Other leaves
-  use ``mean_t tau_t``. ``theta = theta_base + alpha * Delta``.
+  use ``mean_t tau_t``. ``theta = theta_base + alpha * Delta``. Integer/bool leaves follow ``integer_leaves``
+  (equal -> kept, different -> ``ValueError``; see :func:`iso_c`).
   """
   _checks.check_range("common_fraction", common_fraction, 0.0, 1.0, low_inclusive=False)
   t = len(finetuned) if isinstance(finetuned, (list, tuple)) else 0
@@ -136,7 +147,7 @@ def iso_cts(base: PyTree, finetuned: Sequence[PyTree], alpha: float | jax.Array 
     k = min(max(k, 1), r)
     return _iso_cts_leaf(taus, k)
 
-  return _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, matrix_fn)
+  return _iso(base, finetuned, alpha, include, exclude, svd_exclude, layout, matrix_fn, integer_leaves)
 
 
 @functools.partial(jax.jit, static_argnames=("iters",))
@@ -151,7 +162,8 @@ def _mats_leaf(ws, gin, gout, x0, iters):
 
 def mats(base: PyTree, finetuned: Sequence[PyTree], grams_in: Sequence[Mapping[str, jax.Array]],
          grams_out: Sequence[Mapping[str, jax.Array]] | None = None, *, init: str = "task_arithmetic",
-         init_lam: float = 0.3, iters: int = 100, offdiag_scale: float = 1.0) -> PyTree:
+         init_lam: float = 0.3, iters: int = 100, offdiag_scale: float = 1.0,
+         integer_leaves: IntegerLeaves = "error") -> PyTree:
   """MaTS (Tam et al., "Merging by Matching Models in Task Parameter Subspaces", arXiv:2312.04339, Sec. 3-4):
   solve ``sum_i A_i W S_i = sum_i A_i W_i S_i`` for every Dense kernel ``W`` (Flax ``(in, out)``; a Conv kernel
   ``(*kernel_size, in, out)`` as its ``(prod(kernel_size) * in, out)`` im2col matrix) by conjugate
@@ -167,12 +179,15 @@ def mats(base: PyTree, finetuned: Sequence[PyTree], grams_in: Sequence[Mapping[s
     init: CG start: ``"task_arithmetic"`` (``theta_base + init_lam * sum tau``), ``"average"`` or ``"base"``.
     iters: CG iterations (the paper uses tens to ~100); ``iters=0`` returns the init.
     offdiag_scale: multiply off-diagonal Gram entries by this (RegMean's ``alpha``; 1 keeps them).
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
+      ``(path, leaves) -> leaf`` (see :mod:`paperlab.merge.averaging`).
   """
   _checks.check_choice("init", init, ("task_arithmetic", "average", "base"))
   _checks.check_range("offdiag_scale", offdiag_scale, 0.0, 1.0)
   if not isinstance(iters, int) or iters < 0:
     raise ValueError(f"iters must be a non-negative int, got {iters!r}.")
-  treedef, names, b, ms, sel = _leaves(base, finetuned, None, None)
+  treedef, names, b, ms, sel = _leaves(base, finetuned, None, None, integer_leaves)
   if len(grams_in) != len(ms):
     raise ValueError(f"grams_in must hold one mapping per model ({len(ms)}), got {len(grams_in)}.")
   if grams_out is not None and len(grams_out) != len(ms):

@@ -135,7 +135,8 @@ def _layer_paths(params: PyTree) -> list[str]:
 
 
 def wemoe_init(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], layers: str, *, lam: float = 0.3,
-               init_lambda: float = 0.3, router_hidden_layers: int = 2) -> WEMoEParams:
+               init_lambda: float = 0.3, router_hidden_layers: int = 2,
+               integer_leaves: str | Callable = "error") -> WEMoEParams:
   """Upscale ``base`` and its fine-tunes into a WEMoE model (Tang et al., arXiv:2402.00433, Sec. 3).
 
   Leaves outside the upscaled layers are merged by task arithmetic ``theta_0 + lam * sum_t (theta_t - theta_0)``;
@@ -151,6 +152,9 @@ def wemoe_init(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], layers
     lam: task-arithmetic scale of the other parameters (paper: 0.3).
     init_lambda: initial routing weight (paper: 0.3).
     router_hidden_layers: 0, 1 or 2 (paper: 2).
+    integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
+      ``ValueError`` naming the path; or ``"first"``, ``"last"``, ``"base"`` or a callable (see
+      :mod:`paperlab.merge.averaging`).
 
   Returns:
     :class:`WEMoEParams`.
@@ -173,7 +177,11 @@ def wemoe_init(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], layers
     delta = sum(f.astype(jnp.float32) - b.astype(jnp.float32) for f in fs)
     return (b.astype(jnp.float32) + lam * delta).astype(b.dtype)
 
-  merged = jax.tree_util.tree_map_with_path(ta_leaf, base, *finetuned)
+  from paperlab.merge.averaging import _integer_leaves, _model_names, _put_integer_leaves
+
+  ints = _integer_leaves([base, *finetuned], _model_names(len(finetuned), "finetuned", "base"), integer_leaves,
+                         has_base=True)
+  merged = _put_integer_leaves(jax.tree_util.tree_map_with_path(ta_leaf, base, *finetuned), ints)
   flat_b = {path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(base)[0]}
   flat_f = [{path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(f)[0]} for f in finetuned]
   experts, routers = {}, {}
