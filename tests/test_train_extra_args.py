@@ -141,7 +141,8 @@ def test_grad_fn_is_anchored_at_the_step_params_and_gradient(batch):
     seen["same_grads"] = all(a is b for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(grad_fn.grads)))
     seen["same_params"] = all(a is b for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(grad_fn.params)))
     diff = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), grad_fn(params), updates)
-    return jax.tree.map(jnp.zeros_like, updates), jnp.max(jnp.stack(jax.tree.leaves(diff)))  # grad_fn is the same-batch gradient
+    # the state records how far grad_fn(params) is from the step's gradient (same batch and rng: 0)
+    return jax.tree.map(jnp.zeros_like, updates), jnp.max(jnp.stack(jax.tree.leaves(diff)))
 
   opt = optax.GradientTransformationExtraArgs(lambda params: jnp.zeros(()), update)
   graphdef, init = train.make_init(_mlp, opt)

@@ -219,9 +219,10 @@ def rwp(inner: optax.GradientTransformation, gamma: float = 1e-2, c_min: float =
     grad_fn, fill = _bind("rwp", grads, params, grad_fn)
     if example_loss_fn is None or not callable(example_loss_fn):
       raise ValueError("rwp needs example_loss_fn=: a function params -> per-example losses on the same batch "
-                       f"(paperlab.train.make_train_step(..., example_loss_fn=...) passes one), got {example_loss_fn!r}.")
-    v = rwp_perturbation(lambda p: example_loss_fn(fill(p)), params, gamma, c_min=c_min, steps=steps, step_size=step_size,
-                         mask=mask, eps=eps)
+                       "(paperlab.train.make_train_step(..., example_loss_fn=...) passes one), got "
+                       f"{example_loss_fn!r}.")
+    v = rwp_perturbation(lambda p: example_loss_fn(fill(p)), params, gamma, c_min=c_min, steps=steps,
+                         step_size=step_size, mask=mask, eps=eps)
     g = jax.tree.map(lambda a, b: a.astype(b.dtype), grad_fn(_add(params, v)), grads)
     updates, inner_state = inner.update(g, state.inner_state, params, **extra)
     return updates, RWPState(inner_state)
