@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -174,3 +175,58 @@ def test_scale_by_projection_type_and_params_errors():
   tx = optim.scale_by_projection(optax.identity())
   with pytest.raises(ValueError, match="params"):
     tx.update({"a": jnp.ones(2)}, tx.init({"a": jnp.ones(2)}))
+
+
+def _traced_vs_python(factory, kwargs, changed, steps=3):
+  """Updates of ``inject_hyperparams(factory)`` under one jit, switching to ``changed`` after the first step,
+  against the same optimizer built with Python floats (first ``kwargs``, then ``changed``)."""
+  w, g, _ = _scale_invariant_case(jax.random.key(11), (3, 3, 4, 8))
+  params = {"k": w, "b": jnp.linspace(-1.0, 1.0, 8), "d": w.reshape(-1, 8)[:6]}
+  grads = {"k": g, "b": jnp.ones(8) * 0.1, "d": jnp.cos(w.reshape(-1, 8)[:6])}
+  tx = optax.inject_hyperparams(factory)(**kwargs)
+  step = jax.jit(tx.update)
+  state, ref_state = tx.init(params), None
+  ref_a, ref_b = factory(**kwargs), factory(**{**kwargs, **changed})
+  ref_state = ref_a.init(params)
+  for i in range(steps):
+    if i == 1:
+      state = state._replace(hyperparams={**state.hyperparams,
+                                          **{k: jnp.asarray(v, jnp.float32) for k, v in changed.items()}})
+    ref = ref_a if i == 0 else ref_b
+    updates, state = step(grads, state, params)
+    expected, ref_state = ref.update(grads, ref_state, params)
+    chex.assert_trees_all_close(updates, expected, rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adamp_hyperparameters_are_traceable(nesterov):
+  """issue 20: inject_hyperparams + jit failed on delta / weight_decay; every numeric one may now change mid-run."""
+  _traced_vs_python(functools.partial(optim.adamp, nesterov=nesterov),
+                    dict(learning_rate=1e-2, weight_decay=0.1, delta=0.1, wd_ratio=0.1, b1=0.9, b2=0.999),
+                    dict(learning_rate=3e-2, weight_decay=0.5, delta=0.5, wd_ratio=0.3, b1=0.8, b2=0.99))
+
+
+@pytest.mark.parametrize("nesterov,project_buffer", [(False, False), (False, True), (True, False)])
+def test_sgdp_hyperparameters_are_traceable(nesterov, project_buffer):
+  """issue 20: inject_hyperparams + jit failed on momentum / dampening / weight_decay."""
+  damp = 0.0 if nesterov else 0.1
+  _traced_vs_python(functools.partial(optim.sgdp, nesterov=nesterov, project_buffer=project_buffer),
+                    dict(learning_rate=1e-2, momentum=0.9, dampening=damp, weight_decay=0.1, delta=0.1),
+                    dict(learning_rate=3e-2, momentum=0.5, dampening=damp * 2, weight_decay=0.5, delta=0.5))
+
+
+def test_fused_adamp_matches_the_generic_projection_wrapper():
+  """adamp's two-pass update equals scale_by_projection(optax.scale_by_adam()) chained with the learning rate."""
+  w, g, _ = _scale_invariant_case(jax.random.key(12), (3, 3, 4, 8))
+  params = {"k": w, "b": jnp.linspace(-1.0, 1.0, 8), "d": w.reshape(-1, 8)[:6]}
+  grads = {"k": g, "b": jnp.ones(8) * 0.1, "d": jnp.cos(w.reshape(-1, 8)[:6])}
+  fused = optim.adamp(1e-2, weight_decay=0.1, mask={"k": True, "b": False, "d": True})
+  generic = optax.chain(optim.scale_by_projection(optax.scale_by_adam(), weight_decay=0.1,
+                                                  mask={"k": True, "b": False, "d": True}),
+                        optax.scale_by_learning_rate(1e-2))
+  sf, sg = fused.init(params), generic.init(params)
+  for _ in range(4):
+    uf, sf = jax.jit(fused.update)(grads, sf, params)
+    ug, sg = generic.update(grads, sg, params)
+    chex.assert_trees_all_close(uf, ug, rtol=2e-5, atol=1e-8)
+    params = optax.apply_updates(params, uf)
