@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from paperlab import _checks
+from paperlab.losses.classification import _class_where, _low_precision_in_float32
 
 __all__ = [
     "Balancer",
@@ -248,6 +249,7 @@ def improvable_gap_balancing(num_tasks: int, *, temperature: float = 1.0, refere
 Strategy = Literal["linupper", "uniform", "quadratic", "extremes"]
 
 
+@_low_precision_in_float32
 def loss_based_weights(per_example_losses: chex.Array, *, strategy: Strategy = "linupper", delta: float = 1.0,
                        temperature: float = 1.0, where: chex.Array | None = None, axis_name: str | None = None,
                        eps: float = 1e-8) -> jax.Array:
@@ -308,6 +310,7 @@ def loss_based_weights(per_example_losses: chex.Array, *, strategy: Strategy = "
   return jax.lax.stop_gradient(e / total)
 
 
+@_low_precision_in_float32
 def apply_weights(per_example_losses: chex.Array, weights: chex.Array, *, where: chex.Array | None = None,
                   normalize: Literal["none", "weights", "mask"] = "none") -> jax.Array:
   """Reduce per-example losses with (stop-gradient) weights to a scalar.
@@ -370,9 +373,17 @@ def _check_int_labels(logits: jax.Array, labels: jax.Array) -> None:
 
 
 def _mask(where, shape) -> jax.Array:
-  return jnp.ones(shape, bool) if where is None else jnp.broadcast_to(jnp.asarray(where, bool), shape)
+  if where is None:
+    return jnp.ones(shape, bool)
+  where = jnp.asarray(where, bool)
+  try:
+    return jnp.broadcast_to(where, shape)
+  except ValueError:
+    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
+                     "(this function takes no mask over classes).") from None
 
 
+@_low_precision_in_float32
 def weighted_softmax_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array,
                                                         class_weights: chex.Array, *, where: chex.Array | None = None,
                                                         normalize: bool = True) -> jax.Array:
@@ -395,15 +406,17 @@ def weighted_softmax_cross_entropy_with_integer_labels(logits: chex.Array, label
   _check_int_labels(logits, labels)
   if class_weights.shape != logits.shape[-1:]:
     raise ValueError(f"class_weights must have shape {logits.shape[-1:]}, got {class_weights.shape}.")
+  class_mask, where = _class_where(logits, where)  # a logits-shaped where masks classes, as in optax
   mask = _mask(where, labels.shape)
   w = jnp.where(mask, class_weights[labels], 0.0)
-  loss = w * optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+  loss = w * optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels, where=class_mask)
   if normalize:
     total = jnp.sum(w)
     loss = loss * jnp.sum(mask) / jnp.where(total > 0, total, 1.0)
   return jnp.where(mask, loss, 0.0)
 
 
+@_low_precision_in_float32
 def logit_adjusted_softmax_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array,
                                                               log_priors: chex.Array, *, tau: float = 1.0,
                                                               where: chex.Array | None = None) -> jax.Array:
@@ -418,10 +431,12 @@ def logit_adjusted_softmax_cross_entropy_with_integer_labels(logits: chex.Array,
   if log_priors.shape != logits.shape[-1:]:
     raise ValueError(f"log_priors must have shape {logits.shape[-1:]}, got {log_priors.shape}.")
   _checks.check_non_negative("tau", tau)
-  loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits + tau * log_priors, labels)
+  class_mask, where = _class_where(logits, where)  # a logits-shaped where masks classes, as in optax
+  loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits + tau * log_priors, labels, where=class_mask)
   return jnp.where(_mask(where, labels.shape), loss, 0.0)
 
 
+@_low_precision_in_float32
 def posthoc_logit_adjustment(logits: chex.Array, log_priors: chex.Array, *, tau: float = 1.0) -> jax.Array:
   """``f_k - tau log pi_k``: post-hoc logit adjustment for balanced-error prediction (Menon et al., Eq. 9; the
   simplified method of Hasegawa et al. applies it after weight-decayed CE training)."""
@@ -465,6 +480,7 @@ def loss_free_balancer(num_experts: int, *, update_rate: float = 1e-3) -> Balanc
   return Balancer(init, update)
 
 
+@_low_precision_in_float32
 def biased_topk_route(router_logits: chex.Array, bias: chex.Array, k: int, *,
                       gating: Literal["sigmoid", "softmax"] = "sigmoid", normalize_gates: bool = True
                       ) -> tuple[jax.Array, jax.Array]:
@@ -507,6 +523,7 @@ def expert_load(expert_idx: chex.Array, num_experts: int, *, where: chex.Array |
   return jnp.sum(onehot.reshape(-1, num_experts), axis=0)
 
 
+@_low_precision_in_float32
 def max_violation(load: chex.Array) -> jax.Array:
   """``MaxVio = (max_i c_i - mean(c)) / mean(c)`` (Wang et al., Eq. 5); 0 for a perfectly balanced load."""
   load = jnp.asarray(load, jnp.float32)
@@ -514,6 +531,7 @@ def max_violation(load: chex.Array) -> jax.Array:
   return (jnp.max(load, axis=-1) - mean) / mean
 
 
+@_low_precision_in_float32
 def switch_aux_loss(router_probs: chex.Array, expert_idx: chex.Array, *, where: chex.Array | None = None
                     ) -> jax.Array:
   """The auxiliary load-balancing loss ``sum_i f_i P_i`` that loss-free balancing replaces (Wang et al., Eq. 2).

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from paperlab import _checks
-from paperlab.losses.classification import _check_integer_labels, _check_logits
+from paperlab.losses.classification import _low_precision_in_float32, _check_integer_labels, _check_logits
 
 __all__ = [
     "expected_calibration_error",
@@ -59,6 +59,7 @@ def _check_bins(num_bins, binning):
   _checks.check_choice("binning", binning, ("width", "mass"))
 
 
+@_low_precision_in_float32
 def expected_calibration_error(probs: chex.Array, labels: chex.Array, *, num_bins: int = 15,
                                binning: str = "width", where: chex.Array | None = None) -> jax.Array:
   r"""Expected calibration error of the top-1 prediction.
@@ -80,6 +81,7 @@ def expected_calibration_error(probs: chex.Array, labels: chex.Array, *, num_bin
   return jnp.sum(gap * count) / jnp.maximum(jnp.sum(weight), 1e-12)
 
 
+@_low_precision_in_float32
 def max_calibration_error(probs: chex.Array, labels: chex.Array, *, num_bins: int = 15, binning: str = "width",
                           where: chex.Array | None = None) -> jax.Array:
   r"""Maximum calibration error :math:`\max_b |\mathrm{acc}(B_b) - \mathrm{conf}(B_b)|` over non-empty bins.
@@ -95,6 +97,7 @@ def max_calibration_error(probs: chex.Array, labels: chex.Array, *, num_bins: in
   return jnp.max(jnp.where(count > 0, gap, 0.0))
 
 
+@_low_precision_in_float32
 def classwise_ece(probs: chex.Array, labels: chex.Array, *, num_bins: int = 15, binning: str = "width",
                   where: chex.Array | None = None) -> jax.Array:
   r"""Classwise ECE: the mean over classes ``k`` of the ECE of the one-vs-rest probabilities :math:`p_k`
@@ -115,6 +118,7 @@ def classwise_ece(probs: chex.Array, labels: chex.Array, *, num_bins: int = 15, 
   return jnp.mean(jax.vmap(per_class, in_axes=(1, 1))(probs, onehot))
 
 
+@_low_precision_in_float32
 def brier_score(probs: chex.Array, labels: chex.Array, *, where: chex.Array | None = None) -> jax.Array:
   r"""Multiclass Brier score :math:`\frac1n \sum_i \sum_k (p_{ik} - [y_i = k])^2`.
 
@@ -127,6 +131,7 @@ def brier_score(probs: chex.Array, labels: chex.Array, *, where: chex.Array | No
   return jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), 1e-12)
 
 
+@_low_precision_in_float32
 def fit_temperature(logits: chex.Array, labels: chex.Array, *, min_temperature: float = 1e-2,
                     max_temperature: float = 1e2, num_iters: int = 60,
                     where: chex.Array | None = None) -> jax.Array:
@@ -146,6 +151,8 @@ def fit_temperature(logits: chex.Array, labels: chex.Array, *, min_temperature: 
   if not max_temperature > min_temperature:
     raise ValueError(f"max_temperature must exceed min_temperature, got {max_temperature!r}.")
   weight = jnp.ones(labels.shape, logits.dtype) if where is None else jnp.asarray(where, logits.dtype)
+  if weight.shape != labels.shape:
+    raise ValueError(f"where must be a mask over examples of shape {labels.shape}, got {weight.shape}.")
   z_y = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
 
   def slope(log_beta):

@@ -3,12 +3,17 @@
 Every loss takes ``logits`` first and labels second and returns one value per example (no batch reduction).
 ``*_with_integer_labels`` variants take integer class ids; the base forms take one-hot or soft labels.
 ``where`` is an optional boolean mask over examples (broadcastable to the output); masked-out entries are 0, so
-``loss.sum() / where.sum()`` equals the mean over the kept examples.
+``loss.sum() / where.sum()`` equals the mean over the kept examples. As in ``optax.losses.softmax_cross_entropy``,
+the softmax losses also take a ``where`` shaped like the logits: a mask over classes (masked classes are left out of
+the softmax and of the sums over classes; the label's class must be kept; an example without kept classes gives
+0). Losses that cannot honour a class mask refuse it with a ``ValueError`` naming ``where``. Half-precision
+(bfloat16/float16) inputs are computed in float32 and the result is returned in the input's dtype.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import chex
 import jax
@@ -46,6 +51,38 @@ poly_loss_cross_entropy = optax.losses.poly_loss_cross_entropy
 
 # ----------------------------------------------------------------------------------------------------------
 # Shared input handling (private; imported by the sibling loss modules).
+
+
+_LOW_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _low_precision_in_float32(fn: Callable) -> Callable:
+  """Compute in float32 when array arguments are bfloat16/float16; return the first floating argument's dtype.
+
+  ``optax.losses`` returns the input dtype; the losses here take logs, powers and normalisers that overflow or
+  lose all precision in half precision (NaN gradients in float16 at ordinary logits), so they upcast inside
+  and cast the (per-example) result back. Only array arguments are touched; Python scalars stay as they are.
+  """
+
+  def _is_low(a):
+    return isinstance(a, (jax.Array, np.ndarray)) and a.dtype in _LOW_PRECISION
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    first = next((a for a in args if isinstance(a, (jax.Array, np.ndarray))
+                  and jnp.issubdtype(a.dtype, jnp.floating)), None)
+    if first is None or first.dtype not in _LOW_PRECISION:
+      if not any(_is_low(a) for a in (*args, *kwargs.values())):
+        return fn(*args, **kwargs)
+    up = lambda a: jnp.asarray(a, jnp.float32) if _is_low(a) else a
+    out = fn(*(up(a) for a in args), **{k: up(v) for k, v in kwargs.items()})
+    if first is None or first.dtype not in _LOW_PRECISION:
+      return out
+    down = lambda o: o.astype(first.dtype) if (isinstance(o, jax.Array)
+                                               and jnp.issubdtype(o.dtype, jnp.floating)) else o
+    return jax.tree.map(down, out)
+
+  return wrapper
 
 
 def _is_concrete(x: Any) -> bool:
@@ -102,8 +139,47 @@ def _masked(loss: jax.Array, where: Any) -> jax.Array:
   except ValueError:
     ok = False
   if not ok:
-    raise ValueError(f"where must be broadcastable to the loss shape {loss.shape}, got {where.shape}.")
+    raise ValueError(f"where must be broadcastable to the per-example loss shape {loss.shape}, got "
+                     f"{where.shape} (this loss does not take a mask over classes).")
   return jnp.where(where, loss, jnp.zeros_like(loss))
+
+
+def _class_where(logits: jax.Array, where: Any, axis: int = -1) -> tuple[jax.Array | None, Any]:
+  """Split ``where`` as ``optax.losses.softmax_cross_entropy`` does.
+
+  A mask with as many dimensions as ``logits`` selects *classes* (broadcast to the logits' shape): the softmax
+  and the sums over classes run over the kept classes only, and an example with no kept class gets loss 0.
+  Any other mask selects examples. Returns ``(class_mask, example_where)``; ``class_mask`` has the class axis
+  last (``None`` for an example mask), and rows without a kept class are all True there (so nothing is
+  computed from an empty set; their loss is zeroed through ``example_where``).
+  """
+  if where is None:
+    return None, None
+  where = jnp.asarray(where)
+  if where.ndim != logits.ndim:
+    return None, where
+  try:
+    mask = jnp.broadcast_to(where, logits.shape).astype(bool)
+  except ValueError:
+    raise ValueError(f"where with {where.ndim} dimensions masks classes and must broadcast to the logits' shape "
+                     f"{logits.shape}, got {where.shape}; pass a mask over examples to mask examples.") from None
+  mask = jnp.moveaxis(mask, axis, -1)
+  kept = jnp.any(mask, axis=-1)
+  return mask | ~kept[..., None], kept
+
+
+def _masked_log_softmax(z: jax.Array, class_mask: jax.Array | None) -> jax.Array:
+  """``log_softmax`` over the last axis restricted to the kept classes (masked classes: -inf)."""
+  if class_mask is None:
+    return jax.nn.log_softmax(z, axis=-1)
+  return jax.nn.log_softmax(z, axis=-1, where=class_mask)
+
+
+def _sum_classes(values: jax.Array, class_mask: jax.Array | None) -> jax.Array:
+  """Sum over the last (class) axis, over the kept classes only."""
+  if class_mask is None:
+    return jnp.sum(values, axis=-1)
+  return jnp.sum(jnp.where(class_mask, values, jnp.zeros_like(values)), axis=-1)
 
 
 def _take(values: jax.Array, labels: jax.Array) -> jax.Array:
@@ -140,6 +216,7 @@ def _alpha_weights(alpha: Any, num_classes: int, dtype) -> jax.Array | None:
 # [39] Focal loss (softmax form).
 
 
+@_low_precision_in_float32
 def softmax_focal_loss(logits: chex.Array, labels: chex.Array, *, gamma: float = 2.0, alpha: Any = None,
                        axis: int = -1, where: chex.Array | None = None) -> jax.Array:
   r"""Multiclass (softmax) focal loss with one-hot or soft labels.
@@ -167,17 +244,20 @@ def softmax_focal_loss(logits: chex.Array, labels: chex.Array, *, gamma: float =
   """
   logits = _check_logits(logits)
   labels = jnp.moveaxis(_check_soft_labels(logits, labels), axis, -1)
+  class_mask, where = _class_where(logits, where, axis)
   logits = jnp.moveaxis(logits, axis, -1)
   _check_gamma(gamma)
-  log_p = jax.nn.log_softmax(logits, axis=-1)
+  log_p = _masked_log_softmax(logits, class_mask)
   weight = _safe_pow(_one_minus_exp(log_p), gamma)
   a = _alpha_weights(alpha, logits.shape[-1], logits.dtype)
   if a is not None:
     weight = weight * a
-  per_class = jnp.where(labels != 0, -labels * weight * log_p, 0.0)
+  used = labels != 0 if class_mask is None else (labels != 0) & class_mask
+  per_class = jnp.where(used, -labels * weight * log_p, 0.0)
   return _masked(per_class.sum(-1), where)
 
 
+@_low_precision_in_float32
 def softmax_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, gamma: float = 2.0,
                                            alpha: Any = None, axis: int = -1,
                                            where: chex.Array | None = None) -> jax.Array:
@@ -191,9 +271,10 @@ def softmax_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.Arra
   """
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels, axis)
+  class_mask, where = _class_where(logits, where, axis)
   logits = jnp.moveaxis(logits, axis, -1)
   _check_gamma(gamma)
-  log_py = _take(jax.nn.log_softmax(logits, axis=-1), labels)
+  log_py = _take(_masked_log_softmax(logits, class_mask), labels)
   loss = -_safe_pow(_one_minus_exp(log_py), gamma) * log_py
   a = _alpha_weights(alpha, logits.shape[-1], logits.dtype)
   if a is not None:
@@ -215,6 +296,7 @@ def focal_prior_bias(pi: float = 0.01) -> float:
 # [238] PolyLoss.
 
 
+@_low_precision_in_float32
 def poly_loss_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, epsilon: float = 2.0,
                                                 axis: int = -1, where: chex.Array | None = None) -> jax.Array:
   r"""Poly-1 cross-entropy :math:`-\log p_y + \epsilon (1 - p_y)` with integer labels.
@@ -231,10 +313,12 @@ def poly_loss_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex
   """
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels, axis)
-  log_py = _take(jax.nn.log_softmax(jnp.moveaxis(logits, axis, -1), axis=-1), labels)
+  class_mask, where = _class_where(logits, where, axis)
+  log_py = _take(_masked_log_softmax(jnp.moveaxis(logits, axis, -1), class_mask), labels)
   return _masked(-log_py + epsilon * _one_minus_exp(log_py), where)
 
 
+@_low_precision_in_float32
 def poly1_sigmoid_focal_loss(logits: chex.Array, labels: chex.Array, *, epsilon: float = -1.0, gamma: float = 2.0,
                              alpha: float | None = 0.25, where: chex.Array | None = None) -> jax.Array:
   r"""Poly-1 focal loss :math:`FL_\gamma + \epsilon (1 - p_t)^{\gamma + 1}`, elementwise like
@@ -264,6 +348,7 @@ def poly1_sigmoid_focal_loss(logits: chex.Array, labels: chex.Array, *, epsilon:
 # [155] Squentropy.
 
 
+@_low_precision_in_float32
 def squentropy(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
                where: chex.Array | None = None) -> jax.Array:
   r"""Squentropy: cross-entropy plus the mean squared *wrong-class* logit.
@@ -286,6 +371,7 @@ def squentropy(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
   return _masked(ce + square, where)
 
 
+@_low_precision_in_float32
 def squentropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
                                    where: chex.Array | None = None) -> jax.Array:
   r"""Squentropy :math:`-\log p_y + \frac{1}{C-1}\sum_{j \ne y} f_j^2` with integer labels.
@@ -308,6 +394,7 @@ def squentropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, ax
 # [148] Spherical Z-loss, and PaLM's log-partition penalty (a different thing).
 
 
+@_low_precision_in_float32
 def z_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, a: float = 1.0, b: float = 1.0,
                                eps: float = 1e-6, axis: int = -1, where: chex.Array | None = None) -> jax.Array:
   r"""Z-loss: a shift- and scale-invariant loss of the spherical family.
@@ -333,6 +420,7 @@ def z_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, a: flo
   return _masked(jax.nn.softplus(a * (b - z_y)) / a, where)
 
 
+@_low_precision_in_float32
 def logsumexp_penalty(logits: chex.Array, *, weight: float = 1e-4, axis: int = -1,
                       where: chex.Array | None = None) -> jax.Array:
   r"""PaLM's auxiliary "z-loss" :math:`w \cdot (\log Z)^2`, :math:`\log Z = \mathrm{logsumexp}(z)`, per example.
@@ -363,6 +451,7 @@ def _encouraging_bonus(log_p: jax.Array, log_end: float) -> jax.Array:
   return bonus
 
 
+@_low_precision_in_float32
 def encouraging_loss(logits: chex.Array, labels: chex.Array, *, log_end: float = 0.75, axis: int = -1,
                      where: chex.Array | None = None) -> jax.Array:
   r"""Encouraging loss with one-hot or soft labels (e.g. from ``optax.smooth_labels``).
@@ -385,6 +474,7 @@ def encouraging_loss(logits: chex.Array, labels: chex.Array, *, log_end: float =
   return _masked(jnp.sum(jnp.where(labels != 0, per_class, 0.0), axis=axis), where)
 
 
+@_low_precision_in_float32
 def encouraging_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, log_end: float = 0.75,
                                          axis: int = -1, where: chex.Array | None = None) -> jax.Array:
   r"""Encouraging loss :math:`-\log p_y + \mathrm{bonus}(p_y)` with integer labels; see :func:`encouraging_loss`.
@@ -396,7 +486,8 @@ def encouraging_loss_with_integer_labels(logits: chex.Array, labels: chex.Array,
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels, axis)
   _checks.check_range("log_end", log_end, 0.0, 1.0, low_inclusive=False)
-  log_py = _take(jax.nn.log_softmax(jnp.moveaxis(logits, axis, -1), axis=-1), labels)
+  class_mask, where = _class_where(logits, where, axis)
+  log_py = _take(_masked_log_softmax(jnp.moveaxis(logits, axis, -1), class_mask), labels)
   return _masked(-log_py + _encouraging_bonus(log_py, float(log_end)), where)
 
 
@@ -404,6 +495,7 @@ def encouraging_loss_with_integer_labels(logits: chex.Array, labels: chex.Array,
 # [153] One-vs-the-rest and switching OVR.
 
 
+@_low_precision_in_float32
 def one_vs_rest_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *,
                                          where: chex.Array | None = None) -> jax.Array:
   r"""One-vs-the-rest loss :math:`\mathrm{softplus}(-z_y) + \sum_{k \ne y} \mathrm{softplus}(z_k)`.
@@ -421,6 +513,7 @@ def one_vs_rest_loss_with_integer_labels(logits: chex.Array, labels: chex.Array,
   return _masked(optax.losses.sigmoid_binary_cross_entropy(logits, one_hot).sum(-1), where)
 
 
+@_low_precision_in_float32
 def switching_ovr_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, switch_ratio: float = 0.4,
                                            where: chex.Array | None = None) -> jax.Array:
   r"""Switching one-vs-the-rest (SOVR): OVR on the ``switch_ratio`` fraction of the batch with the smallest
@@ -439,6 +532,9 @@ def switching_ovr_loss_with_integer_labels(logits: chex.Array, labels: chex.Arra
   labels = _check_integer_labels(logits, labels)
   _checks.check_range("switch_ratio", switch_ratio, 0.0, 1.0)
   n = logits.shape[0]
+  if where is not None and jnp.shape(where) not in ((), (1,), (n,)):
+    raise ValueError(f"where must be a mask over the batch of shape ({n},), got {jnp.shape(where)} (the switch "
+                     "ranks examples; there is no mask over classes).")
   keep = jnp.ones((n,), bool) if where is None else jnp.broadcast_to(jnp.asarray(where, bool), (n,))
   z = jax.lax.stop_gradient(logits)
   z_y = _take(z, labels)
@@ -494,6 +590,7 @@ def sample_calibrated_derivative(key: chex.PRNGKey, *, generator: str = "random_
   return dphi
 
 
+@_low_precision_in_float32
 def ensloss_boxcox_derivatives(margins: chex.Array, normals: chex.Array, *, boxcox_lambda: float = 0.0,
                                where: chex.Array | None = None) -> jax.Array:
   r"""EnsLoss's batch-level random loss derivatives, from given standard-normal draws (the official generator).
@@ -542,6 +639,7 @@ def ensloss_boxcox_derivatives(margins: chex.Array, normals: chex.Array, *, boxc
   return jnp.where(keep, g, 0.0)
 
 
+@_low_precision_in_float32
 def ensloss_surrogate(margins: chex.Array, key: chex.PRNGKey, *, generator: str = "boxcox",
                       boxcox_lambda: float = 0.0, where: chex.Array | None = None) -> jax.Array:
   r"""Per-example surrogate whose gradient is a freshly sampled calibrated loss derivative (EnsLoss).

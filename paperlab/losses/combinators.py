@@ -105,7 +105,9 @@ def uncertainty_weighted(losses: Mapping[str, chex.Array], log_vars: Mapping[str
   unknown = sorted(set(task_types) - set(losses))
   if unknown:
     raise ValueError(f"task_types names tasks not in losses: {unknown}.")
-  total = jnp.zeros((), jnp.result_type(*[jnp.asarray(v) for v in losses.values()], jnp.float32))
+  # accumulate in (at least) float32, return the inputs' dtype as optax.losses does
+  out_dtype = jnp.result_type(*[jnp.asarray(v) for v in (*losses.values(), *log_vars.values())])
+  total = jnp.zeros((), jnp.result_type(out_dtype, jnp.float32))
   weights, variances = {}, {}
   for k in sorted(losses):
     kind = task_types.get(k, "regression")
@@ -115,6 +117,6 @@ def uncertainty_weighted(losses: Mapping[str, chex.Array], log_vars: Mapping[str
     if loss.ndim != 0 or s.ndim != 0:
       raise ValueError(f"losses[{k!r}] and log_vars[{k!r}] must be scalars, got shapes {loss.shape} and {s.shape}.")
     w = jnp.exp(-s) * (0.5 if kind == "regression" else 1.0)
-    total = total + w * loss + 0.5 * s
+    total = total + w.astype(total.dtype) * loss.astype(total.dtype) + 0.5 * s.astype(total.dtype)
     weights[k], variances[k] = w, jnp.exp(s)
-  return total, {"weights": weights, "variances": variances}
+  return total.astype(out_dtype), {"weights": weights, "variances": variances}

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from paperlab import _checks
+from paperlab.losses.classification import _low_precision_in_float32
 
 __all__ = ["info_nce_loss", "tiled_contrastive_loss"]
 
@@ -29,6 +30,7 @@ def _check_pair(x_emb: jax.Array, y_emb: jax.Array) -> None:
                      f"{jnp.shape(x_emb)} and {jnp.shape(y_emb)}.")
 
 
+@_low_precision_in_float32
 def info_nce_loss(x_emb: jax.Array, y_emb: jax.Array, temperature: chex.Numeric = 0.07, *,
                   symmetric: bool = True) -> jax.Array:
   """Dense InfoNCE / CLIP loss per row (materialises the ``B x B`` similarity matrix).
@@ -135,6 +137,7 @@ def _one_way_bwd(tile, n, res, g):
 _one_way.defvjp(_one_way_fwd, _one_way_bwd)
 
 
+@_low_precision_in_float32
 def tiled_contrastive_loss(x_emb: jax.Array, y_emb: jax.Array, temperature: chex.Numeric = 0.07, *,
                            tile_size: int = 1024, symmetric: bool = True) -> jax.Array:
   """InfoNCE / CLIP loss per row with memory ``O(tile_size^2 + B*D)`` instead of ``O(B^2)`` (Inf-CL).

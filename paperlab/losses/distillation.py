@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab import _checks
-from paperlab.losses.classification import _check_integer_labels, _check_logits, _masked, _take
+from paperlab.losses.classification import _low_precision_in_float32, _check_integer_labels, _check_logits, _masked, _take
 
 __all__ = [
     "kd_loss",
@@ -32,6 +32,7 @@ def _check_teacher(student_logits, teacher_logits):
   return student_logits, teacher_logits
 
 
+@_low_precision_in_float32
 def kd_loss(student_logits: chex.Array, teacher_logits: chex.Array, *, temperature: float = 4.0,
             where: chex.Array | None = None) -> jax.Array:
   r"""Classic distillation loss :math:`T^2\, KL(\mathrm{softmax}(t/T) \,\|\, \mathrm{softmax}(s/T))`.
@@ -50,6 +51,7 @@ def kd_loss(student_logits: chex.Array, teacher_logits: chex.Array, *, temperatu
   return _masked(temperature ** 2 * optax.losses.kl_divergence_with_log_targets(log_q, log_p), where)
 
 
+@_low_precision_in_float32
 def normalized_kd_loss_with_integer_labels(student_logits: chex.Array, teacher_logits: chex.Array,
                                            labels: chex.Array, *, gamma: float = 1.5, temperature: float = 1.0,
                                            where: chex.Array | None = None) -> jax.Array:
@@ -99,10 +101,15 @@ class USKDSoftLabels(NamedTuple):
 def _batch_mean(values, where):
   if where is None:
     return jnp.mean(values)
-  keep = jnp.broadcast_to(jnp.asarray(where, bool), values.shape)
+  try:
+    keep = jnp.broadcast_to(jnp.asarray(where, bool), values.shape)
+  except ValueError:
+    raise ValueError(f"where must be a mask over examples broadcastable to {values.shape}, got "
+                     f"{jnp.shape(where)}.") from None
   return jnp.sum(jnp.where(keep, values, 0.0)) / jnp.maximum(jnp.sum(keep), 1)
 
 
+@_low_precision_in_float32
 def uskd_soft_labels(student_logits: chex.Array, feature_ranks: chex.Array, labels: chex.Array, *,
                      where: chex.Array | None = None) -> USKDSoftLabels:
   r"""Soft labels of Universal Self-Knowledge Distillation (USKD), made without a teacher.
@@ -147,6 +154,7 @@ def uskd_soft_labels(student_logits: chex.Array, feature_ranks: chex.Array, labe
   return USKDSoftLabels(target, zipf / jnp.sum(zipf, axis=-1, keepdims=True))
 
 
+@_low_precision_in_float32
 def uskd_rank_scores(weak_logits: chex.Array, student_logits: chex.Array, labels: chex.Array) -> jax.Array:
   r"""USKD's ranking scores: :math:`W_i / (1 - W_t) + S_i / (1 - S_t)`.
 
@@ -172,6 +180,7 @@ def uskd_rank_scores(weak_logits: chex.Array, student_logits: chex.Array, labels
   return renormalised(w) + renormalised(s)
 
 
+@_low_precision_in_float32
 def uskd_loss_with_integer_labels(student_logits: chex.Array, weak_logits: chex.Array, labels: chex.Array, *,
                                   alpha: float = 1.0, beta: float = 0.1, mu: float = 0.005,
                                   label_smoothing: float = 0.1, where: chex.Array | None = None) -> jax.Array:

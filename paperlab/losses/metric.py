@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from paperlab import _checks
-from paperlab.losses.classification import _check_integer_labels, _check_logits, _masked
+from paperlab.losses.classification import _low_precision_in_float32, _check_integer_labels, _check_logits, _masked
 
 __all__ = [
     "circle_loss",
@@ -43,6 +43,7 @@ def _broadcast_mask(where, shape, name):
     raise ValueError(f"{name} must be broadcastable to {shape}, got {where.shape}.") from None
 
 
+@_low_precision_in_float32
 def circle_loss(sp: chex.Array, sn: chex.Array, *, m: float = 0.25, gamma: float = 256.0,
                 where_p: chex.Array | None = None, where_n: chex.Array | None = None) -> jax.Array:
   r"""Circle loss for one anchor's within-class similarities ``sp`` and between-class similarities ``sn``.
@@ -79,6 +80,7 @@ def _cosine_matrix(embeddings: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x @ x.T
 
 
+@_low_precision_in_float32
 def circle_loss_from_embeddings(embeddings: chex.Array, labels: chex.Array, *, m: float = 0.4,
                                 gamma: float = 80.0, where: chex.Array | None = None) -> jax.Array:
   r"""Pair-based circle loss over a batch: per anchor, positives are the other same-label examples and
@@ -105,6 +107,7 @@ def circle_loss_from_embeddings(embeddings: chex.Array, labels: chex.Array, *, m
   return _masked(loss, keep)
 
 
+@_low_precision_in_float32
 def circle_loss_with_integer_labels(cos_logits: chex.Array, labels: chex.Array, *, m: float = 0.25,
                                     gamma: float = 256.0, where: chex.Array | None = None) -> jax.Array:
   r"""Class-level circle loss: ``cos_logits`` are cosine similarities to class proxies ``[..., num_classes]``;
@@ -132,6 +135,7 @@ def _check_pair(x_emb, y_emb):
   return x_emb, y_emb
 
 
+@_low_precision_in_float32
 def sigmoid_contrastive_loss(x_emb: chex.Array, y_emb: chex.Array, log_temperature: chex.Numeric,
                              bias: chex.Numeric, *, where: chex.Array | None = None) -> jax.Array:
   r"""SigLIP's pairwise sigmoid loss, per row ``i`` (sum over ``j``); ``mean`` over rows is the paper's loss.
@@ -161,6 +165,7 @@ def siglip_init() -> dict:
   return {"log_temperature": jnp.asarray(np.log(10.0), jnp.float32), "bias": jnp.asarray(-10.0, jnp.float32)}
 
 
+@_low_precision_in_float32
 def clip_softmax_loss(x_emb: chex.Array, y_emb: chex.Array, log_temperature: chex.Numeric, *,
                       where: chex.Array | None = None) -> jax.Array:
   r"""CLIP's symmetric softmax (InfoNCE) loss per row: the mean of the image->text and text->image

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab import _checks
-from paperlab.losses.classification import _check_gamma, _check_logits, _check_soft_labels, _masked, _safe_pow
+from paperlab.losses.classification import _low_precision_in_float32, _check_gamma, _check_logits, _check_soft_labels, _masked, _safe_pow
 
 __all__ = [
     "asymmetric_loss",
@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 
+@_low_precision_in_float32
 def asymmetric_loss(logits: chex.Array, labels: chex.Array, *, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
                     clip: float = 0.05, stop_gradient_weight: bool = False,
                     where: chex.Array | None = None) -> jax.Array:
@@ -68,6 +69,7 @@ def asymmetric_loss(logits: chex.Array, labels: chex.Array, *, gamma_pos: float 
   return _masked(loss, where)
 
 
+@_low_precision_in_float32
 def sparsemax(logits: chex.Array, axis: int = -1) -> jax.Array:
   r"""Sparsemax :math:`\arg\min_{p \in \Delta} \|p - z\|^2 = [z - \tau(z)]_+` along ``axis``.
 
@@ -84,6 +86,7 @@ def sparsemax(logits: chex.Array, axis: int = -1) -> jax.Array:
   return jnp.moveaxis(p, -1, axis)
 
 
+@_low_precision_in_float32
 def sparsemax_loss(logits: chex.Array, label_dist: chex.Array, *, axis: int = -1,
                    where: chex.Array | None = None) -> jax.Array:
   r"""Multi-label sparsemax loss with a target distribution :math:`q` (e.g. ``y / y.sum()``).
@@ -106,6 +109,7 @@ def sparsemax_loss(logits: chex.Array, label_dist: chex.Array, *, axis: int = -1
   return _masked(jnp.maximum(loss, 0.0), where)
 
 
+@_low_precision_in_float32
 def self_adjusting_dice_loss(logits: chex.Array, labels: chex.Array, *, alpha: float = 0.0,
                              smooth: float = 1e-4, activation: str = "sigmoid",
                              where: chex.Array | None = None) -> jax.Array:

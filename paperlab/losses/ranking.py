@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from paperlab import _checks
-from paperlab.losses.classification import _check_logits
+from paperlab.losses.classification import _low_precision_in_float32, _check_logits
 
 __all__ = ["neural_sort", "sinkhorn_normalize", "neural_ndcg_loss"]
 
@@ -23,6 +23,7 @@ def _item_mask(where, shape):
   return where
 
 
+@_low_precision_in_float32
 def neural_sort(scores: chex.Array, *, temperature: float = 1.0, where: chex.Array | None = None) -> jax.Array:
   r"""NeuralSort relaxation of the (descending) sorting permutation matrix, ``[..., n, n]``.
 
@@ -53,6 +54,7 @@ def neural_sort(scores: chex.Array, *, temperature: float = 1.0, where: chex.Arr
   return jnp.where(row_ok & valid[..., None, :], p, 0.0)
 
 
+@_low_precision_in_float32
 def sinkhorn_normalize(p: chex.Array, *, num_iters: int = 50, eps: float = 1e-10) -> jax.Array:
   """Alternately normalise the columns and rows of non-negative ``[..., n, n]`` matrices (rows last), making
   them approximately doubly stochastic. All-zero rows/columns (masked items) stay zero.
@@ -75,6 +77,7 @@ def _discounts(n: int, k, dtype):
   return d
 
 
+@_low_precision_in_float32
 def neural_ndcg_loss(scores: chex.Array, relevance: chex.Array, *, temperature: float = 1.0,
                      sinkhorn_iters: int = 50, k: int | None = None, transposed: bool = False,
                      where: chex.Array | None = None) -> jax.Array:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from paperlab import _checks
-from paperlab.losses.classification import _check_logits, _masked
+from paperlab.losses.classification import _low_precision_in_float32, _check_logits, _masked
 
 __all__ = [
     "squared_error",
@@ -46,6 +46,7 @@ def _pair(predictions, targets):
   return predictions, targets
 
 
+@_low_precision_in_float32
 def absolute_error(predictions: chex.Array, targets: chex.Array, *, where: chex.Array | None = None) -> jax.Array:
   r"""Absolute error :math:`|y - \hat y|` (MAE once averaged).
 
@@ -57,6 +58,7 @@ def absolute_error(predictions: chex.Array, targets: chex.Array, *, where: chex.
   return _masked(jnp.abs(targets - predictions), where)
 
 
+@_low_precision_in_float32
 def pinball_loss(predictions: chex.Array, targets: chex.Array, *, quantile: float = 0.5,
                  where: chex.Array | None = None) -> jax.Array:
   r"""Quantile (pinball) loss :math:`\max(q e, (q - 1) e)`, :math:`e = y - \hat y`.
@@ -74,6 +76,7 @@ def pinball_loss(predictions: chex.Array, targets: chex.Array, *, quantile: floa
   return _masked(jnp.maximum(quantile * e, (quantile - 1.0) * e), where)
 
 
+@_low_precision_in_float32
 def squared_log_error(predictions: chex.Array, targets: chex.Array, *,
                       where: chex.Array | None = None) -> jax.Array:
   r"""Squared log error :math:`(\log(1 + y) - \log(1 + \hat y))^2` (MSLE once averaged); inputs > -1.
@@ -85,6 +88,7 @@ def squared_log_error(predictions: chex.Array, targets: chex.Array, *,
   return _masked((jnp.log1p(targets) - jnp.log1p(predictions)) ** 2, where)
 
 
+@_low_precision_in_float32
 def absolute_percentage_error(predictions: chex.Array, targets: chex.Array, *, eps: float = 1e-8,
                               where: chex.Array | None = None) -> jax.Array:
   r"""Absolute percentage error :math:`|y - \hat y| / \max(|y|, \epsilon)` (a fraction, not x100; MAPE once
@@ -98,6 +102,7 @@ def absolute_percentage_error(predictions: chex.Array, targets: chex.Array, *, e
   return _masked(jnp.abs(targets - predictions) / jnp.maximum(jnp.abs(targets), eps), where)
 
 
+@_low_precision_in_float32
 def symmetric_absolute_percentage_error(predictions: chex.Array, targets: chex.Array, *, eps: float = 1e-8,
                                         where: chex.Array | None = None) -> jax.Array:
   r"""Symmetric absolute percentage error :math:`2|y - \hat y| / \max(|y| + |\hat y|, \epsilon)` (sMAPE).
@@ -190,6 +195,7 @@ def two_hot_target(targets: chex.Array, num_bins: int, v_min: float, v_max: floa
           + jax.nn.one_hot(lower + 1, num_bins) * frac[..., None])
 
 
+@_low_precision_in_float32
 def histogram_mean(logits: chex.Array, v_min: float, v_max: float) -> jax.Array:
   r"""Scalar prediction :math:`\hat y = \sum_i \mathrm{softmax}(\ell)_i c_i` with bin centres :math:`c_i`.
 
@@ -201,6 +207,7 @@ def histogram_mean(logits: chex.Array, v_min: float, v_max: float) -> jax.Array:
   return jax.nn.softmax(logits, axis=-1) @ _centres(logits.shape[-1], v_min, v_max, logits.dtype)
 
 
+@_low_precision_in_float32
 def hl_gauss_loss(logits: chex.Array, targets: chex.Array, *, v_min: float, v_max: float, sigma_ratio: float = 0.75,
                   clip_targets: bool = False, where: chex.Array | None = None) -> jax.Array:
   r"""HL-Gauss loss: cross-entropy between ``softmax(logits)`` and :func:`hl_gauss_target`.

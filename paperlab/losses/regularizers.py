@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab import _checks
+from paperlab.losses.classification import _low_precision_in_float32
 from paperlab._tree import path_str
 
 __all__ = ["vat_direction", "vat_loss", "entropy_minimization", "oblique_norm_penalty", "add_norm_loss_gradient", "max_norm"]
@@ -22,9 +23,17 @@ def _per_example_normalize(d: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def _mask(where, shape) -> jax.Array:
-  return jnp.ones(shape, bool) if where is None else jnp.broadcast_to(jnp.asarray(where, bool), shape)
+  if where is None:
+    return jnp.ones(shape, bool)
+  where = jnp.asarray(where, bool)
+  try:
+    return jnp.broadcast_to(where, shape)
+  except ValueError:
+    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
+                     "(this function takes no mask over classes).") from None
 
 
+@_low_precision_in_float32
 def vat_direction(logits_fn: Callable[[jax.Array], jax.Array], x: chex.Array, key: chex.PRNGKey, *,
                   xi: float = 1e-6, num_power_iterations: int = 1) -> jax.Array:
   """Unit (per example) virtual adversarial direction ``d`` by ``num_power_iterations`` power-method steps.
@@ -56,6 +65,7 @@ def vat_direction(logits_fn: Callable[[jax.Array], jax.Array], x: chex.Array, ke
   return jax.lax.fori_loop(0, num_power_iterations, power_step, d)
 
 
+@_low_precision_in_float32
 def vat_loss(logits_fn: Callable[[jax.Array], jax.Array], x: chex.Array, key: chex.PRNGKey, *, epsilon: float,
              xi: float = 1e-6, num_power_iterations: int = 1, where: chex.Array | None = None) -> jax.Array:
   """Local distributional smoothness (LDS) per example, the virtual adversarial training penalty.
@@ -92,6 +102,7 @@ def vat_loss(logits_fn: Callable[[jax.Array], jax.Array], x: chex.Array, key: ch
   return jnp.where(_mask(where, lds.shape), lds, 0.0)
 
 
+@_low_precision_in_float32
 def entropy_minimization(logits: chex.Array, *, where: chex.Array | None = None) -> jax.Array:
   """Conditional entropy ``-sum_k p_k log p_k`` per example (the EntMin term of VAT+EntMin, Miyato et al. Sec. 4.2;
   Grandvalet and Bengio, 2005)."""
@@ -140,11 +151,14 @@ def oblique_norm_penalty(params: Any, *, weight: float = 1e-2, filter_axis: int 
   """
   _checks.check_non_negative("weight", weight)
   inc, exc = _compile(include), _compile(exclude)
-  total = jnp.zeros((), jnp.float32)
+  total, dtypes = jnp.zeros((), jnp.float32), []
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     if _selected(path_str(path), leaf, inc, exc):
-      total = total + jnp.sum((1.0 - _filter_norms(jnp.asarray(leaf), filter_axis)) ** 2)
-  return weight * total
+      leaf = jnp.asarray(leaf)
+      dtypes.append(leaf.dtype)
+      total = total + jnp.sum((1.0 - _filter_norms(leaf.astype(jnp.float32), filter_axis)) ** 2)
+  # accumulated in float32, returned in the selected leaves' dtype (float32 when none is selected)
+  return (weight * total).astype(jnp.result_type(*dtypes) if dtypes else jnp.float32)
 
 
 def _per_filter(fn: Callable[[jax.Array, jax.Array], jax.Array], w: jax.Array, filter_axis: int) -> jax.Array:

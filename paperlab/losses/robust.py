@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from paperlab import _checks
-from paperlab.losses.classification import (_check_gamma, _check_integer_labels, _check_logits, _masked,
-                                            _one_minus_exp, _safe_pow, _take)
+from paperlab.losses.classification import (_check_gamma, _check_integer_labels, _check_logits, _class_where,
+                                            _low_precision_in_float32, _masked, _masked_log_softmax,
+                                            _one_minus_exp, _safe_pow, _sum_classes, _take)
 
 __all__ = [
     "normalized_cross_entropy_with_integer_labels",
@@ -33,12 +34,21 @@ __all__ = [
 ]
 
 
-def _log_probs(logits, labels, axis):
+def _safe_ratio(num, den):
+  """``num / den`` with 0 where ``den == 0`` (a single kept class under a class mask: p_y = 1, loss 0)."""
+  zero = den == 0
+  return jnp.where(zero, 0.0, num / jnp.where(zero, 1.0, den))
+
+
+def _log_probs(logits, labels, axis, where=None):
+  """Log-probabilities (class axis last), labels, the class mask and the example mask (see ``_class_where``)."""
   logits = _check_logits(logits)
   labels = _check_integer_labels(logits, labels, axis)
-  return jax.nn.log_softmax(jnp.moveaxis(logits, axis, -1), axis=-1), labels
+  class_mask, where = _class_where(logits, where, axis)
+  return _masked_log_softmax(jnp.moveaxis(logits, axis, -1), class_mask), labels, class_mask, where
 
 
+@_low_precision_in_float32
 def normalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
                                                  where: chex.Array | None = None) -> jax.Array:
   r"""Normalized cross-entropy :math:`NCE = \log p_y / \sum_k \log p_k`, in [0, 1].
@@ -51,8 +61,8 @@ def normalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: che
     Ma et al., `Normalized Loss Functions for Deep Learning with Noisy Labels
     <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
-  log_p, labels = _log_probs(logits, labels, axis)
-  return _masked(_take(log_p, labels) / jnp.sum(log_p, axis=-1), where)
+  log_p, labels, class_mask, where = _log_probs(logits, labels, axis, where)
+  return _masked(_safe_ratio(_take(log_p, labels), _sum_classes(log_p, class_mask)), where)
 
 
 LOG_ZERO = float(np.log(1e-4))
@@ -60,6 +70,7 @@ LOG_ZERO = float(np.log(1e-4))
 _PROB_FLOOR = 1e-7  # the official code clamps softmax probabilities to [1e-7, 1] inside RCE
 
 
+@_low_precision_in_float32
 def reverse_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *,
                                               log_zero: float = LOG_ZERO, axis: int = -1,
                                               where: chex.Array | None = None) -> jax.Array:
@@ -78,12 +89,13 @@ def reverse_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.A
     Functions for Deep Learning with Noisy Labels <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
   _checks.check_range("log_zero", log_zero, None, 0.0, high_inclusive=False)
-  log_p, labels = _log_probs(logits, labels, axis)
+  log_p, labels, class_mask, where = _log_probs(logits, labels, axis, where)
   p = jnp.clip(jnp.exp(log_p), _PROB_FLOOR, 1.0)
   others = 1.0 - jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)
-  return _masked(-log_zero * jnp.sum(others * p, axis=-1), where)
+  return _masked(-log_zero * _sum_classes(others * p, class_mask), where)
 
 
+@_low_precision_in_float32
 def mae_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int = -1,
                             where: chex.Array | None = None) -> jax.Array:
   r"""Mean absolute error between softmax and one-hot in the official code's reduced form, :math:`1 - p_y`.
@@ -97,10 +109,11 @@ def mae_with_integer_labels(logits: chex.Array, labels: chex.Array, *, axis: int
     <https://arxiv.org/abs/1712.09482>`_, AAAI 2017; Ma et al., `Normalized Loss Functions for Deep Learning
     with Noisy Labels <https://arxiv.org/abs/2006.13554>`_, ICML 2020.
   """
-  log_p, labels = _log_probs(logits, labels, axis)
+  log_p, labels, _, where = _log_probs(logits, labels, axis, where)
   return _masked(_one_minus_exp(_take(log_p, labels)), where)
 
 
+@_low_precision_in_float32
 def normalized_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, gamma: float = 0.5,
                                               stop_gradient_modulator: bool = True, axis: int = -1,
                                               where: chex.Array | None = None) -> jax.Array:
@@ -118,12 +131,12 @@ def normalized_focal_loss_with_integer_labels(logits: chex.Array, labels: chex.A
     <https://arxiv.org/abs/2006.13554>`_, ICML 2020, Eq. (4).
   """
   _check_gamma(gamma)
-  log_p, labels = _log_probs(logits, labels, axis)
+  log_p, labels, class_mask, where = _log_probs(logits, labels, axis, where)
   modulator = _safe_pow(_one_minus_exp(log_p), gamma)
   if stop_gradient_modulator:
     modulator = jax.lax.stop_gradient(modulator)
-  focal = -modulator * log_p
-  return _masked(_take(focal, labels) / jnp.sum(focal, axis=-1), where)
+  focal = jnp.where(jnp.isneginf(log_p), 0.0, -modulator * log_p)  # masked classes: p = 0 contributes 0
+  return _masked(_safe_ratio(_take(focal, labels), _sum_classes(focal, class_mask)), where)
 
 
 def active_passive(active_fn: Callable[..., jax.Array], passive_fn: Callable[..., jax.Array], *,
@@ -147,6 +160,7 @@ def active_passive(active_fn: Callable[..., jax.Array], passive_fn: Callable[...
   return loss
 
 
+@_low_precision_in_float32
 def nce_rce_with_integer_labels(logits: chex.Array, labels: chex.Array, *, alpha: float = 1.0, beta: float = 1.0,
                                 log_zero: float = LOG_ZERO, axis: int = -1,
                                 where: chex.Array | None = None) -> jax.Array:
@@ -166,6 +180,7 @@ def nce_rce_with_integer_labels(logits: chex.Array, labels: chex.Array, *, alpha
   return alpha * nce + beta * rce
 
 
+@_low_precision_in_float32
 def comp_sum_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, tau: float = 1.0,
                                       axis: int = -1, where: chex.Array | None = None) -> jax.Array:
   r"""Comp-sum loss :math:`L_\tau = \Phi^\tau\big(\sum_{y'} e^{h_{y'} - h_y}\big) = \Phi^\tau(1/p_y)`.
@@ -182,7 +197,7 @@ def comp_sum_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *,
     <https://arxiv.org/abs/2304.07288>`_, ICML 2023.
   """
   _checks.check_non_negative("tau", tau)
-  log_p, labels = _log_probs(logits, labels, axis)
+  log_p, labels, _, where = _log_probs(logits, labels, axis, where)
   log_py = _take(log_p, labels)
   if isinstance(tau, (int, float)) and tau == 1:
     return _masked(-log_py, where)
@@ -193,6 +208,7 @@ def comp_sum_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *,
   return _masked(loss, where)
 
 
+@_low_precision_in_float32
 def generalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: chex.Array, *, q: float = 0.7,
                                                   axis: int = -1, where: chex.Array | None = None) -> jax.Array:
   r"""Generalized cross-entropy :math:`(1 - p_y^q)/q`: comp-sum with :math:`\tau = 1 + q`.
@@ -207,6 +223,7 @@ def generalized_cross_entropy_with_integer_labels(logits: chex.Array, labels: ch
   return comp_sum_loss_with_integer_labels(logits, labels, tau=1.0 + q, axis=axis, where=where)
 
 
+@_low_precision_in_float32
 def ldr_kl_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, lam: float = 1.0,
                                     margin: float = 0.0, axis: int = -1,
                                     where: chex.Array | None = None) -> jax.Array:
@@ -228,9 +245,13 @@ def ldr_kl_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, l
   labels = _check_integer_labels(logits, labels, axis)
   f = jnp.moveaxis(logits, axis, -1)
   num_classes = f.shape[-1]
+  class_mask, where = _class_where(logits, where, axis)
   delta = margin * (1.0 - jax.nn.one_hot(labels, num_classes, dtype=f.dtype))
   scaled = (delta + f - _take(f, labels)[..., None]) / lam
-  return _masked(lam * (jax.nn.logsumexp(scaled, axis=-1) - np.log(num_classes)), where)
+  if class_mask is None:
+    return _masked(lam * (jax.nn.logsumexp(scaled, axis=-1) - np.log(num_classes)), where)
+  log_k = jnp.log(jnp.sum(class_mask, axis=-1).astype(f.dtype))  # the uniform prior over the kept classes
+  return _masked(lam * (jax.nn.logsumexp(scaled, axis=-1, where=class_mask) - log_k), where)
 
 
 def _ldr_margins(logits, labels, margin, axis):
@@ -241,6 +262,7 @@ def _ldr_margins(logits, labels, margin, axis):
   return delta + f - _take(f, labels)[..., None]  # v_k = delta_{k,y} + f_k - f_y
 
 
+@_low_precision_in_float32
 def aldr_kl_lambda(logits: chex.Array, labels: chex.Array, *, lam0: float = 1.0, alpha: float = 2.0,
                    margin: float = 0.1, num_iters: int = 20, axis: int = -1) -> jax.Array:
   r"""Per-example adaptive temperature :math:`\lambda_i` of ALDR-KL (no gradient flows through it).
@@ -275,6 +297,7 @@ def aldr_kl_lambda(logits: chex.Array, labels: chex.Array, *, lam0: float = 1.0,
   return jax.lax.fori_loop(0, num_iters, step, jnp.full(v.shape[:-1], lam0, v.dtype))
 
 
+@_low_precision_in_float32
 def aldr_kl_loss_with_integer_labels(logits: chex.Array, labels: chex.Array, *, lam0: float = 1.0,
                                      alpha: float = 2.0, margin: float = 0.1, num_iters: int = 20,
                                      axis: int = -1, where: chex.Array | None = None) -> jax.Array:

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from paperlab import _checks
+from paperlab.losses.classification import _low_precision_in_float32
 
 __all__ = [
     "tldr_weights",
@@ -22,9 +23,17 @@ __all__ = [
 
 
 def _mask(where, shape) -> jax.Array:
-  return jnp.ones(shape, bool) if where is None else jnp.broadcast_to(jnp.asarray(where, bool), shape)
+  if where is None:
+    return jnp.ones(shape, bool)
+  where = jnp.asarray(where, bool)
+  try:
+    return jnp.broadcast_to(where, shape)
+  except ValueError:
+    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
+                     "(this function takes no mask over classes).") from None
 
 
+@_low_precision_in_float32
 def tldr_weights(token_losses: chex.Array) -> jax.Array:
   """TLDR token weights ``w_t = cos(pi exp(-l_t)) + 1`` under ``stop_gradient``.
 
@@ -37,6 +46,7 @@ def tldr_weights(token_losses: chex.Array) -> jax.Array:
   return jax.lax.stop_gradient(jnp.cos(jnp.pi * jnp.exp(-losses)) + 1.0)
 
 
+@_low_precision_in_float32
 def tldr_weighted_loss(token_losses: chex.Array, *, where: chex.Array | None = None) -> jax.Array:
   """Per-token TLDR loss ``w_t l_t`` (0 where masked). The paper's objective is
   ``sum_t w_t l_t / sum_t mask_t``, i.e. ``paperlab.losses.apply_weights(l, tldr_weights(l), where=m,
@@ -76,6 +86,7 @@ def _number_lookup(vocab_size: int, number_token_ids: jax.Array, number_values: 
   return is_number, value
 
 
+@_low_precision_in_float32
 def number_token_loss(logits: chex.Array, labels: chex.Array, number_token_ids: chex.Array,
                       number_values: chex.Array, *, kind: Literal["was", "mse"] = "was",
                       where: chex.Array | None = None) -> jax.Array:
@@ -127,6 +138,7 @@ def number_token_loss(logits: chex.Array, labels: chex.Array, number_token_ids: 
   return jnp.where(is_number[labels] & _mask(where, labels.shape), loss, 0.0)
 
 
+@_low_precision_in_float32
 def cross_entropy_plus_number_token_loss(logits: chex.Array, labels: chex.Array, number_token_ids: chex.Array,
                                          number_values: chex.Array, *, lam: float = 0.3,
                                          kind: Literal["was", "mse"] = "was", where: chex.Array | None = None
