@@ -1,10 +1,20 @@
 """Gradient surgery with an EMA (Bloop; Hsieh et al., 2024, arXiv:2402.02998), catalogue [452].
 
-Underdetermined linear regression (``n = 20`` equations, ``d = 50`` unknowns) with noisy minibatches of 5 rows is
-the main loss; the auxiliary loss ``||w - w0||²`` picks one interpolating solution. The bilevel solution is
-``w* = w0 + X⁺(y - X w0)``. Bloop projects the auxiliary gradient against the EMA of the main gradients, so it
-should fit the data and land on ``w*``; adding the losses instead trades data fit for the auxiliary term, and
-projecting against the noisy minibatch gradient (EMA decay 0) should land further from ``w*``.
+The catalogue's setting: underdetermined linear regression (``n = 20`` equations, ``d = 50`` unknowns) with noisy
+minibatches of 5 rows is the main loss; the auxiliary loss ``||w - w0||²`` picks one interpolating solution. The
+bilevel solution is ``w* = w0 + X⁺(y - X w0)``. Bloop projects the auxiliary gradient against the EMA of the main
+gradients, so it should fit the data and land on ``w*``; adding the losses instead trades data fit for the auxiliary
+term, and projecting against the noisy minibatch gradient (EMA decay 0) should land further from ``w*``.
+
+The catalogue fixes neither the learning rate nor lambda; both are shared by every arm (the summed baseline gets the
+same lambda, as the claim says, and the same learning rate). They were calibrated on Bloop's main loss (lr 0.02 ->
+0.3 leave 7e-3 -> 3e-3 after 5000 steps; lambda 0.05 and 0.015 in this ||.||² convention a floor of 3e-3 and
+1.2e-3); the summed loss's main-loss floor is that of its minimiser, which trades data fit for ||w - w0||² at the
+ratio lambda, not something its learning rate sets. 3 seeds (a new random problem per seed), claims on seed means.
+Control: the claim with the summed loss in Bloop's place, and with Bloop without EMA in Bloop's place, must fail.
+
+Measured (5000 steps, seeds 0-2, mean +- std): Bloop main loss 1.9e-4 +- 2.2e-4, ||w - w*||/||w0 - w*|| 0.016 +-
+0.013; summed main loss 0.040 +- 0.014; Bloop without EMA 0.275 from w* (17.7x Bloop's). Reproduced.
 
     paperlab run experiments/optim/surgery.py --config.num_steps=20000
 """
@@ -17,12 +27,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import optim
+from paperlab import optim, papers
 
 PAPER_ID = 452
-CLAIM = ("Underdetermined least squares (n=20, d=50, batch 5, 5000 SGD steps): Bloop (EMA 0.99) reaches main "
-         "loss <= 1e-3 and ||w - w*|| <= 0.1 ||w0 - w*||; the summed loss (same aux weight) ends with main loss "
-         ">= 1e-2; Bloop without EMA ends >= 2x further from w* than with EMA 0.99.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 5
   c.num_steps = 5000
   c.learning_rate = 1.0  # calibrated: lr 0.02 -> 0.3 leave the main loss at 7e-3 -> 3e-3 after 5000 steps
-  c.aux_weight = 0.01  # calibrated: 0.1 and 0.03 leave a main-loss floor of 3e-3 and 1.2e-3
+  c.aux_weight = 0.005  # lambda on ||w - w0||² (calibrated: 0.05 and 0.015 leave a main-loss floor of 3e-3, 1.2e-3)
   c.ema_decay = 0.99
   c.seeds = 3
   c.scale = 1  # multiplies num_steps
@@ -55,7 +64,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     return 0.5 * jnp.mean(jnp.square(x @ w - y))
 
   def aux_loss(w, w0):
-    return 0.5 * jnp.sum(jnp.square(w - w0))
+    return jnp.sum(jnp.square(w - w0))
 
   def trial(key, method):
     x, y, w0, w_star = problem(key)
@@ -90,10 +99,21 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
       ctx.log(s, {f"{method}/main_loss": float(curve[s])})
     results[method] = {"main_loss": np.asarray(loss).tolist(), "relative_distance_to_w_star": np.asarray(dist).tolist()}
   mean = lambda m, k: float(np.mean(results[m][k]))
-  passed = (mean("bloop", "main_loss") <= 1e-3 and mean("bloop", "relative_distance_to_w_star") <= 0.1
-            and mean("summed", "main_loss") >= 1e-2
-            and mean("bloop_no_ema", "relative_distance_to_w_star") >= 2 * mean("bloop", "relative_distance_to_w_star"))
-  results["claim"] = {"passed": bool(passed), "statement": CLAIM,
+  std = lambda m, k: float(np.std(results[m][k]))
+
+  def claim(method, summed, no_ema):
+    return bool(mean(method, "main_loss") <= 1e-3 and mean(method, "relative_distance_to_w_star") <= 0.1
+                and mean(summed, "main_loss") >= 1e-2
+                and mean(no_ema, "relative_distance_to_w_star") >= 2 * mean(method, "relative_distance_to_w_star"))
+
+  holds = claim("bloop", "summed", "bloop_no_ema")
+  controls = {"summed_as_bloop": claim("summed", "summed", "bloop_no_ema"),
+              "no_ema_as_bloop": claim("bloop_no_ema", "summed", "bloop_no_ema")}
+  passed = holds and not any(controls.values())
+  results["claim"] = {"passed": bool(passed), "holds": holds, "control_passes": any(controls.values()),
+                      "controls": controls, "statement": CLAIM,
+                      "std": {m: {k: std(m, k) for k in ("main_loss", "relative_distance_to_w_star")}
+                              for m in ("bloop", "bloop_no_ema", "summed")},
                       "bloop_main_loss": mean("bloop", "main_loss"),
                       "bloop_distance": mean("bloop", "relative_distance_to_w_star"),
                       "summed_main_loss": mean("summed", "main_loss"),
