@@ -282,51 +282,53 @@ def _scale_by_adamp(b1, b2, eps, delta, wd_ratio, weight_decay, mask, nesterov: 
   decayed step (which ``jit`` fuses with ``apply_updates``). The optimization barrier between the passes keeps XLA
   from sharing ``m', v'`` between them (which would store them in pass 1 and read them back in pass 2). With
   ``nesterov`` the numerator is ``(b1 m_t + (1 - b1) g_t) / (1 - b1^t)`` (AdamP, Alg. 1, line 5), not NAdam's.
-  Same arithmetic as ``optax.scale_by_adam`` (``eps_root = 0``); its state is
-  ``ScaleByProjectionState(optax.ScaleByAdamState)``.
+  The arithmetic is the official ``adamp.AdamP``'s (``eps`` added to ``sqrt(v') / sqrt(1 - b2^t)``), equal to
+  ``optax.scale_by_adam``'s up to rounding; the state is ``ScaleByProjectionState(optax.ScaleByAdamState)``.
   """
 
   def init_fn(params):
     zeros = lambda: jax.tree.map(jnp.zeros_like, params)
     return ScaleByProjectionState(optax.ScaleByAdamState(jnp.zeros([], jnp.int32), zeros(), zeros()))
 
-  def moments(g, m, v, w, bc1, bc2):
+  def moments(g, m, v, w, step_scale, root_scale):
+    """``m', v'`` and Adam's step ``u`` in the official ``adamp.AdamP`` arithmetic: ``u = n / (sqrt(v') /
+    sqrt(1 - b2^t) + eps) / (1 - b1^t)``, one division per element (``step_scale, root_scale`` are scalars)."""
     c = jnp.promote_types(w.dtype, jnp.float32)
     g = g.astype(c)
     m1 = (1 - b1) * g + b1 * m.astype(c)
     v1 = (1 - b2) * (g * g) + b2 * v.astype(c)
     num = b1 * m1 + (1 - b1) * g if nesterov else m1
-    return m1, v1, (num / bc1) / (jnp.sqrt(v1 / bc2) + eps)
+    return m1, v1, num / (jnp.sqrt(v1) * root_scale + eps) * step_scale
 
   def update_fn(grads, state, params=None):
     if params is None:
       raise ValueError("adamp needs params: call update(grads, state, params).")
     adam = state.inner_state
     count = optax.safe_increment(adam.count)
-    bc1, bc2 = 1 - b1 ** count, 1 - b2 ** count
+    step_scale, root_scale = 1 / (1 - b1 ** count), jax.lax.rsqrt(1 - b2 ** count)
     gs, treedef = jax.tree.flatten(grads)
     ms, vs, ws = (treedef.flatten_up_to(x) for x in (adam.mu, adam.nu, params))
     for g, m, v, w in zip(gs, ms, vs, ws):
       chex.assert_equal_shape((g, m, v, w))
+    decays = _decay_mask_leaves(mask, params, treedef)
     kernels = [i for i, w in enumerate(ws) if w.ndim >= 2]
     sums = []
     for i in kernels:  # pass 1: per-channel sums, u formed on the fly
       c = jnp.promote_types(ws[i].dtype, jnp.float32)
       w2, g2, m2, v2 = (_as_rows(x, c) for x in (ws[i], gs[i], ms[i], vs[i]))
-      sums.append(_channel_sums(w2, g2, moments(g2, m2, v2, w2, bc1, bc2)[2]))
+      sums.append(_channel_sums(w2, g2, moments(g2, m2, v2, w2, step_scale, root_scale)[2]))
     coeffs, flags = (_batched_coefficients(sums, [ws[i].size // ws[i].shape[-1] for i in kernels], delta, eps)
                      if kernels else ([], []))
-    gs, ms, vs, ws, coeffs = jax.lax.optimization_barrier((gs, ms, vs, ws, coeffs))
-    coeff_of, flag_of = dict(zip(kernels, coeffs)), dict(zip(kernels, flags))
+    # Per leaf, the step is u + factor * w: factor = weight_decay * r - coeff (per channel on kernels).
+    factors = {i: (weight_decay * jnp.where(flag, wd_ratio, 1.0) if decays[i] else 0.0) - coeff
+               for i, coeff, flag in zip(kernels, coeffs, flags)}
+    factors.update({i: weight_decay for i in range(len(ws)) if i not in factors and decays[i]})
+    gs, ms, vs, ws, factors = jax.lax.optimization_barrier((gs, ms, vs, ws, factors))
     out, mu, nu = [], [], []
-    for i, (g, m, v, w, decays) in enumerate(zip(gs, ms, vs, ws, _decay_mask_leaves(mask, params, treedef))):
-      m1, v1, u = moments(g, m, v, w, bc1, bc2)  # pass 2: moments, projection and decay in one loop
-      c = u.dtype
-      if i in coeff_of:
-        u = u - w.astype(c) * coeff_of[i]
-      if decays:
-        ratio = jnp.where(flag_of[i], wd_ratio, 1.0) if i in flag_of else 1.0
-        u = u + weight_decay * ratio * w.astype(c)
+    for i, (g, m, v, w) in enumerate(zip(gs, ms, vs, ws)):
+      m1, v1, u = moments(g, m, v, w, step_scale, root_scale)  # pass 2: moments, projection and decay
+      if i in factors:
+        u = u + factors[i] * w.astype(u.dtype)
       out.append(u.astype(jnp.result_type(g, m)))
       mu.append(m1.astype(m.dtype))
       nu.append(v1.astype(v.dtype))
