@@ -3,8 +3,18 @@ catalogue [60].
 
 A 4-layer digits MLP is trained with GaLore (rank 8, Adam in the subspace); its kernels are then compressed to
 half of their parameters with WeLore's single global threshold on normalised singular values (non-uniform
-per-layer ranks) and, as the baseline, with one uniform rank for every kernel under the same budget. Each run's
-per-layer stable ranks are recorded.
+per-layer ranks) and, as the baseline, with one uniform rank for every kernel under the same budget. The same MLP
+is also trained with Adam, as the catalogue asks, and each run's per-layer stable ranks are recorded (the claim's
+assertions are on the GaLore-trained model; the Adam model's compression is reported beside it). The catalogue's
+setting, 3 seeds, claims on seed means. Control: the claim with the uniform ranks in WeLore's place must fail.
+
+Measured (1000 steps, seeds 0-2, mean +- std): GaLore model, test-loss increase at ~50% of kernel parameters
+WeLore 0.131 +- 0.051 vs uniform rank (27-28) 0.102 +- 0.064, per seed 0.082/0.202/0.110 vs 0.031/0.186/0.090: not
+reproduced. WeLore's rank fractions have std 0.25 (ranks e.g. 21/34/28 for the hidden kernels, 8 for the 128x10
+head), but the control passes too: one uniform rank 28 gives fractions 28/64, 28/128, 28/128 and 10/10 for the
+head (capped at min(m, n)), std 0.32, so the ``std >= 0.1`` half of the claim cannot tell WeLore's ranks from a
+uniform rank on this MLP. The Adam-trained model (not asserted): WeLore 0.035 vs uniform 0.039. Stable ranks
+(seed 0), GaLore vs Adam: 15.5/23.5/22.1/5.2 vs 19.9/20.6/20.6/6.7 (hidden 0-2, head).
 
     paperlab run experiments/optim/galore_welore.py --config.num_steps=3000
 """
@@ -15,14 +25,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from paperlab import data, optim, train
+from paperlab import data, optim, papers, train
 from paperlab.models import MLP
 
 PAPER_ID = 60
-CLAIM = ("A 4-layer digits MLP trained with GaLore (rank 8), compressed to 50% of its kernel parameters: WeLore's "
-         "non-uniform ranks increase the test loss no more than one uniform rank under the same budget, and the "
-         "per-layer rank fractions k_l/min(m, n) have std >= 0.1 (3 seeds).")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -62,9 +72,7 @@ def _compress(params, ranks):
   return jax.tree.map(lambda f, on: f[0] @ f[1] if on else f, factors, mask, is_leaf=is_pair)
 
 
-def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  ds = data.digits()
-  optimizer = optim.galore(config.learning_rate, rank=config.rank, update_proj_gap=200, scale=1.0)
+def _train(config, ds, optimizer, ctx, name):
   graphdef, init = train.make_init(lambda rngs: MLP(64, tuple(config.widths), 10, rngs=rngs), optimizer)
   step = train.make_train_step(graphdef, train.classification_loss, optimizer)
   train_data = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
@@ -80,9 +88,13 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   states, curves = trial(jax.random.split(jax.random.key(0), config.seeds))
   curve = np.asarray(curves).mean(axis=0)
   for s in range(0, num_steps, max(1, num_steps // 10)):
-    ctx.log(s, {"galore/train_loss": float(curve[s])})
-  test_loss = jax.jit(lambda st: train.evaluate(graphdef, st, ds.x_test, ds.y_test)["loss"])
+    ctx.log(s, {f"{name}/train_loss": float(curve[s])})
+  return graphdef, states
 
+
+def _compress_and_score(config, ds, graphdef, states, ctx, name):
+  """Per seed: test-loss increase of WeLore's ranks and of the uniform rank at the same budget, rank fractions."""
+  test_loss = jax.jit(lambda st: train.evaluate(graphdef, st, ds.x_test, ds.y_test)["loss"])
   rows = []
   for i in range(config.seeds):
     state = jax.tree.map(lambda x: x[i], states)
@@ -95,20 +107,42 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     pairs = [(x, k) for x, k in zip(jax.tree.leaves(params), _leaves_with_none(welore)) if x.ndim == 2]
     welore_cost = sum(_kernel_cost(x.shape, k) for x, k in pairs)
     uniform = _uniform_ranks(params, welore_cost)
+    u = int(jax.tree.leaves(uniform)[0])
     base = float(test_loss(state))
     delta_welore = float(test_loss(state._replace(params=_compress(params, welore)))) - base
     delta_uniform = float(test_loss(state._replace(params=_compress(params, uniform)))) - base
-    fractions = [k / min(x.shape) for x, k in pairs]
+    fractions = [min(k, min(x.shape)) / min(x.shape) for x, k in pairs]
+    uniform_fractions = [min(u, min(x.shape)) / min(x.shape) for x, _ in pairs]
     rows.append({"test_loss": base, "delta_welore": delta_welore, "delta_uniform": delta_uniform,
                  "welore_ranks": {name: int(k) for name, (_, k) in zip(kernels, pairs)},
-                 "uniform_rank": int(jax.tree.leaves(uniform)[0]), "kept_fraction": welore_cost / dense,
+                 "uniform_rank": u, "kept_fraction": welore_cost / dense,
                  "rank_fraction_std": float(np.std(fractions)),
+                 "uniform_rank_fraction_std": float(np.std(uniform_fractions)),
                  "stable_ranks": {k: float(optim.stable_rank(x)) for k, x in kernels.items()}})
-    ctx.log(num_steps, {"seed": i, "delta_welore": delta_welore, "delta_uniform": delta_uniform})
-  d_w = float(np.mean([r["delta_welore"] for r in rows]))
-  d_u = float(np.mean([r["delta_uniform"] for r in rows]))
-  spread = float(np.mean([r["rank_fraction_std"] for r in rows]))
-  results = {"seeds": rows}
-  results["claim"] = {"passed": bool(d_w <= d_u and spread >= 0.1), "statement": CLAIM,
-                      "delta_test_loss_welore": d_w, "delta_test_loss_uniform": d_u, "rank_fraction_std": spread}
+    ctx.log(i, {f"{name}/delta_welore": delta_welore, f"{name}/delta_uniform": delta_uniform})
+  per_seed = {k: [r[k] for r in rows] for k in ("test_loss", "delta_welore", "delta_uniform", "rank_fraction_std",
+                                                "uniform_rank_fraction_std", "uniform_rank", "kept_fraction")}
+  return {"per_seed": per_seed, "seeds": rows}
+
+
+def run(config: ml_collections.ConfigDict, ctx) -> dict:
+  ds = data.digits()
+  optimizers = {"galore": optim.galore(config.learning_rate, rank=config.rank, update_proj_gap=200, scale=1.0),
+                "adam": optax.adam(config.learning_rate)}
+  results = {}
+  for name, optimizer in optimizers.items():
+    graphdef, states = _train(config, ds, optimizer, ctx, name)
+    results[name] = _compress_and_score(config, ds, graphdef, states, ctx, name)
+  g = {k: float(np.mean(v)) for k, v in results["galore"]["per_seed"].items()}
+  sd = {k: float(np.std(v)) for k, v in results["galore"]["per_seed"].items()}
+  claim = lambda d_method, d_base, spread: d_method <= d_base and spread >= 0.1
+  holds = claim(g["delta_welore"], g["delta_uniform"], g["rank_fraction_std"])
+  control = claim(g["delta_uniform"], g["delta_uniform"], g["uniform_rank_fraction_std"])
+  results["claim"] = {"passed": bool(holds and not control), "holds": bool(holds), "control_passes": bool(control),
+                      "vacuous": bool(control), "statement": CLAIM,
+                      "delta_test_loss_welore": g["delta_welore"], "delta_test_loss_uniform": g["delta_uniform"],
+                      "rank_fraction_std": g["rank_fraction_std"],
+                      "uniform_rank_fraction_std": g["uniform_rank_fraction_std"], "std": sd,
+                      "adam_delta_test_loss_welore": float(np.mean(results["adam"]["per_seed"]["delta_welore"])),
+                      "adam_delta_test_loss_uniform": float(np.mean(results["adam"]["per_seed"]["delta_uniform"]))}
   return results

@@ -7,9 +7,14 @@ import pytest
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "does not reproduce at CI scale: at 50% of kernel parameters WeLore's global threshold raises the test loss by "
-    "0.131 (mean of 3 seeds) vs 0.102 for one uniform rank (27-28) under the same budget; the ranks are non-uniform "
-    "(std of k/min(m,n) 0.25) but truncating the 128x10 head to rank 8-9 costs more than the uniform rank saves"))
+    "does not reproduce at CI scale: at 50% of kernel parameters WeLore's global threshold raises the GaLore "
+    "model's test loss by 0.131 (mean of 3 seeds) vs 0.102 for one uniform rank (27-28) under the same budget. "
+    "The rank-fraction std (0.25 >= 0.1) does not discriminate: the uniform rank scores 0.32 (the 128x10 head "
+    "caps at 10), so the control passes too. On an Adam-trained model WeLore wins (0.035 vs 0.039), not asserted."))
 def test_welore_compression_beats_uniform_rank(run_claim, tmp_path):
-  result = run_claim("optim/galore_welore", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
+  result = run_claim("optim/galore_welore", tmp_path, paper_id=60)
+  claim = result["claim"]
+  assert len(result["galore"]["per_seed"]["delta_welore"]) == 3
+  assert claim["rank_fraction_std"] >= 0.1
+  assert not claim["control_passes"], "uniform ranks passed as WeLore's must fail the claim"
+  assert claim["passed"], claim
