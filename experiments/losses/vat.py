@@ -5,6 +5,13 @@ catalogue [218].
 2-64-64-2 is trained with cross-entropy on the labelled points only, or with cross-entropy plus the VAT penalty
 (alpha=1, epsilon=0.3, K=1 power iteration) on all points. Seeds are vmapped.
 
+The catalogue's setting, compared through the shared protocol (:mod:`paperlab.runner.protocol`: one fixed point
+per arm, so the same budget; 3 seeds; the test split read once per arm; the claim judged on seed means; control: the
+supervised-only MLP passed as the method must fail the claim).
+
+Measured (seeds 0-2): test accuracy VAT 0.9957 +- 0.0014 (0.9940/0.9955/0.9975) vs supervised-only 0.8823 +-
+0.0022 (0.8795/0.8825/0.8850): +0.113, above 0.95; the control (supervised passed as VAT) fails.
+
     paperlab run experiments/losses/vat.py --config.num_steps=4000
 """
 
@@ -17,11 +24,12 @@ import numpy as np
 import optax
 from sklearn.datasets import make_moons
 
-from paperlab import losses
+from paperlab import losses, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 218
-CLAIM = ("On two moons with 10 labels and 1000 unlabelled points, an MLP trained with VAT (eps=0.3, alpha=1) "
-         "reaches test accuracy >= 0.95 and >= the supervised-only MLP's + 0.08 (mean over seeds).")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -93,18 +101,25 @@ def _train(config, key, data, use_vat: bool):
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   data = _data(config)
-  keys = jax.random.split(jax.random.key(0), config.seeds)
-  out = {}
-  for name, use_vat in (("supervised", False), ("vat", True)):
-    acc, curve = jax.jit(jax.vmap(lambda k: _train(config, k, data, use_vat)))(keys)
+
+  def fit(arm, hparams, seeds):
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+    acc, curve = jax.jit(jax.vmap(lambda k: _train(config, k, data, arm.name == "vat")))(keys)
     curve = np.asarray(curve).mean(0)
     for s in range(0, len(curve), max(1, len(curve) // 10)):
-      ctx.log(int(s), {f"{name}/train_loss": float(curve[s])})
-    out[name] = np.asarray(acc)
-  sup, vat = float(out["supervised"].mean()), float(out["vat"].mean())
-  passed = vat >= 0.95 and vat >= sup + 0.08
+      ctx.log(int(s), {f"{arm.name}/train_loss": float(curve[s])})
+    return {"test_accuracy": np.asarray(acc)}
+
+  comparison = protocol.compare([protocol.Arm("supervised"), protocol.Arm("vat")], range(config.seeds), fit,
+                                validate=lambda out: np.zeros(config.seeds),  # one point per arm: nothing to pick
+                                test=lambda out: out)
+  verdict = comparison.judge(
+      lambda m, b: m["test_accuracy"] >= 0.95 and m["test_accuracy"] >= b["test_accuracy"] + 0.08,
+      method="vat", baseline="supervised")
+  sup, vat = comparison["supervised"].mean("test_accuracy"), comparison["vat"].mean("test_accuracy")
+  ctx.print(f"test accuracy: supervised {sup:.4f}, VAT {vat:.4f}")
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "vat_test_accuracy": vat,
-                "supervised_test_accuracy": sup},
-      "per_seed": {k: v.tolist() for k, v in out.items()},
+      "claim": {**verdict, "statement": CLAIM, "vat_test_accuracy": vat, "supervised_test_accuracy": sup},
+      "per_seed": {name: arm.test["test_accuracy"].tolist() for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
   }
