@@ -15,6 +15,11 @@ def breadcrumbs(run_claim, tmp_path_factory):
   return run_claim("merge/breadcrumbs", tmp_path_factory.mktemp("breadcrumbs"), paper_id=369)
 
 
+@pytest.fixture(scope="module")
+def pcb(run_claim, tmp_path_factory):
+  return run_claim("merge/pcb", tmp_path_factory.mktemp("pcb"), paper_id=285)
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: ROT-DIGITS, 3 seeds, one val-picked grid: "
                    "Iso-C 69.3 >= TA 60.3 + 2 and alignment (0.932 vs 0.832) hold, but Iso-CTS 59.6 < Iso-C 69.3 - "
@@ -47,7 +52,11 @@ def test_breadcrumbs_is_sparse_and_degrades_less_when_adding_tasks(breadcrumbs):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: ROT-DIGITS, 3 seeds, one val-picked grid: "
-                   "PCB(ratio 0.1) 46.7 < TA 60.3 + 1 (ratio 1.0, no trim: 52.5)")
-def test_pcb_claim(run_claim, tmp_path):
-  result = run_claim("merge/pcb", tmp_path, paper_id=285)
-  assert result["claim"]["passed"], result["claim"]
+                   "PCB(ratio 0.1) 46.7 +- 2.4 < TA 60.3 +- 1.5 + 1 on seed means (ratio 1.0, no trim: 52.5)")
+def test_pcb_claim(pcb):
+  assert pcb["claim"]["passed"], pcb["claim"]
+
+
+@pytest.mark.slow
+def test_pcb_control_task_arithmetic_as_the_method_fails(pcb):
+  assert not pcb["claim"]["control_passes"] and not pcb["claim"]["vacuous"]
