@@ -6,6 +6,17 @@ Two parts:
 2. A tiny MoE regression trained end to end (router + 8 linear experts, top-2), once with the auxiliary
    load-balancing loss (alpha = 1e-3) and once with the loss-free bias update; same data, seeds and optimizer.
 
+The catalogue's setting and claim. The simulation runs on 3 seeds (router, tokens) and is judged on the seed means of
+MaxVio_global (on 8192 held-out tokens); the MoE part goes through the shared protocol (:mod:`paperlab.runner.protocol`:
+one fixed point per arm, 3 seeds, test read once per arm, seed means). Control: a method that does nothing (the bias
+never moves, and the auxiliary-loss run in the loss-free run's place) must fail the claim. The MoE half alone
+("LFB MaxVio <= aux-loss MaxVio, task loss <= 1.02x") is satisfied by the aux-loss run itself, so it is the
+simulation half that makes the claim falsifiable.
+
+Measured (seeds 0-2): simulation MaxVio_global 2.68 -> 0.082 on the seed mean (per seed 2.27/2.74/3.03 ->
+0.063/0.079/0.104: seed 2 alone ends just above 0.1); no bias update stays at 2.68. MoE: MaxVio 0.098 (loss-free) vs
+0.529 (aux loss), test MSE 2.862 vs 3.078 (ratio 0.93).
+
     paperlab run experiments/losses/aux_loss_free.py --config.moe_steps=3000
 """
 
@@ -17,12 +28,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import losses
+from paperlab import losses, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 154
-CLAIM = ("Loss-free bias updates drive the global MaxVio of a skewed fixed router (16 experts, top-2) from >= 1.0 "
-         "to <= 0.1 within 3000 updates, and in a jointly trained tiny MoE regression they reach a lower MaxVio "
-         "than the auxiliary balancing loss (alpha=1e-3) with a task loss <= 1.02x the auxiliary-loss run's.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -51,14 +62,14 @@ def _global_load(router_w, skew, bias, x, k):
   return losses.expert_load(idx, router_w.shape[1])
 
 
-def simulate(config, key):
+def simulate(config, key, update_rate):
   """Fixed skewed router; only the loss-free bias moves. Returns (MaxVio before, after, per-step MaxVio)."""
   e, d = config.num_experts, config.dim
   k_router, k_eval, k_data = jax.random.split(key, 3)
   router_w = jax.random.normal(k_router, (d, e)) / jnp.sqrt(d)
   skew = jnp.zeros(e).at[0].set(config.skew)
   x_eval = jax.random.normal(k_eval, (8192, d))
-  balancer = losses.loss_free_balancer(e, update_rate=config.update_rate)
+  balancer = losses.loss_free_balancer(e, update_rate=update_rate)
 
   def step(state, t):
     x = jax.random.normal(jax.random.fold_in(k_data, t), (config.batch_size, d))
@@ -124,35 +135,53 @@ def train_moe(config, key, x, y, x_test, y_test, loss_free: bool):
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  before, after, batch_vio = jax.jit(lambda k: simulate(config, k))(jax.random.key(0))
-  batch_vio = np.asarray(batch_vio)
+  sim_keys = jax.vmap(jax.random.key)(jnp.arange(config.seeds))
+  sim = {name: jax.jit(jax.vmap(lambda k, rate=rate: simulate(config, k, rate)))(sim_keys)
+         for name, rate in (("loss_free", config.update_rate), ("no_update", 0.0))}
+  batch_vio = np.asarray(sim["loss_free"][2]).mean(0)
   for s in range(0, len(batch_vio), max(1, len(batch_vio) // 10)):
     ctx.log(int(s), {"sim/batch_max_violation": float(batch_vio[s])})
+  before, after = (np.asarray(a) for a in sim["loss_free"][:2])
+  after_no_update = np.asarray(sim["no_update"][1])
 
   x, y = _moe_data(jax.random.key(1), 8192, config.dim, config.moe_experts)
   x_test, y_test = _moe_data(jax.random.key(1), 16384, config.dim, config.moe_experts)
   x_test, y_test = x_test[8192:], y_test[8192:]
-  keys = jax.random.split(jax.random.key(2), config.seeds)
-  results = {}
-  for name, loss_free in (("aux_loss", False), ("loss_free", True)):
-    fn = jax.jit(jax.vmap(lambda k: train_moe(config, k, x, y, x_test, y_test, loss_free)))
+
+  def fit(arm, hparams, seeds):
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(2), s))(jnp.asarray(seeds))
+    fn = jax.jit(jax.vmap(lambda k: train_moe(config, k, x, y, x_test, y_test, arm.name == "loss_free")))
     mse, vio, curve = fn(keys)
     curve = np.asarray(curve).mean(0)
     for s in range(0, len(curve), max(1, len(curve) // 10)):
-      ctx.log(int(s), {f"moe/{name}/batch_max_violation": float(curve[s])})
-    results[name] = {"test_mse": float(np.mean(mse)), "global_max_violation": float(np.mean(vio)),
-                     "test_mse_per_seed": np.asarray(mse).tolist(),
-                     "global_max_violation_per_seed": np.asarray(vio).tolist()}
+      ctx.log(int(s), {f"moe/{arm.name}/batch_max_violation": float(curve[s])})
+    return {"test_mse": np.asarray(mse), "global_max_violation": np.asarray(vio)}
 
-  sim_ok = float(before) >= 1.0 and float(after) <= 0.1
-  moe_ok = (results["loss_free"]["global_max_violation"] <= results["aux_loss"]["global_max_violation"]
-            and results["loss_free"]["test_mse"] <= 1.02 * results["aux_loss"]["test_mse"])
+  comparison = protocol.compare([protocol.Arm("aux_loss"), protocol.Arm("loss_free")], range(config.seeds), fit,
+                                validate=lambda out: np.zeros(config.seeds),  # one point per arm: nothing to pick
+                                test=lambda out: out)
+  moe = comparison.judge(lambda m, b: (m["global_max_violation"] <= b["global_max_violation"]
+                                       and m["test_mse"] <= 1.02 * b["test_mse"]), method="loss_free",
+                         baseline="aux_loss")
+  sim_ok = lambda before, after: float(np.mean(before)) >= 1.0 and float(np.mean(after)) <= 0.1  # noqa: E731
+  holds = sim_ok(before, after) and moe["holds"]
+  control = sim_ok(before, after_no_update) and moe["control_passes"]
+  lf, aux = comparison["loss_free"], comparison["aux_loss"]
+  ctx.print(f"sim MaxVio {before.mean():.3f} -> {after.mean():.3f} (no update: {after_no_update.mean():.3f}); MoE "
+            f"MaxVio loss-free {lf.mean('global_max_violation'):.3f} vs aux {aux.mean('global_max_violation'):.3f}, "
+            f"test MSE {lf.mean('test_mse'):.3f} vs {aux.mean('test_mse'):.3f}")
   return {
-      "claim": {"passed": bool(sim_ok and moe_ok), "statement": CLAIM,
-                "sim_max_violation_before": float(before), "sim_max_violation_after": float(after),
-                "moe_loss_free_max_violation": results["loss_free"]["global_max_violation"],
-                "moe_aux_max_violation": results["aux_loss"]["global_max_violation"],
-                "moe_loss_free_test_mse": results["loss_free"]["test_mse"],
-                "moe_aux_test_mse": results["aux_loss"]["test_mse"]},
-      "moe": results,
+      "claim": {"passed": bool(holds and not control), "holds": bool(holds), "control_passes": bool(control),
+                "vacuous": bool(control), "statement": CLAIM,
+                "sim_max_violation_before": float(before.mean()), "sim_max_violation_after": float(after.mean()),
+                "sim_max_violation_after_no_update": float(after_no_update.mean()),
+                "moe_holds": moe["holds"], "moe_control_passes": moe["control_passes"],
+                "moe_loss_free_max_violation": lf.mean("global_max_violation"),
+                "moe_aux_max_violation": aux.mean("global_max_violation"),
+                "moe_loss_free_test_mse": lf.mean("test_mse"), "moe_aux_test_mse": aux.mean("test_mse"),
+                "mse_ratio": lf.mean("test_mse") / aux.mean("test_mse")},
+      "sim": {"max_violation_before_per_seed": before.tolist(), "max_violation_after_per_seed": after.tolist(),
+              "max_violation_after_no_update_per_seed": after_no_update.tolist()},
+      "moe": {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
   }

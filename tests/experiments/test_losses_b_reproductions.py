@@ -7,7 +7,7 @@ import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["uncertainty_weighting", "aux_loss_free", "sample_reweighting", "coba",
+@pytest.mark.parametrize("name", ["uncertainty_weighting", "sample_reweighting", "coba",
                                   "gap_balancing", "power_law"])
 def test_claim_reproduces(name, run_claim, tmp_path):
   result = run_claim(f"losses/{name}", tmp_path)
