@@ -1,83 +1,135 @@
-"""Focal loss (Lin et al., 2017) on a long-tailed split: higher recall on the rarest classes than BCE.
+"""Focal loss (Lin et al., 2017, arXiv:1708.02002) on 99:1 binary data, catalogue [39].
 
-Digits subsampled to an exponential long tail (imbalance ratio 50: 130 examples of class 0 down to 2 of class 9,
-``paperlab.data.imbalanced``), balanced test set. An MLP 64-64-10 is trained full-batch with Adam, each class an
-independent sigmoid (the RetinaNet setting), with BCE and with the sigmoid focal loss (gamma=2, alpha=None).
-The softmax CE / softmax focal pair is reported too. Metric: mean test recall of the three rarest classes.
+The catalogue's setting: sklearn ``make_classification(n_samples=20000, weights=[0.99, 0.01], class_sep=0.5)``
+(other arguments at sklearn's defaults, ``random_state=0``), split 60/20/20 stratified into train/validation/test;
+a 2-layer MLP (20 -> 64 -> 1, ReLU) with the classifier bias initialised to the prior ``-log((1-pi)/pi)``,
+pi=0.01, trained by 300 full-batch Adam steps with BCE and with FL(gamma=2, alpha=0.25), each summed loss divided
+by the number of positives (RetinaNet's normalisation). Compared through the shared protocol
+(:mod:`paperlab.runner.protocol`): each arm picks its Adam learning rate from the same grid (1e-3, 3e-3, 1e-2) on
+validation average precision, 3 seeds (initialisations), the test split read once per arm. Metrics on the test
+split: ``hard_negative_share``, the share of the total negative loss (under the arm's own loss) carried by the 25%
+highest-loss negatives (the paper's Fig. 4 cumulative-loss effect), and sklearn ``average_precision_score``.
+Control: BCE passed as the method must fail the claim.
+
+Measured (seeds 0-2; 181 train positives of 12000): hard-negative share FL 0.900 +- 0.009 vs BCE 0.732 +- 0.033
+(gain 0.169 >= 0.15), test AP FL 0.160 +- 0.008 vs BCE 0.154 +- 0.025 (chosen lr: FL 3e-3, BCE 1e-3): the catalogue's
+claim reproduces, with a small margin on (i). The earlier record tested a different claim (rare-class recall on a
+50:1 long-tailed digits split, alpha=None, no prior init).
 """
 
 from __future__ import annotations
-
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from sklearn import datasets, metrics, model_selection
 
 import paperlab.losses as pl
-from paperlab import data, train
+from paperlab import models, papers, train
+from paperlab.runner import protocol
 
 PAPER_ID = 39
-CLAIM = ("On digits with a 50:1 long tail, the sigmoid focal loss (gamma=2) raises the mean test recall of the "
-         "three rarest classes by at least 5 points over sigmoid cross-entropy.")
-
-
-def _one_hot(y):
-  return jax.nn.one_hot(y, 10)
-
-
-LOSSES = {
-    "bce": lambda z, y: optax.sigmoid_binary_cross_entropy(z, _one_hot(y)).sum(-1),
-    "sigmoid_focal": lambda z, y: pl.sigmoid_focal_loss(z, _one_hot(y), alpha=None, gamma=2.0).sum(-1),
-    "ce": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y),
-    "softmax_focal": lambda z, y: pl.softmax_focal_loss_with_integer_labels(z, y, gamma=2.0),
-}
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.imbalance_ratio = 50.0
-  config.num_rare = 3
-  config.num_seeds = 3
-  config.num_steps = 300
-  config.width = 64
-  config.learning_rate = 1e-3
-  config.losses = ("bce", "sigmoid_focal")  # also available: "ce", "softmax_focal"
-  config.margin_points = 5.0
-  config.seed = 0
-  return config
+  c = ml_collections.ConfigDict()
+  c.seeds = 3
+  c.num_examples = 20000
+  c.positive_weight = 0.01
+  c.class_sep = 0.5
+  c.data_seed = 0
+  c.width = 64
+  c.num_steps = 300
+  c.learning_rates = (1e-3, 3e-3, 1e-2)
+  c.gamma = 2.0
+  c.alpha = 0.25
+  c.prior = 0.01
+  c.hard_fraction = 0.25
+  c.share_margin = 0.15
+  c.ap_tolerance = 0.01
+  return c
+
+
+def make_data(c):
+  """make_classification at the catalogue's setting, split 60/20/20 stratified into train/val/test."""
+  x, y = datasets.make_classification(n_samples=c.num_examples, weights=[1 - c.positive_weight, c.positive_weight],
+                                      class_sep=c.class_sep, random_state=c.data_seed)
+  x, y = x.astype(np.float32), y.astype(np.float32)
+  x_train, x_rest, y_train, y_rest = model_selection.train_test_split(x, y, test_size=0.4, stratify=y,
+                                                                      random_state=c.data_seed)
+  x_val, x_test, y_val, y_test = model_selection.train_test_split(x_rest, y_rest, test_size=0.5, stratify=y_rest,
+                                                                  random_state=c.data_seed)
+  return (x_train, y_train), (x_val, y_val), (x_test, y_test)
+
+
+def hard_negative_share(losses: np.ndarray, fraction: float) -> float:
+  """Share of the summed loss carried by the ``fraction`` highest-loss entries of ``losses``."""
+  ordered = np.sort(losses)[::-1]
+  return float(ordered[:int(round(fraction * len(ordered)))].sum() / ordered.sum())
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  start = time.time()
-  ds = data.imbalanced(data.digits(seed=config.seed), imbalance_ratio=config.imbalance_ratio, seed=config.seed)
-  results = {}
-  x_test, y_test = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-  recall_fn = lambda g, state: train.per_class_recall(train.predict(g, state, x_test), y_test, 10)
-  arms = train.compare_losses({n: LOSSES[n] for n in config.losses}, ds, widths=(config.width,),
-                              learning_rate=config.learning_rate, num_steps=config.num_steps,
-                              num_seeds=config.num_seeds, seed=config.seed, evaluate_fn=recall_fn)
-  for name, (recall, losses) in arms.items():
-    rare = recall[:, -config.num_rare:].mean(-1)
-    results[name] = {"rare_recall_mean": float(rare.mean()), "rare_recall_per_seed": rare.tolist(),
-                     "balanced_accuracy": float(recall.mean())}
-    ctx.log_curve(f"{name}/train_loss", np.asarray(losses).mean(0), every=max(config.num_steps // 5, 1))
-    ctx.print(f"{name}: rare-class recall {rare.mean():.4f}, balanced accuracy {recall.mean():.4f}")
-  bce, focal = results["bce"]["rare_recall_mean"], results["sigmoid_focal"]["rare_recall_mean"]
-  return {
-      "claim": {"passed": bool(focal >= bce + config.margin_points / 100.0), "statement": CLAIM,
-                "bce_rare_recall": bce, "focal_rare_recall": focal, "gain_points": 100.0 * (focal - bce)},
-      "class_counts": np.bincount(ds.y_train, minlength=10).tolist(),
-      "losses": results,
-      "seconds": time.time() - start,
+  (x, y), (x_val, y_val), (x_test, y_test) = make_data(config)
+  elementwise = {
+      "bce": lambda z, t: optax.sigmoid_binary_cross_entropy(z, t),
+      "focal": lambda z, t: pl.sigmoid_focal_loss(z, t, alpha=config.alpha, gamma=config.gamma),
   }
 
+  def model_fn(rngs):
+    model = models.MLP(x.shape[1], [config.width], 1, rngs=rngs)
+    model.head.bias.value = jnp.full((1,), pl.focal_prior_bias(config.prior))
+    return model
 
-if __name__ == "__main__":
-  import tempfile
+  def fit(arm, hparams, seeds):
+    loss = elementwise[arm.name]
+    loss_fn = lambda model, batch, rng: jnp.sum(loss(model(batch[0])[:, 0], batch[1])) / jnp.maximum(
+        batch[1].sum(), 1.0)
+    states, curves = train.fit_full_batch(model_fn, optax.adam(hparams["lr"]), loss_fn,
+                                          (jnp.asarray(x), jnp.asarray(y)), jax.vmap(jax.random.key)(seeds),
+                                          num_steps=config.num_steps)
+    ctx.log_curve(f"{arm.name}/lr={hparams['lr']}/train_loss", np.asarray(curves["loss"]).mean(0),
+                  every=max(config.num_steps // 5, 1))
+    return states, loss
 
-  from paperlab.runner import Context
+  graphdef = train.make_init(model_fn, optax.identity())[0]
 
-  print(run(get_config(), Context(tempfile.mkdtemp()))["claim"])
+  def scores(trained, inputs):
+    return np.asarray(jax.vmap(lambda s: train.predict(graphdef, s, jnp.asarray(inputs))[:, 0])(trained[0]))
+
+  def validate(trained):
+    return [metrics.average_precision_score(y_val, z) for z in scores(trained, x_val)]
+
+  def test(trained):
+    logits = scores(trained, x_test)
+    loss = trained[1]
+    negatives = y_test == 0
+    share = [hard_negative_share(np.asarray(loss(jnp.asarray(z[negatives]), jnp.zeros(negatives.sum()))),
+                                 config.hard_fraction) for z in logits]
+    return {"hard_negative_share": share,
+            "average_precision": [metrics.average_precision_score(y_test, z) for z in logits]}
+
+  grid = [{"lr": lr} for lr in config.learning_rates]
+  comparison = protocol.compare([protocol.Arm("bce", grid), protocol.Arm("focal", grid)], range(config.seeds), fit,
+                                validate=validate, test=test)
+  for name in ("bce", "focal"):
+    arm = comparison[name]
+    ctx.print(f"{name} (lr {arm.chosen['lr']}): hard-negative share {arm.mean('hard_negative_share'):.3f} "
+              f"+- {arm.std('hard_negative_share'):.3f}, test AP {arm.mean('average_precision'):.4f} "
+              f"+- {arm.std('average_precision'):.4f}")
+  verdict = comparison.judge(
+      lambda m, b: (m["hard_negative_share"] >= b["hard_negative_share"] + config.share_margin
+                    and m["average_precision"] >= b["average_precision"] - config.ap_tolerance),
+      method="focal", baseline="bce")
+  bce, focal = comparison["bce"].means(), comparison["focal"].means()
+  return {
+      **{name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
+      "positives": {"train": int(y.sum()), "val": int(y_val.sum()), "test": int(y_test.sum())},
+      "claim": {**verdict, "statement": CLAIM,
+                "share_gain": focal["hard_negative_share"] - bce["hard_negative_share"],
+                "ap_difference": focal["average_precision"] - bce["average_precision"]},
+  }

@@ -21,8 +21,13 @@ def test_encouraging_loss_enlarges_test_logit_margins(run_claim, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigmoid_focal_raises_rare_class_recall_over_bce(run_claim, tmp_path):
-  assert run_claim("losses/focal_imbalance", tmp_path)["claim"]["passed"]
+def test_focal_loss_concentrates_negative_loss_on_hard_negatives_without_losing_ap(run_claim, tmp_path):
+  # Measured: hard-negative share FL 0.900 vs BCE 0.732 (gain 0.169 >= 0.15); test AP 0.160 vs 0.154.
+  result = run_claim("losses/focal_imbalance", tmp_path, paper_id=39)
+  claim = result["claim"]
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert not claim["control_passes"], "BCE passed as the method must fail the claim"
+  assert claim["passed"], claim
 
 
 @pytest.mark.slow
