@@ -22,10 +22,15 @@ def pcb(run_claim, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: ROT-DIGITS, 3 seeds, one val-picked grid: "
-                   "Iso-C 69.3 >= TA 60.3 + 2 and alignment (0.932 vs 0.832) hold, but Iso-CTS 59.6 < Iso-C 69.3 - "
-                   "0.5 on every seed (grid to 6.0 changes no pick)")
+                   "Iso-C 69.3 +- 2.1 >= TA 60.3 +- 1.5 + 2 and alignment (0.932 vs 0.832) hold, but Iso-CTS 59.6 +- 1.6 "
+                   "< Iso-C 69.3 - 0.5 on every seed (grid to 6.0 changes no pick)")
 def test_iso_c_claim(iso_c):
   assert iso_c["claim"]["passed"], iso_c["claim"]
+
+
+@pytest.mark.slow
+def test_iso_c_control_task_arithmetic_as_the_method_fails(iso_c):
+  assert not iso_c["claim"]["control_passes"]
 
 
 @pytest.mark.slow
