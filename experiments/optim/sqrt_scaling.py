@@ -5,7 +5,19 @@ three ways of adapting the hyperparameters: the square-root rule (``paperlab.opt
 linear rule (lr * kappa, betas unchanged) and no change. The rule that keeps the SDE unchanged should keep the
 final training loss closest to the base run's.
 
-    paperlab run experiments/optim/sqrt_scaling.py --config.kappas=4,16
+The catalogue's setting (base batch 16, lr 1e-3, beta2 0.999, eps 1e-8, kappa in {4, 16}, the claim at kappa = 16,
+mean relative error over 3 seeds) except beta1, listed in DEVIATIONS: the rule maps 1 - beta1 = 0.1 to 1.6 at
+kappa = 16, which is no momentum coefficient (``adam_sqrt_scaling`` raises), so beta1 is 0.98 (0.68 after scaling).
+The catalogue leaves the number of epochs open: 10. Control: the claim with the unchanged hyperparameters in the
+square-root rule's place must fail.
+
+Measured (seeds 0-2): base final training loss 0.047. kappa = 16: relative error sqrt 1.72 +- 0.09, linear
+0.79 +- 0.03, none 17.1 +- 1.5 (the sqrt rule undertrains: loss 0.128 vs 0.047; the linear rule overshoots to
+0.010); kappa = 4: sqrt 0.44, linear 0.71, none 2.56. Not reproduced: at kappa = 16 the linear rule is closer. The
+previous record passed only at base batch 1 and lr 3e-4 with 2 epochs (chosen after batch 2-8 and lr 1e-3 failed),
+a setting the catalogue does not give; explore it with the command below.
+
+    paperlab run experiments/optim/sqrt_scaling.py --config.base_batch_size=1 --config.optim.learning_rate=3e-4
 """
 
 from __future__ import annotations
@@ -16,28 +28,29 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import data, train
+from paperlab import data, papers, train
 from paperlab.models import MLP
 from paperlab.optim import adam_sqrt_scaling
 
 PAPER_ID = 473
-CLAIM = ("With the batch size scaled by kappa=16 at a fixed number of epochs, Adam under the square-root scaling "
-         "rule (lr*sqrt(kappa), 1-beta*kappa, eps/sqrt(kappa)) ends within half the relative final-loss error of "
-         "the linear rule and of leaving the hyperparameters unchanged (3 seeds).")
+CLAIM = papers.get(PAPER_ID).claim
+DEVIATIONS = (
+    "beta1 = 0.98 instead of the catalogue's 0.9: the square-root rule scales 1 - beta1 by kappa, and at kappa = 16 "
+    "0.1 becomes 1.6, so beta1 = 0.9 has no scaled value (1 - 16 x 0.02 = 0.68 is defined); beta2, lr, eps, the "
+    "base batch of 16 and kappa in {4, 16} are the catalogue's.",
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seeds = 3
   c.widths = (64,)
-  # The SDE view needs gradient noise to dominate at both batch sizes and a small learning rate: on digits
-  # (1347 training examples) that means a base batch of 1. At base batch 2..8, or lr 1e-3, the linear rule
-  # wins at kappa=16 (measured). beta1 = 0.9 cannot be scaled by 16 at all (1 - beta1 would exceed 1).
-  c.base_batch_size = 1
-  c.kappas = "16"  # add 4 to see the trend
+  c.base_batch_size = 16
+  c.kappas = "4,16"
   c.claim_kappa = 16
-  c.epochs = 2
-  c.optim = ml_collections.ConfigDict({"learning_rate": 3e-4, "b1": 0.98, "b2": 0.999, "eps": 1e-8})
+  c.epochs = 10
+  # beta1 = 0.9 cannot be scaled by 16 (1 - beta1 would exceed 1): a listed deviation.
+  c.optim = ml_collections.ConfigDict({"learning_rate": 1e-3, "b1": 0.98, "b2": 0.999, "eps": 1e-8})
   c.scale = 1  # multiplies the epochs
   return c
 
@@ -77,15 +90,19 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     row = {}
     for name, h in rules.items():
       loss = _final_losses(ds, tuple(config.widths), b0 * kappa, steps, h, config.seeds)
-      err = float(np.mean(np.abs(loss - base_loss) / base_loss))
-      row[name] = {"final_train_loss": loss.tolist(), "relative_error": err, "hparams": h}
+      per_seed = np.abs(loss - base_loss) / base_loss
+      err = float(np.mean(per_seed))
+      row[name] = {"final_train_loss": loss.tolist(), "relative_error": err, "hparams": h,
+                   "relative_error_per_seed": per_seed.tolist(), "relative_error_std": float(np.std(per_seed))}
       ctx.log(kappa, {"kappa": kappa, "rule": name, "final_train_loss": loss.mean(), "relative_error": err})
     out[f"kappa_{kappa}"] = row
     ctx.print(f"kappa={kappa:3d} " + "  ".join(f"{k}: err {v['relative_error']:.3f}" for k, v in row.items()))
   k = out[f"kappa_{config.claim_kappa}"]
   err = {name: k[name]["relative_error"] for name in k}
-  passed = err["sqrt"] <= 0.5 * err["linear"] and err["sqrt"] <= 0.5 * err["none"]
-  out["claim"] = {"passed": bool(passed), "statement": CLAIM, "kappa": config.claim_kappa,
+  claim = lambda method: err[method] <= 0.5 * err["linear"] and err[method] <= 0.5 * err["none"]
+  holds, control_passes = claim("sqrt"), claim("none")   # control: the unchanged hyperparameters as the rule
+  out["claim"] = {"passed": bool(holds and not control_passes), "holds": bool(holds),
+                  "control_passes": bool(control_passes), "statement": CLAIM, "kappa": config.claim_kappa,
                   "err_sqrt": err["sqrt"], "err_linear": err["linear"], "err_none": err["none"],
                   "base_final_loss": float(base_loss.mean())}
   return out
