@@ -2,8 +2,16 @@
 
 A 1-32-32-1 tanh MLP fits ``y = sin(x)`` on 256 points with minibatches of 64. EGN (the output-space Gauss-Newton
 solve, Levenberg-Marquardt damping and an Armijo line search, ``paperlab.optim.egn``) gets the network's outputs
-and the loss as a function of them from ``paperlab.train.make_train_step(..., output_fn=, output_loss=)``. Adam's
-learning rate is the best of a grid, chosen on the same final MSE.
+and the loss as a function of them from ``paperlab.train.make_train_step(..., output_fn=, output_loss=)``. The
+catalogue's setting, seeds 0-2, through :mod:`paperlab.runner.protocol`: Adam's learning rate is the best of the
+catalogue's grid {1e-3, 3e-3, 1e-2} on the seed-mean full-data MSE, EGN runs at its one fixed point (the
+catalogue tunes only the baseline: unequal budgets in the baseline's favour). The claim is about fitting the 256
+points, so the full-data MSE is both what Adam's point is chosen on and what is compared; choosing on the compared
+metric can only help the baseline. Control: Adam in EGN's place must fail the claim (ratio 1 > 0.1).
+
+Measured (seeds 0-2): full-data MSE EGN 4.6e-8 +- 2.9e-8 (per seed 7.1e-8/5.0e-9/6.2e-8) vs Adam at lr 1e-2 (the
+grid's top; 3e-3 gave 5.1e-3, 1e-3 2.4e-2) 8.6e-4 +- 1.6e-4 (1.08e-3/7.9e-4/7.1e-4): ratio 5.3e-5 <= 0.1, wall time
+33 s for all four grid points on a shared 2-core CPU: reproduced.
 
     paperlab run experiments/optim/exact_gauss_newton.py --config.num_steps=1000
 """
@@ -16,13 +24,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import optim, train
+from paperlab import optim, papers, train
 from paperlab.models import MLP
+from paperlab.runner import protocol
 
 PAPER_ID = 299
-CLAIM = ("On 1-D sine regression with a 1-32-32-1 tanh MLP (256 points, batch 64, 300 iterations, 3 seeds), EGN "
-         "with line search and adaptive damping reaches a mean full-data MSE <= 0.1x that of Adam at its best "
-         "learning rate of {1e-3, 3e-3, 1e-2}.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -81,30 +89,33 @@ def _train(config, optimizer, data, keys, **step_kwargs):
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   data = _sine_data(config)
-  keys = jax.random.split(jax.random.key(0), config.seeds)
-  results = {"adam": {}}
-  curves = {}
-  for lr in config.adam_lrs:
-    mse, curve = _train(config, optax.adam(lr), data, keys)
-    results["adam"][str(lr)] = np.asarray(mse).tolist()
-    curves[f"adam_{lr}"] = np.asarray(curve).mean(0)
   e = config.egn
   egn = optim.egn(e.learning_rate, damping=e.damping, adaptive_damping=e.adaptive_damping,
                   line_search=e.line_search)
-  mse, curve = _train(config, egn, data, keys, output_fn=_predict, output_loss=_mse)
-  results["egn"] = np.asarray(mse).tolist()
-  curves["egn"] = np.asarray(curve).mean(0)
-  for s in range(0, config.num_steps, max(1, config.num_steps // 10)):
-    ctx.log(s, {f"{name}/batch_mse": float(c[s]) for name, c in curves.items()})
+  arms = [protocol.Arm("adam", [{"learning_rate": lr} for lr in config.adam_lrs]), protocol.Arm("egn")]
 
-  adam_means = {lr: float(np.mean(v)) for lr, v in results["adam"].items()}
-  best_lr = min(adam_means, key=adam_means.get)
-  mse_adam, mse_egn = adam_means[best_lr], float(np.mean(results["egn"]))
+  def fit(arm, hparams, seeds):
+    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
+    if arm.name == "adam":
+      mse, curve = _train(config, optax.adam(hparams["learning_rate"]), data, keys)
+    else:
+      mse, curve = _train(config, egn, data, keys, output_fn=_predict, output_loss=_mse)
+    curve = np.asarray(curve).mean(0)
+    name = f"{arm.name}_{hparams['learning_rate']}" if hparams else arm.name
+    for s in range(0, config.num_steps, max(1, config.num_steps // 10)):
+      ctx.log(s, {f"{name}/batch_mse": float(curve[s])})
+    return {"mse": np.asarray(mse)}
+
+  comparison = protocol.compare(arms, range(config.seeds), fit, validate=lambda out: out["mse"], test=lambda out: out,
+                                maximize=False, equal_budget=False)  # the catalogue tunes only the baseline
+  verdict = comparison.judge(lambda m, b: m["mse"] <= config.claim_ratio * b["mse"], method="egn", baseline="adam")
+  mse_adam, mse_egn = comparison["adam"].mean("mse"), comparison["egn"].mean("mse")
+  best_lr = comparison["adam"].chosen["learning_rate"]
   ratio = mse_egn / mse_adam
   ctx.print(f"full-data MSE: EGN {mse_egn:.3g}, Adam (lr={best_lr}) {mse_adam:.3g}, ratio {ratio:.3g}")
   return {
-      "mse": results,
-      "claim": {"passed": bool(ratio <= config.claim_ratio), "statement": CLAIM, "mse_egn": mse_egn,
-                "mse_adam_best": mse_adam, "adam_best_lr": float(best_lr), "ratio": ratio,
-                "threshold": config.claim_ratio},
+      "mse": {name: arm.test["mse"].tolist() for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
+      "claim": {**verdict, "statement": CLAIM, "mse_egn": mse_egn, "mse_adam_best": mse_adam,
+                "adam_best_lr": float(best_lr), "ratio": ratio, "threshold": config.claim_ratio},
   }
