@@ -5,6 +5,14 @@ with Adam. HL-Gauss (64 bins on [-4, 4], sigma = 0.75 bin widths, targets clampe
 asks: ``clip_targets=True``; the paper's listing does not clip) is compared
 with MSE on the raw targets and MSE on targets clamped to the same support. Metric: MSE against the clean
 function on a test grid.
+
+The catalogue's setting and claim, compared through the shared protocol (:mod:`paperlab.runner.protocol`: one fixed
+point per arm (Adam 1e-3, 1000 steps), so the same budget; 3 seeds; the test grid read once per arm; seed means).
+Control: plain MSE on the raw targets passed as the method must fail the claim.
+
+Measured (seeds 0-2): clean-test MSE HL-Gauss 0.0443 (0.0408/0.0453/0.0467), MSE on raw targets 0.776
+(0.641/0.813/0.873), MSE on clamped targets 0.0887 (0.0963/0.0958/0.0739): 0.057x raw and 0.50x clamped. Clamped MSE
+passed as the method would also pass (0.089 <= 0.5 x 0.776): most of the robustness here is the clamping.
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ import optax
 from flax import nnx
 
 import paperlab.losses as pl
-from paperlab import models, train
+from paperlab import models, papers, train
+from paperlab.runner import protocol
 
 PAPER_ID = 544
-CLAIM = ("On y = sin(3x) + 0.3 Cauchy noise, HL-Gauss reaches a clean-test MSE at most 0.5x that of MSE on raw "
-         "targets and at most 1.05x that of MSE on targets clamped to the HL-Gauss support.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -38,8 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 128
   config.num_steps = 1000
   config.learning_rate = 1e-3
-  config.num_seeds = 2
-  config.seed = 0
+  config.seeds = 3
+  config.seed = 0  # the data
   return config
 
 
@@ -63,7 +72,7 @@ def _methods(config):
   }
 
 
-def _train(out_dim, loss, predict, train_data, test_data, config):
+def _train(out_dim, loss, predict, train_data, test_data, config, seeds):
   model_fn = lambda rngs: models.MLP(1, [config.width, config.width], out_dim, rngs=rngs)
   optimizer = optax.adam(config.learning_rate)
   graphdef, init = train.make_init(model_fn, optimizer)
@@ -78,26 +87,36 @@ def _train(out_dim, loss, predict, train_data, test_data, config):
     model = nnx.merge(graphdef, state.params, state.model_state)
     return jnp.mean((predict(model(x_test)) - y_test) ** 2), metrics["loss"]
 
-  mse, losses = jax.vmap(run)(jax.random.split(jax.random.PRNGKey(config.seed), config.num_seeds))
+  mse, losses = jax.vmap(run)(jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds)))
   return np.asarray(mse), np.asarray(losses)
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   start = time.time()
   train_data, test_data = make_data(config)
-  results = {}
-  for name, (out_dim, loss, predict) in _methods(config).items():
-    mse, losses = _train(out_dim, loss, predict, train_data, test_data, config)
-    results[name] = {"clean_test_mse_mean": float(mse.mean()), "clean_test_mse_per_seed": mse.tolist()}
-    ctx.log_curve(f"{name}/train_loss", np.asarray(losses).mean(0), every=max(config.num_steps // 5, 1))
-    ctx.print(f"{name}: clean test MSE {mse.mean():.4f} (seeds {np.round(mse, 4).tolist()})")
-  hl = results["hl_gauss"]["clean_test_mse_mean"]
-  raw, clamped = results["mse_raw"]["clean_test_mse_mean"], results["mse_clamped"]["clean_test_mse_mean"]
-  passed = hl <= 0.5 * raw and hl <= 1.05 * clamped
+  methods = _methods(config)
+
+  def fit(arm, hparams, seeds):
+    mse, losses = _train(*methods[arm.name], train_data, test_data, config, seeds)
+    ctx.log_curve(f"{arm.name}/train_loss", np.asarray(losses).mean(0), every=max(config.num_steps // 5, 1))
+    return {"clean_test_mse": mse}
+
+  comparison = protocol.compare([protocol.Arm(name) for name in methods], range(config.seeds), fit,
+                                validate=lambda out: np.zeros(config.seeds),  # one point per arm: nothing to pick
+                                test=lambda out: out)
+  hl, raw, clamped = (comparison[n].mean("clean_test_mse") for n in ("hl_gauss", "mse_raw", "mse_clamped"))
+  for name in methods:
+    ctx.print(f"{name}: clean test MSE {comparison[name].mean('clean_test_mse'):.4f} "
+              f"(seeds {np.round(comparison[name].test['clean_test_mse'], 4).tolist()})")
+  claim = lambda m, b: m["clean_test_mse"] <= 0.5 * raw and m["clean_test_mse"] <= 1.05 * clamped  # noqa: E731
+  verdict = comparison.judge(claim, method="hl_gauss", baseline="mse_raw")
+  clamped_as_method = bool(claim(comparison["mse_clamped"].means(), None))
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "hl_gauss_mse": hl, "mse_raw_mse": raw,
-                "mse_clamped_mse": clamped, "ratio_to_raw": hl / raw, "ratio_to_clamped": hl / clamped},
-      "methods": results,
+      "claim": {**verdict, "statement": CLAIM, "hl_gauss_mse": hl, "mse_raw_mse": raw, "mse_clamped_mse": clamped,
+                "ratio_to_raw": hl / raw, "ratio_to_clamped": hl / clamped,
+                "clamped_mse_as_method_passes": clamped_as_method},
+      "methods": {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
       "seconds": time.time() - start,
   }
 

@@ -42,7 +42,12 @@ def test_siglip_matches_softmax_clip_at_small_batch(run_claim, tmp_path):
 
 @pytest.mark.slow
 def test_hl_gauss_is_robust_to_cauchy_target_noise(run_claim, tmp_path):
-  assert run_claim("losses/hl_gauss", tmp_path)["claim"]["passed"]
+  # measured (seeds 0-2): clean-test MSE HL-Gauss 0.044 vs raw MSE 0.776 (0.057x) and clamped MSE 0.089 (0.50x)
+  result = run_claim("losses/hl_gauss", tmp_path, paper_id=544)
+  claim = result["claim"]
+  assert not claim["control_passes"], "MSE on raw targets passed as the method must fail the claim"
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert claim["passed"], claim
 
 
 @pytest.mark.slow
