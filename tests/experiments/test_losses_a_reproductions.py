@@ -31,8 +31,17 @@ def test_focal_loss_concentrates_negative_loss_on_hard_negatives_without_losing_
 
 
 @pytest.mark.slow
-def test_asymmetric_loss_raises_rare_class_recall_over_bce(run_claim, tmp_path):
-  assert run_claim("losses/asymmetric", tmp_path)["claim"]["passed"]
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce at the catalogue's setting (make_multilabel_classification n=4000, 30 labels, linear head, "
+    "500 Adam steps, lr chosen on val mAP, 3 seeds): probability gap ASL 0.205 vs BCE 0.237 (-0.032, claim +0.05); "
+    "macro mAP 0.3890 vs 0.3888"))
+def test_asymmetric_loss_widens_the_probability_gap_without_losing_map(run_claim, tmp_path):
+  result = run_claim("losses/asymmetric", tmp_path, paper_id=47)
+  claim = result["claim"]
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert not claim["control_passes"], "BCE passed as the method must fail the claim"
+  assert claim["map_difference"] >= -0.005  # the mAP half holds
+  assert claim["passed"], claim
 
 
 @pytest.mark.slow
