@@ -6,7 +6,20 @@ ghost batch norm over virtual batches of the small size (``paperlab.optim.ghost_
 adaptation (``paperlab.optim.regime_adaptation``: as many updates as the small-batch run). Also checks the
 "ultra-slow diffusion" observation: ||w_t - w_0|| grows like log t.
 
-    paperlab run experiments/optim/train_longer.py --config.epochs=40
+The catalogue's setting: small batch 32, large batch 1024 (on digits' 1347 training examples, one update per epoch),
+3 seeds, claims on seed means, the diffusion fit over the first 2000 steps of the small-batch run. The catalogue
+leaves E open: 100 epochs (4200 small-batch steps), so that the first LR drop (at 50%) comes after step 2000 and
+the fit covers one LR phase. The learning rate (0.05, SGD momentum 0.9, x0.1 at 50% and 75%) is shared by all arms,
+with the paper's sqrt scaling for the adapted one. Control: the unadapted large batch in the adapted one's place
+must fail the gap claim.
+
+Measured (seeds 0-2, mean +- std test accuracy): small batch 0.9763 +- 0.0021, large 0.9585 +- 0.0028, large
+adapted 0.9748 +- 0.0021; gap_a 0.0178, gap_b 0.0015 (<= 0.01 and <= 0.5 gap_a); R^2 of ||w_t - w_0|| vs log t
+over steps 10-2000: 0.986. Reproduced; the unadapted large batch in the adapted one's place fails (0.0178 > 0.01).
+About 40 s of CPU (90 s wall on a shared 2-core machine). The previous record used a large batch of 512 and
+20 epochs, fitting the diffusion over the first LR phase (420 steps).
+
+    paperlab run experiments/optim/train_longer.py --config.epochs=20 --config.large_batch=512
 """
 
 from __future__ import annotations
@@ -18,13 +31,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import data, train
+from paperlab import data, papers, train
 from paperlab.optim import ghost_batch_norm, regime_adaptation, sqrt_lr_scaling
 
 PAPER_ID = 260
-CLAIM = ("Large-batch training closes the generalization gap with sqrt LR scaling + ghost BN + regime adaptation: "
-         "gap_b = acc_small - acc_large_adapted <= 0.01 and gap_b <= 0.5 gap_a of the unadapted large batch "
-         "(3 seeds), and ||w_t - w_0|| vs log t fits with R^2 >= 0.9.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 class GhostBN(nnx.Module):
@@ -64,8 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.seeds = 3
   c.width = 128
   c.small_batch = 32
-  c.large_batch = 512
-  c.epochs = 20
+  c.large_batch = 1024
+  c.epochs = 100
+  c.diffusion_steps = 2000   # fit ||w_t - w_0|| vs log t over these first small-batch steps
   c.learning_rate = 0.05
   c.momentum = 0.9
   c.drops = (0.5, 0.75)   # LR x0.1 at these fractions of training
@@ -118,9 +131,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
       _drop_schedule(sqrt_lr_scaling(lr, config.large_batch / config.small_batch), large_steps, config.drops), ratio)
   acc_b, _ = _train(ds, config, config.large_batch, config.small_batch, adapted, small_steps)
 
-  # Ultra-slow diffusion: fit ||w_t - w_0|| = alpha log t + c during the first LR phase.
+  # Ultra-slow diffusion: fit ||w_t - w_0|| = alpha log t + c over the first `diffusion_steps` steps.
   t = config.diffusion_chunk * np.arange(1, dists.shape[1] + 1)
-  first_phase = t <= config.drops[0] * small_steps
+  first_phase = t <= config.diffusion_steps
   x, y = np.log(t[first_phase]), dists.mean(axis=0)[first_phase]
   slope, intercept = np.polyfit(x, y, 1)
   r2 = float(1 - np.sum((y - (slope * x + intercept)) ** 2) / np.sum((y - y.mean()) ** 2))
@@ -129,10 +142,17 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
 
   gap_a = float(acc_small.mean() - acc_a.mean())
   gap_b = float(acc_small.mean() - acc_b.mean())
-  passed = gap_b <= 0.01 and gap_b <= 0.5 * gap_a and r2 >= 0.9
+  claim = lambda gap_b: gap_b <= 0.01 and gap_b <= 0.5 * gap_a and r2 >= 0.9
+  holds, control_passes = claim(gap_b), claim(gap_a)   # control: the unadapted large batch as the adapted one
+  passed = holds and not control_passes
   ctx.print(f"acc small {acc_small.mean():.4f}, large {acc_a.mean():.4f}, large adapted {acc_b.mean():.4f}; "
             f"R^2 {r2:.3f}")
   return {"test_accuracy": {"small": acc_small.tolist(), "large": acc_a.tolist(), "large_adapted": acc_b.tolist()},
           "steps": {"small": small_steps, "large": large_steps, "large_adapted": small_steps},
-          "claim": {"passed": bool(passed), "statement": CLAIM, "gap_a": gap_a, "gap_b": gap_b,
-                    "diffusion_log_fit_r2": r2}}
+          "claim": {"passed": bool(passed), "holds": bool(holds), "control_passes": bool(control_passes),
+                    "statement": CLAIM, "gap_a": gap_a, "gap_b": gap_b, "diffusion_log_fit_r2": r2,
+                    "diffusion_fit_steps": int(t[first_phase][-1]),
+                    "mean": {"small": float(acc_small.mean()), "large": float(acc_a.mean()),
+                             "large_adapted": float(acc_b.mean())},
+                    "std": {"small": float(acc_small.std()), "large": float(acc_a.std()),
+                            "large_adapted": float(acc_b.std())}}}
