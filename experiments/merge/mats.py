@@ -13,13 +13,18 @@ layer output (``merge.output_gradient_grams``: exact expectation over the model'
 parameters it has no block Fisher for). CG runs 50 iterations from the task-arithmetic merge at TA's
 validation-picked lambda (the paper's init). TA's lambda comes from one grid, picked on validation per seed.
 
-Claim (catalogue [284]): MaTS avg acc >= TA(best lambda) + 2 points, and the CG residual ``||Ax - b||`` (all hidden
-kernels) drops >= 10x from the init on every seed.
+TA gets the larger tuning budget (a grid of 10) while MaTS has none (its init takes TA's pick); test is read once
+per seed and arm, and the claim is judged on seed means through :mod:`paperlab.runner.pool_protocol`, with its
+control: TA passed as MaTS (no CG step: residual drop 1) must fail (it does).
 
-Calibration (seeds 0-2, ~15 CPU-seconds on one core): TA 60.3 (lambda 0.4/0.5/0.5; seeds 60.1/58.5/62.3), MaTS
-84.8 (87.4/84.3/82.6): +24.5 points, every seed. The CG residual falls 71x/89x/83x in 50 iterations (per kernel
-64-128: 82x/64x/119x, 128-128: 63x/118x/63x). Diagnostic: the same CG with ``S_t = I`` (RegMean's system) reaches 82.0
-(82.8/82.3/81.0), so most of the gain is the input Grams and the output factor adds 2.8 points. Both reproduce.
+Claim (catalogue [284], tested as stated, no deviation): MaTS avg acc >= TA(best lambda) + 2 points, and the CG
+residual ``||Ax - b||`` (all hidden kernels) drops >= 10x from the init (seed mean; the minimum is reported).
+
+Measured (seeds 0-2, ~15 CPU-seconds on one core): TA 60.3 +- 1.5 (lambda 0.4/0.5/0.5; seeds 60.1/58.5/62.3), MaTS
+84.8 +- 2.0 (87.4/84.3/82.6): +24.5 points, every seed. The CG residual falls 81x +- 8 (min 71x) in 50 iterations
+(per kernel 64-128: 82x/64x/119x, 128-128: 63x/118x/63x). Diagnostic: the same CG with ``S_t = I`` (RegMean's
+system) reaches 82.0 +- 0.7, so most of the gain is the input Grams and the output factor adds 2.8 points. Both
+parts reproduce.
 """
 
 from __future__ import annotations
@@ -31,13 +36,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from paperlab import data, merge
+from paperlab import data, merge, papers
+from paperlab.runner import pool_protocol
 
 PAPER_ID = 284
-CLAIM = ("On ROT-DIGITS (five transformed-digits tasks fine-tuned from one base, per-task heads), MaTS with K-FAC "
-         "block Fishers (conjugate gradient, 50 iterations, initialised from task arithmetic) beats task arithmetic at "
-         "its best scale by at least 2 points of mean task accuracy, and CG cuts the residual ||Ax - b|| of the "
-         "merging system at least 10x from the initialisation.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -81,8 +85,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   stats_all = jax.jit(jax.vmap(task_stats))
   kernel = lambda tree, layer: tree["hidden"][int(layer.split("/")[1])]["kernel"]
 
-  ta = pool.compare({"task_arithmetic": lambda m, si: merge.task_arithmetic(m.base_backbone, m.finetuned, 1.0)},
-                    config.lams)["task_arithmetic"]
+  scores = pool.compare(
+      {"task_arithmetic": lambda m, si: merge.task_arithmetic(m.base_backbone, m.finetuned, 1.0)}, config.lams)
+  ta = scores["task_arithmetic"]
   mats_acc, regmean_acc, residuals, per_layer = [], [], [], []
   for si in range(pool.num_seeds):
     m = pool.member(si)
@@ -114,13 +119,23 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     ctx.print(f"MaTS {mean_mats * 100:.1f} (seeds " + " ".join(f"{a * 100:.1f}" for a in mats_acc.mean(1)) + ")")
     ctx.print(f"RegMean-CG {regmean_acc.mean() * 100:.1f} (seeds " + " ".join(f"{a * 100:.1f}" for a in regmean_acc.mean(1)) + ")")
     ctx.print("residual drop per seed " + " ".join(f"{d:.1f}x" for d in drops) + f"; per layer {per_layer}")
+  comparison = pool_protocol.comparison(
+      scores, config.pool.seeds, extra={"task_arithmetic": {"residual_drop": [1.0] * pool.num_seeds}},  # no solve
+      fixed=(pool_protocol.fixed_arm("mats", mats_acc, {"residual_drop": drops}),
+             pool_protocol.fixed_arm("regmean_cg", regmean_acc)))
+  acc = pool_protocol.MEAN_TASK_ACCURACY
+  # on seed means; control: TA in MaTS's place (no CG step, residual drop 1) must fail
+  verdict = comparison.judge(lambda m, b: m[acc] >= b[acc] + config.margin
+                             and m["residual_drop"] >= config.residual_drop, method="mats", baseline="task_arithmetic")
   accuracy_ok = mean_mats >= mean_ta + config.margin
-  residual_ok = min(drops) >= config.residual_drop
+  residual_ok = float(np.mean(drops)) >= config.residual_drop
   return {
-      "claim": {"passed": bool(accuracy_ok and residual_ok), "statement": CLAIM, "mats": mean_mats,
+      "claim": {**verdict, "statement": CLAIM, "mats": mean_mats,
                 "task_arithmetic": mean_ta, "margin": config.margin, "residual_drop_min": min(drops),
+                "residual_drop_mean": float(np.mean(drops)),
                 "residual_drop_required": config.residual_drop, "accuracy_ok": bool(accuracy_ok),
                 "residual_ok": bool(residual_ok)},
+      "protocol": comparison.to_json(),
       "mean_task_accuracy": {"mats": mean_mats, "task_arithmetic": mean_ta, "regmean_cg": float(regmean_acc.mean())},
       "mean_task_accuracy_per_seed": {"mats": mats_acc.mean(1).tolist(), "task_arithmetic": ta.per_seed,
                                       "regmean_cg": regmean_acc.mean(1).tolist()},

@@ -7,8 +7,10 @@ import pytest
 
 @pytest.mark.slow
 def test_mats_beats_task_arithmetic_and_cg_converges(run_claim, tmp_path):
+  # measured: MaTS 84.8 +- 2.0 vs TA 60.3 +- 1.5, residual drop 81x (min 71x), seeds 0-2
   result = run_claim("merge/mats", tmp_path, paper_id=284)
   assert result["claim"]["passed"], result["claim"]
+  assert not result["claim"]["control_passes"], "TA in MaTS's place must fail the claim"
 
 
 @pytest.mark.slow
