@@ -3,11 +3,18 @@
 An LR range test on a digits MLP picks ``lr_max``; SGD with the 1cycle policy (LR and inverse cyclical momentum)
 for a quarter of the epochs is then compared with SGD at the best constant LR of a grid for all epochs.
 
-Weight decay follows the paper's recipe (Sec. 4.4): it is part of the tuning, constant during training and searched
-over {1e-3, 1e-4, 0} (the paper's {1e-3, 1e-4, 1e-5, 0}; 1e-5 gives the same accuracies as 0 here to 4 digits, so
-it is left out at CI scale). Both arms get the same weight-decay grid and are selected the same way (mean test
-accuracy over seeds); the constant arm also picks its LR from the grid, the 1cycle arm takes the range test's.
-L2 decay is coupled to the gradient, as in the Caffe/PyTorch SGD of the paper.
+The catalogue's setting: plain SGD (momentum 0.9, no weight decay), E = 40, the grid {0.01, 0.03, 0.1, 0.3}, 3 seeds,
+claims on seed means. The constant LR is picked on a validation split (20% of the training examples, stratified;
+every arm trains on the other 80%) and the test split is read once per arm. The 1cycle arm has no grid: its LR is
+the range test's, as the claim says. Control: the claim with SGD at the chosen constant LR for the same E/4 epochs
+in 1cycle's place must fail, else "within 0.005 after E/4 epochs" does not need 1cycle.
+
+Measured (seeds 0-2, mean +- std test accuracy): the range test suggests lr_max 0.35 (per seed 0.35/0.42/0.21);
+validation picks the constant LR 0.03 (validation 0.970/0.977/0.974/0.953 for 0.01/0.03/0.1/0.3), test 0.9733 +-
+0.0036 after 40 epochs; 1cycle for 10 epochs 0.9607 +- 0.0021, a gap of 0.0126 > 0.005; and lr_max / (3 x 0.03) =
+3.9 > 3. Not reproduced on either half. The control (constant 0.03 for 10 epochs) reaches 0.9667 +- 0.0048 and
+fails too. The previous record (10 seeds, weight decay tuned for both, selection on test accuracy) measured a gap of
+0.0053 with the best constant LR 0.1.
 
     paperlab run experiments/optim/onecycle.py --config.epochs=80
 """
@@ -20,27 +27,26 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import data, train
+from paperlab import data, papers, train
 from paperlab.models import MLP
 from paperlab.optim import lr_range_test, one_cycle, one_cycle_momentum
 
 PAPER_ID = 204
-CLAIM = ("SGD with the 1cycle policy (lr_max from the LR range test) for E/4 epochs reaches test accuracy within "
-         "0.005 of SGD at the best constant LR of {0.01, 0.03, 0.1, 0.3} for E=40 epochs (mean of 10 seeds, "
-         "weight decay from the same grid for both), and the range test's lr_max lies within 3x of 3x the best "
-         "constant LR.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seeds = 10
+  c.seeds = 3
   c.widths = (128,)
   c.norm = ""  # "" (the catalogue's plain MLP) or "batch"
   c.batch_size = 64
   c.epochs = 40
   c.momentum = 0.9
   c.constant_lrs = (0.01, 0.03, 0.1, 0.3)
-  c.weight_decays = (0.0, 1e-4, 1e-3)
+  c.weight_decay = 0.0   # the catalogue's plain SGD (the paper also tunes weight decay: --config.weight_decay)
+  c.validation_fraction = 0.2
   c.range_test = ml_collections.ConfigDict({"lr_min": 1e-4, "lr_max": 10.0, "num_steps": 200})
   c.one_cycle = ml_collections.ConfigDict({"pct_start": 0.45, "div_factor": 10.0, "final_div_factor": 100.0,
                                            "base_momentum": 0.85, "max_momentum": 0.95})
@@ -65,20 +71,23 @@ def _tile(keys, n):
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ds = data.digits()
-  train_data = (jnp.asarray(ds.x_train), jnp.asarray(ds.y_train))
+  fit_idx, val_idx = data.stratified_split(ds.y_train, config.validation_fraction, seed=0)
+  train_data = (jnp.asarray(ds.x_train[fit_idx]), jnp.asarray(ds.y_train[fit_idx]))
+  x_val, y_val = ds.x_train[val_idx], ds.y_train[val_idx]
   bs = config.batch_size
-  steps_per_epoch = ds.x_train.shape[0] // bs
+  steps_per_epoch = len(fit_idx) // bs
   norm = config.norm or None
   model_fn = lambda rngs: MLP(64, tuple(config.widths), 10, norm=norm, rngs=rngs)
   # One optimizer for every arm; LR, momentum and weight decay are set from outside (inject_hyperparams).
-  optimizer = optax.inject_hyperparams(_sgd)(learning_rate=0.0, momentum=config.momentum, weight_decay=0.0)
+  optimizer = optax.inject_hyperparams(_sgd)(learning_rate=0.0, momentum=config.momentum,
+                                             weight_decay=config.weight_decay)
   graphdef, init = train.make_init(model_fn, optimizer)
   step = train.make_train_step(graphdef, train.classification_loss, optimizer)
-  keys = jax.random.split(jax.random.key(0), config.seeds)
-  n_seed, n_lr, n_wd = config.seeds, len(config.constant_lrs), len(config.weight_decays)
-  wds = jnp.asarray(config.weight_decays, jnp.float32)
+  keys = jax.vmap(jax.random.key)(jnp.arange(config.seeds))
+  n_seed, n_lr = config.seeds, len(config.constant_lrs)
+  accuracy = lambda state, x, y: train.evaluate(graphdef, state, x, y)["accuracy"]
 
-  # 1. LR range test, one per seed.
+  # 1. LR range test, one per seed, on the training part.
   rt = config.range_test
 
   @jax.jit
@@ -100,29 +109,31 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     ctx.log(i, {"range_test/lr": lrs[0, i], "range_test/smoothed_loss": smoothed[:, i].mean()})
   ctx.print(f"range test suggests lr_max = {lr_max:.3g} (per seed {np.asarray(suggested).round(3).tolist()})")
 
-  # 2. Constant LRs for E epochs: every (lr, weight decay, seed) triple in one vmapped program.
+  # 2. Constant LRs: every (lr, seed) pair in one vmapped program; validation accuracy picks the LR.
   const_steps = config.epochs * steps_per_epoch
-  lr_trials = jnp.repeat(jnp.asarray(config.constant_lrs, jnp.float32), n_wd * n_seed)
-  wd_trials = jnp.tile(jnp.repeat(wds, n_seed), n_lr)
-
-  @jax.jit
-  @jax.vmap
-  def constant_run(key, lr, wd):
-    state = _with(init(key), learning_rate=lr, weight_decay=wd)
-    state, _ = train.run_steps(step, state, train_data, key, batch_size=bs, num_steps=const_steps)
-    return train.evaluate(graphdef, state, ds.x_test, ds.y_test)["accuracy"]
-
-  const_acc = np.asarray(constant_run(_tile(keys, n_lr * n_wd), lr_trials, wd_trials)).reshape(n_lr, n_wd, n_seed)
-  const_mean = const_acc.mean(-1)
-  best_lr_i, best_wd_i = np.unravel_index(int(np.argmax(const_mean)), const_mean.shape)
-  best_lr = float(config.constant_lrs[best_lr_i])
-  for lr, accs in zip(config.constant_lrs, const_mean):
-    ctx.log(const_steps, {"constant/lr": lr, **{f"constant/test_accuracy/wd={wd}": a
-                                                for wd, a in zip(config.weight_decays, accs)}})
-
-  # 3. 1cycle for E/4 epochs, for each weight decay.
-  oc = config.one_cycle
   cycle_steps = const_steps // 4
+
+  def make_constant_run(num_steps):
+    @jax.jit
+    @jax.vmap
+    def constant_run(key, lr):
+      state = _with(init(key), learning_rate=lr)
+      state, _ = train.run_steps(step, state, train_data, key, batch_size=bs, num_steps=num_steps)
+      return state
+    return constant_run
+
+  lr_trials = jnp.repeat(jnp.asarray(config.constant_lrs, jnp.float32), n_seed)
+  const_states = make_constant_run(const_steps)(_tile(keys, n_lr), lr_trials)
+  const_val = np.asarray(jax.vmap(lambda st: accuracy(st, x_val, y_val))(const_states)).reshape(n_lr, n_seed)
+  best_i = int(np.argmax(const_val.mean(-1)))
+  best_lr = float(config.constant_lrs[best_i])
+  chosen = jax.tree.map(lambda a: a.reshape(n_lr, n_seed, *a.shape[1:])[best_i], const_states)
+  acc_const_seeds = np.asarray(jax.vmap(lambda st: accuracy(st, ds.x_test, ds.y_test))(chosen))   # one test read
+  for lr, acc in zip(config.constant_lrs, const_val.mean(-1)):
+    ctx.log(const_steps, {"constant/lr": lr, "constant/val_accuracy": acc})
+
+  # 3. 1cycle for E/4 epochs at the range test's lr_max (no grid: nothing to pick on validation).
+  oc = config.one_cycle
   lr_sched = one_cycle(cycle_steps, lr_max, pct_start=oc.pct_start, div_factor=oc.div_factor,
                        final_div_factor=oc.final_div_factor)
   mom_sched = one_cycle_momentum(cycle_steps, pct_start=oc.pct_start, base_momentum=oc.base_momentum,
@@ -130,7 +141,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
 
   @jax.jit
   @jax.vmap
-  def cycle_run(key, wd):
+  def cycle_run(key):
     data_key, rng_key = jax.random.split(key)
 
     def body(state, t):
@@ -139,31 +150,37 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
       state, metrics = step(state, batch, jax.random.fold_in(rng_key, t))
       return state, metrics["loss"]
 
-    state, losses = jax.lax.scan(body, _with(init(key), weight_decay=wd), jnp.arange(cycle_steps))
-    return train.evaluate(graphdef, state, ds.x_test, ds.y_test)["accuracy"], losses
+    state, losses = jax.lax.scan(body, init(key), jnp.arange(cycle_steps))
+    return accuracy(state, x_val, y_val), accuracy(state, ds.x_test, ds.y_test), losses
 
-  cycle_acc, cycle_losses = cycle_run(_tile(keys, n_wd), jnp.repeat(wds, n_seed))
-  cycle_acc = np.asarray(cycle_acc).reshape(n_wd, n_seed)
-  cycle_wd_i = int(np.argmax(cycle_acc.mean(-1)))
-  cycle_losses = np.asarray(cycle_losses).reshape(n_wd, n_seed, cycle_steps)[cycle_wd_i].mean(0)
+  cycle_val, acc_cycle_seeds, cycle_losses = (np.asarray(a) for a in cycle_run(keys))
+  cycle_losses = cycle_losses.mean(0)
   for i in range(0, cycle_steps, steps_per_epoch):
     ctx.log(i, {"one_cycle/lr": lr_sched(i), "one_cycle/momentum": mom_sched(i),
                 "one_cycle/train_loss": cycle_losses[i]})
 
-  acc_cycle, acc_const = float(cycle_acc[cycle_wd_i].mean()), float(const_mean[best_lr_i, best_wd_i])
+  # 4. Control: the chosen constant LR for the same E/4 epochs (a schedule that does nothing) in 1cycle's place.
+  short = make_constant_run(cycle_steps)(keys, jnp.full((n_seed,), best_lr, jnp.float32))
+  acc_short_seeds = np.asarray(jax.vmap(lambda st: accuracy(st, ds.x_test, ds.y_test))(short))
+
+  acc_cycle, acc_const = float(acc_cycle_seeds.mean()), float(acc_const_seeds.mean())
+  acc_short = float(acc_short_seeds.mean())
   ratio = lr_max / (3.0 * best_lr)
-  passed = acc_cycle >= acc_const - config.claim_margin and 1.0 / 3.0 <= ratio <= 3.0
+  claim = lambda acc: acc >= acc_const - config.claim_margin and 1.0 / 3.0 <= ratio <= 3.0
+  holds, control_passes = claim(acc_cycle), claim(acc_short)
   ctx.print(f"1cycle ({cycle_steps} steps): {acc_cycle:.4f}; best constant lr={best_lr} ({const_steps} steps): "
-            f"{acc_const:.4f}")
+            f"{acc_const:.4f}; constant lr={best_lr} for {cycle_steps} steps: {acc_short:.4f}")
   return {
       "range_test": {"suggested_lr_per_seed": np.asarray(suggested).tolist(), "lr_max": lr_max},
-      "constant": {"lrs": list(config.constant_lrs), "weight_decays": list(config.weight_decays),
-                   "test_accuracy": const_acc.tolist(), "num_steps": const_steps},
-      "one_cycle": {"weight_decays": list(config.weight_decays), "test_accuracy": cycle_acc.tolist(),
+      "constant": {"lrs": list(config.constant_lrs), "val_accuracy": const_val.tolist(), "num_steps": const_steps,
+                   "chosen_lr": best_lr, "test_accuracy": acc_const_seeds.tolist()},
+      "one_cycle": {"val_accuracy": cycle_val.tolist(), "test_accuracy": acc_cycle_seeds.tolist(),
                     "num_steps": cycle_steps},
-      "claim": {"passed": bool(passed), "statement": CLAIM, "acc_one_cycle": acc_cycle,
-                "acc_best_constant": acc_const, "gap": acc_const - acc_cycle, "best_constant_lr": best_lr,
-                "best_constant_weight_decay": float(config.weight_decays[best_wd_i]),
-                "one_cycle_weight_decay": float(config.weight_decays[cycle_wd_i]), "lr_max": lr_max,
-                "lr_max_over_3x_best_constant": ratio},
+      "control_constant_short": {"test_accuracy": acc_short_seeds.tolist(), "num_steps": cycle_steps},
+      "claim": {"passed": bool(holds and not control_passes), "holds": bool(holds),
+                "control_passes": bool(control_passes), "statement": CLAIM, "acc_one_cycle": acc_cycle,
+                "acc_best_constant": acc_const, "acc_constant_short": acc_short, "gap": acc_const - acc_cycle,
+                "std": {"one_cycle": float(acc_cycle_seeds.std()), "best_constant": float(acc_const_seeds.std()),
+                        "constant_short": float(acc_short_seeds.std())},
+                "best_constant_lr": best_lr, "lr_max": lr_max, "lr_max_over_3x_best_constant": ratio},
   }
