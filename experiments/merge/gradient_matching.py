@@ -13,8 +13,15 @@ base (with the base head) on as many upright training inputs; ``s_t`` and ``s_0`
 and upright training sets, equal here), ``delta = 1e-12``. It is compared with task arithmetic
 ``theta_0 + alpha sum_t tau_t`` at the same ``alpha`` on the grid 0.2, 0.3, ..., 1.0.
 
-Claim (catalogue [203]): gradient matching >= TA at the same alpha for alpha in {0.3, 0.5, 1.0}, and the spread
-(max - min) of its mean accuracy over the alpha grid is at most half of TA's.
+Claim (catalogue [203], tested as stated, no deviation): gradient matching >= TA at the same alpha for alpha in
+{0.3, 0.5, 1.0}, and the spread (max - min) of its mean accuracy over the alpha grid is at most half of TA's. The
+claim is about whole alpha curves, so nothing is picked: both methods see the same nine alphas (the same budget)
+and every point is read on test. Judged on seed means (:class:`paperlab.runner.protocol.Comparison`), with the
+control: TA passed as the method must fail (it does: its spread is not half of itself).
+
+Measured (seeds 0-2, ~20 CPU-seconds on one core): at alpha 0.3 / 0.5 / 1.0 GM 58.6 / 61.6 / 64.2 vs TA 52.3 / 60.0
+/ 46.3; spread over alpha 0.2-1.0 GM 9.8 vs TA 22.1 points (ratio 0.44; per seed 8.7/12.2/8.5 vs 21.4/21.4/24.4, i.e.
+0.40/0.57/0.35: seed 1 alone would miss the 0.5 bar). Reproduces on seed means.
 """
 
 from __future__ import annotations
@@ -26,13 +33,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from paperlab import data, merge
+from paperlab import data, merge, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 203
-CLAIM = ("On ROT-DIGITS (five transformed-digits tasks fine-tuned from one base, per-task heads), uncertainty-based "
-         "gradient matching with diagonal Fishers is at least as accurate as task arithmetic at the same alpha for "
-         "alpha in {0.3, 0.5, 1.0}, and its mean task accuracy varies at most half as much as task arithmetic's over "
-         "alpha in [0.2, 1.0].")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -82,6 +88,18 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     gm.append(np.stack(gm_s))
     ta.append(np.stack(ta_s))
   gm, ta = np.stack(gm), np.stack(ta)
+  key = lambda a: f"alpha_{a:g}"
+  # one arm per method, its test metric at every alpha per seed (the claim is about the whole alpha curve: no pick)
+  comparison = protocol.Comparison(
+      {name: protocol.ArmResult(name, {}, [], {key(a): acc[:, i].mean(1) for i, a in enumerate(alphas)})
+       for name, acc in (("task_arithmetic", ta), ("gradient_matching", gm))}, tuple(config.pool.seeds))
+  spread = lambda means: max(means[key(a)] for a in alphas) - min(means[key(a)] for a in alphas)
+
+  def claim(m, b):  # on seed means; control: TA as the method has its own spread, not half of it
+    return (all(m[key(a)] >= b[key(a)] for a in config.compare_alphas)
+            and spread(m) <= config.spread_ratio * spread(b))
+
+  verdict = comparison.judge(claim, method="gradient_matching", baseline="task_arithmetic")
   gm_mean, ta_mean = gm.mean((0, 2)), ta.mean((0, 2))  # (A,)
   for i, a in enumerate(alphas):
     ctx.log(i, {"alpha": a, "gradient_matching": float(gm_mean[i]), "task_arithmetic": float(ta_mean[i])})
@@ -94,10 +112,13 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   beats = all(g >= t for g, t in at.values())
   robust = spread_gm <= config.spread_ratio * spread_ta
   return {
-      "claim": {"passed": bool(beats and robust), "statement": CLAIM,
+      "claim": {**verdict, "statement": CLAIM,
                 "at_alpha": {str(a): {"gradient_matching": g, "task_arithmetic": t} for a, (g, t) in at.items()},
                 "spread_gradient_matching": spread_gm, "spread_task_arithmetic": spread_ta,
+                "spread_per_seed": {"gradient_matching": np.ptp(gm.mean(2), axis=1).tolist(),
+                                    "task_arithmetic": np.ptp(ta.mean(2), axis=1).tolist()},
                 "spread_ratio_required": config.spread_ratio, "beats_ok": bool(beats), "robust_ok": bool(robust)},
+      "protocol": comparison.to_json(),
       "alphas": alphas,
       "mean_task_accuracy": {"gradient_matching": gm_mean.tolist(), "task_arithmetic": ta_mean.tolist()},
       "mean_task_accuracy_per_seed": {"gradient_matching": gm.mean(2).tolist(), "task_arithmetic": ta.mean(2).tolist()},

@@ -15,5 +15,7 @@ def test_mats_beats_task_arithmetic_and_cg_converges(run_claim, tmp_path):
 
 @pytest.mark.slow
 def test_gradient_matching_beats_task_arithmetic_and_is_robust_to_alpha(run_claim, tmp_path):
+  # measured: GM 58.6/61.6/64.2 vs TA 52.3/60.0/46.3 at alpha 0.3/0.5/1.0; spread 9.8 vs 22.1 (seeds 0-2)
   result = run_claim("merge/gradient_matching", tmp_path, paper_id=203)
   assert result["claim"]["passed"], result["claim"]
+  assert not result["claim"]["control_passes"], "TA in gradient matching's place must fail the claim"
