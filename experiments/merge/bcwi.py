@@ -7,7 +7,12 @@ out) for a few steps; the new model is fine-tuned from it on the full split for 
 Negative flips (``paperlab.merge.negative_flip_rate``: correct under the old model, wrong under the deployed one)
 and accuracy are measured on the test split for alpha in {0, 0.1, ..., 1} and averaged over seeds; the alpha a
 practitioner would pick on validation (``paperlab.merge.bcwi_select``, the most backward-compatible alpha within
-0.5 points of the new model's validation accuracy) is reported too.
+0.5 points of the new model's validation accuracy) is reported too. The claim is the catalogue's; its control deploys
+the new model at every alpha (an interpolation that does nothing) and must fail.
+
+Measured (seeds 0-2): new model 97.19% test, NFR 0.44% (about 2 of 450 test digits); alpha 0.9: 96.8%, NFR 0.44%;
+alpha 0.8: 96.6% (-0.6 points), NFR 0.30% (> 0.22%); alpha <= 0.7 halves the NFR but loses >= 1 point (0.7: 96.2%,
+0.15%). Not reproduced: with so few flips no alpha halves them within 0.5 points.
 """
 
 from __future__ import annotations
@@ -18,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from paperlab import data, merge, models, train
+from paperlab import merge, papers
+from paperlab.runner.digits_soup import digits_soup
 
 PAPER_ID = 387
-CLAIM = ("On digits, some interpolation weight alpha in [0.3, 0.9] between the old model and its update halves the "
-         "update's negative flip rate (NFR <= 0.5 x NFR(new)) while losing at most 0.5 points of test accuracy.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -48,22 +53,14 @@ def get_config() -> ml_collections.ConfigDict:
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   t0 = time.time()
-  ds = data.digits(seed=config.seed)
-  tr, va = data.stratified_split(ds.y_train, config.val_fraction, config.seed)
-  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
-  xv, yv = jnp.asarray(ds.x_train[va]), jnp.asarray(ds.y_train[va])
-  xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  soup = digits_soup(seed=config.seed, val_fraction=config.val_fraction, width=config.width)
+  graphdef, model_state = soup.graphdef, soup.model_state
+  (x, y), (xv, yv), (xt, yt) = soup.fit, soup.val, soup.test
   n = config.num_seeds
   key = jax.random.key(config.seed)
-  graphdef, init = train.make_init(lambda r: models.MLP(64, [config.width, config.width], 10, rngs=r),
-                                   optax.identity())
-  starts = jax.vmap(init)(jax.random.split(key, n))
-  model_state = jax.tree.map(lambda a: a[0], starts.model_state)
+  _, olds = soup.pretrain(key, n, fraction=config.old_fraction, steps=config.old_steps,
+                          batch_size=config.batch_size, learning_rate=config.learning_rate)
   hp = jnp.asarray([[config.learning_rate, 0.0, 0.0, 0.0]] * n)
-  n_old = int(config.old_fraction * x.shape[0])
-  olds = merge.finetune_grid(graphdef, starts.params, model_state, (x[:n_old], y[:n_old]), hp,
-                             jax.random.split(jax.random.fold_in(key, 1), n), num_steps=config.old_steps,
-                             batch_size=config.batch_size, params_axis=0)
   news = merge.finetune_grid(graphdef, olds, model_state, (x, y), hp, jax.random.split(jax.random.fold_in(key, 2), n),
                              num_steps=config.new_steps, batch_size=config.batch_size, params_axis=0)
 
@@ -99,12 +96,19 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     ctx.print(f"alpha picked on validation per seed: {picked}")
   i_new = alphas.index(1.0)
   lo, hi = config.claim_alpha_range
-  good = [a for j, a in enumerate(alphas) if lo <= a <= hi and nfr_m[j] <= config.nfr_ratio * nfr_m[i_new]
-          and acc_m[j] >= acc_m[i_new] - config.tolerance]
+  def passing(nfr_row, acc_row):  # the alphas in the claim's range that meet it, for deployed models' seed means
+    return [a for j, a in enumerate(alphas) if lo <= a <= hi and nfr_row[j] <= config.nfr_ratio * nfr_m[i_new]
+            and acc_row[j] >= acc_m[i_new] - config.tolerance]
+
+  good = passing(nfr_m, acc_m)
+  # Control: deploying the new model at every alpha (an interpolation that does nothing) must fail the claim.
+  control_passes = bool(passing(np.full_like(nfr_m, nfr_m[i_new]), np.full_like(acc_m, acc_m[i_new])))
   cand = [j for j, a in enumerate(alphas) if lo <= a <= hi]
   best = min(cand, key=lambda j: (acc_m[j] < acc_m[i_new] - config.tolerance, nfr_m[j]))
-  return {"claim": {"passed": bool(good), "statement": CLAIM, "alphas_passing": good,
+  return {"claim": {"passed": bool(good) and not control_passes, "holds": bool(good),
+                    "control_passes": control_passes, "statement": CLAIM, "alphas_passing": good,
                     "nfr_new": float(nfr_m[i_new]), "acc_new": float(acc_m[i_new]), "acc_old": float(acc_m[0]),
                     "best_alpha": alphas[best], "nfr_best": float(nfr_m[best]), "acc_best": float(acc_m[best])},
           "alphas": alphas, "test_accuracy": acc_m.tolist(), "negative_flip_rate": nfr_m.tolist(),
+          "test_accuracy_per_seed": acc.T.tolist(), "negative_flip_rate_per_seed": nfr.T.tolist(),
           "alpha_picked_on_validation": picked, "seconds": time.time() - t0}
