@@ -9,7 +9,12 @@ random learning rate (log-uniform), weight decay, label smoothing and Gaussian i
 own data order; DiWA is their uniform mean (``paperlab.merge.diwa``). Controls: the average of 5 evenly spaced
 checkpoints of each run, and DiWA over M runs with the same hyperparameters started from different random inits
 (no shared pre-training). OOD test: the test digits shifted by one pixel in a random direction plus Gaussian noise.
-The protocol is repeated for ``num_seeds`` seeds (all runs vmapped together) and accuracies are averaged.
+The protocol is repeated for ``num_seeds`` seeds (all runs vmapped together) and the claim (the catalogue's) is judged
+on seed means; its control puts the mean individual run in DiWA's place and must fail.
+
+Measured (seeds 0-2), OOD accuracy: DiWA 46.96% (per seed 46.7/46.9/47.3) vs mean individual run 44.98% (+2.0
+points), checkpoint average of a run 44.69%, DiWA over different random inits 20.15% (+26.8 points); in-distribution
+test: DiWA 97.5%, individual runs 97.2%.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import data, merge, models, train
+from paperlab import merge, papers, train
+from paperlab.runner.digits_soup import digits_soup
 
 PAPER_ID = 205
-CLAIM = ("On shifted, noisy digits, DiWA of 8 random-hyperparameter fine-tunes from a shared LP-init beats the mean "
-         "individual run by >= 1 point and the checkpoint average of a run, and beats DiWA over different random "
-         "inits by >= 20 points.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -43,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_checkpoints = 5
   c.batch_size = 64
   c.num_runs = 8
-  c.num_seeds = 2
+  c.num_seeds = 3
   c.lr_range = (3e-4, 3e-3)
   c.weight_decays = (0.0, 1e-4)
   c.max_label_smoothing = 0.1
@@ -67,21 +72,14 @@ def shifted_noisy(x: np.ndarray, noise: float, seed: int) -> np.ndarray:
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   t0 = time.time()
-  ds = data.digits(seed=config.seed)
-  tr, va = data.stratified_split(ds.y_train, config.val_fraction, config.seed)
-  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
-  xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
-  xo = jnp.asarray(shifted_noisy(ds.x_test, config.ood_noise, config.seed))
+  soup = digits_soup(seed=config.seed, val_fraction=config.val_fraction, width=config.width)
+  graphdef, model_state, init = soup.graphdef, soup.model_state, soup.init
+  (x, y), (xt, yt) = soup.fit, soup.test
+  xo = jnp.asarray(shifted_noisy(soup.x_test_raw, config.ood_noise, config.seed))
   n, m = config.num_seeds, config.num_runs
   key = jax.random.key(config.seed)
-  graphdef, init = train.make_init(lambda r: models.MLP(64, [config.width, config.width], 10, rngs=r),
-                                   optax.identity())
-  fresh = jax.vmap(init)(jax.random.split(key, n))
-  model_state = jax.tree.map(lambda a: a[0], fresh.model_state)
-  n_base = int(config.base_fraction * x.shape[0])
-  bases = merge.finetune_grid(graphdef, fresh.params, model_state, (x[:n_base], y[:n_base]),
-                              jnp.asarray([[1e-3, 0.0, 0.0, 0.0]] * n), jax.random.split(jax.random.fold_in(key, 1), n),
-                              num_steps=config.base_steps, batch_size=config.batch_size, params_axis=0)
+  _, bases = soup.pretrain(key, n, fraction=config.base_fraction, steps=config.base_steps,
+                           batch_size=config.batch_size)
 
   # Linear probe: a fresh head on the frozen pre-trained backbone.
   probe = optax.multi_transform({"head": optax.adam(config.probe_learning_rate), "body": optax.set_to_zero()},
@@ -125,28 +123,39 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
           for s in range(n)]
   diwa_rand = [merge.diwa([jax.tree.map(lambda a, s=s, i=i: a[s, i], per_seed(scattered)) for i in range(m)])
                for s in range(n)]
-  rows = {
-      "lp_init": np.asarray(batched(lp_inits)).mean(0),
-      "individual_mean": individual.mean((0, 1)),
-      "individual_best": individual.max(1).mean(0),
-      "checkpoint_average_mean": ckpt_avg.mean((0, 1)),
-      "checkpoint_average_best": ckpt_avg.max(1).mean(0),
-      "diwa": np.mean([np.asarray(accuracies(p)) for p in diwa], 0),
-      "diwa_random_inits": np.mean([np.asarray(accuracies(p)) for p in diwa_rand], 0),
-      "random_init_individual_mean": np.asarray(batched(scattered)).mean(0),
+  seed_rows = {  # (n, 2): test and OOD accuracy per seed
+      "lp_init": np.asarray(batched(lp_inits)),
+      "individual_mean": individual.mean(1),
+      "individual_best": individual.max(1),
+      "checkpoint_average_mean": ckpt_avg.mean(1),
+      "checkpoint_average_best": ckpt_avg.max(1),
+      "diwa": np.stack([np.asarray(accuracies(p)) for p in diwa]),
+      "diwa_random_inits": np.stack([np.asarray(accuracies(p)) for p in diwa_rand]),
+      "random_init_individual_mean": np.asarray(batched(scattered)).reshape(n, m, 2).mean(1),
   }
-  rows = {k: {"test": float(v[0]), "ood": float(v[1])} for k, v in rows.items()}
+  rows = {k: {"test": float(v[:, 0].mean()), "ood": float(v[:, 1].mean())} for k, v in seed_rows.items()}
   for i, (name, r) in enumerate(rows.items()):
     ctx.log(i, {f"{name}/{k}": v for k, v in r.items()})
   if not ctx.quiet:
     for name, r in rows.items():
-      ctx.print(f"{name:>28s}  test {r['test'] * 100:5.1f}  ood {r['ood'] * 100:5.1f}")
+      ctx.print(f"{name:>28s}  test {r['test'] * 100:5.1f}  ood {r['ood'] * 100:5.1f}  (ood per seed "
+                + " ".join(f"{a * 100:.1f}" for a in seed_rows[name][:, 1]) + ")")
+
+  def checks(d):  # the claim on seed means, for DiWA's OOD accuracy d
+    return {"beats_individuals": bool(d >= rows["individual_mean"]["ood"] + config.individual_margin),
+            "beats_checkpoint_average": bool(d >= rows["checkpoint_average_mean"]["ood"]),
+            "beats_random_inits": bool(d >= rows["diwa_random_inits"]["ood"] + config.random_init_margin)}
+
   d = rows["diwa"]["ood"]
-  checks = {"beats_individuals": d >= rows["individual_mean"]["ood"] + config.individual_margin,
-            "beats_checkpoint_average": d >= rows["checkpoint_average_mean"]["ood"],
-            "beats_random_inits": d >= rows["diwa_random_inits"]["ood"] + config.random_init_margin}
-  return {"claim": {"passed": all(checks.values()), "statement": CLAIM, **checks, "diwa_ood": d,
+  parts = checks(d)
+  # Control: the mean individual run in DiWA's place (an average that does nothing) must fail the claim.
+  control_passes = all(checks(rows["individual_mean"]["ood"]).values())
+  holds = all(parts.values())
+  return {"claim": {"passed": holds and not control_passes, "holds": holds, "control_passes": control_passes,
+                    "statement": CLAIM, **parts, "diwa_ood": d,
                     "individual_mean_ood": rows["individual_mean"]["ood"],
                     "checkpoint_average_ood": rows["checkpoint_average_mean"]["ood"],
                     "diwa_random_inits_ood": rows["diwa_random_inits"]["ood"]},
-          "table": rows, "hyperparameters": hp.tolist(), "seconds": time.time() - t0}
+          "table": rows, "per_seed": {k: {"test": v[:, 0].tolist(), "ood": v[:, 1].tolist()}
+                                      for k, v in seed_rows.items()},
+          "hyperparameters": hp.tolist(), "seconds": time.time() - t0}
