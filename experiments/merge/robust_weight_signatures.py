@@ -9,16 +9,21 @@ include="^hidden/0/")`` (first Dense layer, kernel and bias), stored with ``merg
 patched with ``merge.apply_task_vector(theta_c, rws, 1.0)``. Accuracies are on the test split, clean and with one
 fixed draw of the same noise.
 
-Claim (catalogue [3]): the first-layer patch recovers >= 70% of the full delta's gain in noisy-test accuracy,
-``(acc_n(patch) - acc_n(clean)) / (acc_n(robust) - acc_n(clean))``, costs <= 3 points of clean-test accuracy
-against the clean model, and the first layer holds a larger fraction of ``||theta_r - theta_c||^2`` than its
-fraction of the parameters. Patch removal (``scale=-1``) restoring the clean model is checked too.
+Claim (catalogue [3], tested as stated, no deviation): the first-layer patch recovers >= 70% of the full delta's
+gain in noisy-test accuracy, ``(acc_n(patch) - acc_n(clean)) / (acc_n(robust) - acc_n(clean))`` (on seed means),
+costs <= 3 points of clean-test accuracy against the clean model, and the first layer holds a larger fraction of
+``||theta_r - theta_c||^2`` than its fraction of the parameters. The 8-bit signature (``merge.quantize_delta``) is
+reported beside the float patch, and patch removal (``scale=-1``) restoring the clean model is checked. Control: a
+patch that does nothing (the clean model itself) must fail the claim (it does: recovery 0).
 
-Calibration (sigma 1.0, seeds 0-2, ~11 s on one core): clean model 97.56% clean / 82.15% noisy; robust 97.85% /
-89.04%; 8-bit first-layer patch 97.56% / 87.33% (identical to the fp32 patch): recovery 0.753 (per seed 0.95,
-0.68, 0.59), clean cost 0.00 pt, first layer 43.8% of ||delta||^2 vs 31.9% of the parameters. The recovery
-is seed-sensitive and close to the 70% bar: seeds 3-5 give 0.609, seeds 6-8 0.708, sigma 1.5 (seeds 0-2) 0.698;
-the energy concentration and the clean cost hold in every run. Treat the 70% as a borderline reproduction.
+Nine seeds, not three: the recovery is seed-sensitive and close to the 70% bar (an earlier record passed on seeds
+0-2 alone, at 0.753, while seeds 3-5 gave 0.609 and 6-8 0.708), so the claim is judged on all nine.
+
+Measured (sigma 1.0, seeds 0-8, ~28 s on one core): noisy-test gain of the full delta +6.8 points, of the
+first-layer patch +4.6: recovery 0.684 (per seed 1.00/0.71/0.56/0.52/0.60/0.68/0.78/0.58/0.75, std 0.14), below the
+0.70 bar; clean cost 0.00 points; first layer 43.6% of ||delta||^2 vs 31.9% of the parameters; the 8-bit patch
+gives the same accuracies. Not reproduced, narrowly: the energy concentration and the free clean accuracy hold on
+every seed, the 70% recovery only on four of nine.
 """
 
 from __future__ import annotations
@@ -31,17 +36,16 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import data, merge, models, train
+from paperlab import data, merge, models, papers, train
 
 PAPER_ID = 3
-CLAIM = ("On digits, the first-layer-only robust weight signature (8-bit) of an MLP fine-tuned on Gaussian-noise-"
-         "corrupted inputs recovers >= 70% of the full delta's noisy-test accuracy gain, costs <= 3 points of "
-         "clean accuracy, and the first layer holds a larger share of ||delta||^2 than of the parameters.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seeds = (0, 1, 2)
+  c.seeds = (0, 1, 2, 3, 4, 5, 6, 7, 8)  # nine: the recovery is seed-sensitive (see the module docstring)
   c.widths = (128, 128)
   c.sigma = 1.0
   c.batch_size = 64
@@ -105,28 +109,41 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ctx.log_curve("robust_train_loss", np.asarray(robust_loss).mean(0), every=100)
   accs = {k: np.asarray(v) for k, v in accs.items()}
   gain_full = accs["robust/noisy"] - accs["clean/noisy"]
-  gain_patch = accs["patch/noisy"] - accs["clean/noisy"]
-  recovery = float(gain_patch.mean() / gain_full.mean())
-  clean_cost = float((accs["clean/clean"] - accs["patch/clean"]).mean())
+  gain = {n: accs[f"{n}/noisy"] - accs["clean/noisy"] for n in ("patch", "patch_fp32", "clean")}
+  cost = {n: accs["clean/clean"] - accs[f"{n}/clean"] for n in gain}
   energy_m, share_m = float(np.mean(energy)), float(share[0])
+  removal = float(np.max(removal_err))
+
+  def verdict(name):  # on seed means: the patch's share of the full delta's noisy gain, its clean cost, the energy
+    recovery = float(gain[name].mean() / gain_full.mean())
+    return recovery, bool(recovery >= config.min_recovery and float(cost[name].mean()) <= config.max_clean_cost
+                          and energy_m > share_m and gain_full.mean() > 0)
+
+  recovery, holds = verdict("patch_fp32")  # the catalogue's first-layer patch
+  recovery_8bit, holds_8bit = verdict("patch")
+  _, control = verdict("clean")  # control: a patch that does nothing (the clean model) must fail
+  clean_cost = float(cost["patch_fp32"].mean())
   mean = {k: float(v.mean()) for k, v in accs.items()}
   ctx.log(config.robust_steps, {**mean, "recovery": recovery, "clean_cost": clean_cost,
                                 "first_layer_energy_share": energy_m, "first_layer_param_share": share_m})
   if not ctx.quiet:
     for k, v in mean.items():
       ctx.print(f"{k:>18s} {v:.4f}  per seed {np.round(accs[k], 4).tolist()}")
-    ctx.print(f"recovery {recovery:.3f} (per seed {np.round(gain_patch / gain_full, 3).tolist()}), clean cost "
-              f"{clean_cost * 100:.2f}pt, first-layer ||delta||^2 share {energy_m:.3f} vs param share {share_m:.3f}")
-  removal = float(np.max(removal_err))
-  passed = bool(recovery >= config.min_recovery and clean_cost <= config.max_clean_cost and energy_m > share_m
-                and gain_full.mean() > 0 and removal < 1e-5)
+    ctx.print(f"recovery {recovery:.3f} (per seed {np.round(gain['patch_fp32'] / gain_full, 3).tolist()}), clean "
+              f"cost {clean_cost * 100:.2f}pt, first-layer ||delta||^2 share {energy_m:.3f} vs param share "
+              f"{share_m:.3f}")
   return {
-      "claim": {"passed": passed, "statement": CLAIM, "recovery": recovery, "min_recovery": config.min_recovery,
+      "claim": {"passed": bool(holds and not control), "holds": holds, "control_passes": control, "vacuous": control,
+                "statement": CLAIM, "recovery": recovery, "min_recovery": config.min_recovery,
+                "recovery_std_over_seeds": float(np.std(gain["patch_fp32"] / gain_full)),
                 "clean_cost": clean_cost, "max_clean_cost": config.max_clean_cost,
                 "first_layer_energy_share": energy_m, "first_layer_param_share": share_m,
-                "noisy_gain_full": float(gain_full.mean()), "noisy_gain_patch": float(gain_patch.mean()),
+                "noisy_gain_full": float(gain_full.mean()), "noisy_gain_patch": float(gain["patch_fp32"].mean()),
+                "recovery_8bit": recovery_8bit, "holds_8bit": holds_8bit,
                 "patch_removal_max_abs_error": removal},
       "accuracy": mean,
-      "recovery_fp32_patch": float((accs["patch_fp32/noisy"] - accs["clean/noisy"]).mean() / gain_full.mean()),
+      "accuracy_per_seed": {k: v.tolist() for k, v in accs.items()},
+      "recovery_per_seed": (gain["patch_fp32"] / gain_full).tolist(),
+      "first_layer_energy_share_per_seed": np.asarray(energy).tolist(),
       "seconds": time.time() - t0,
   }
