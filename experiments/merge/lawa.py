@@ -1,13 +1,18 @@
-"""LAWA: the average of the k latest epoch checkpoints has a lower test loss than the current checkpoint during
-high-learning-rate training (Kaddour, "Stop Wasting My Time!", arXiv:2209.14981).
+"""LAWA (Kaddour, "Stop Wasting My Time!", arXiv:2209.14981), catalogue [84]: the average of the k latest epoch
+checkpoints has a lower test loss than the current checkpoint during high-learning-rate training, and reaches a
+target validation accuracy sooner.
 
-An MLP (64-128-128-10) is trained on digits with 20% symmetric label noise by SGD with momentum at a high learning
-rate with a step decay at 2/3 of the run; a checkpoint is pushed into ``paperlab.merge.lawa_update`` at every epoch
-end and ``lawa_params`` (mean of the ``k`` latest) is evaluated next to the raw checkpoint. The average never feeds
-back into training.
+The catalogue's setting: an MLP (64-128-128-10) trained on digits (a stratified validation split carved out of the
+training split) by SGD (momentum 0.9) at lr 0.1 with a step decay (x0.1) at epoch 20, 30 epochs, 3 seeds. A
+checkpoint is pushed into ``paperlab.merge.lawa_update`` at every epoch end and ``lawa_params`` (mean of the ``k = 5``
+latest) is evaluated next to the raw checkpoint; the average never feeds back into training. Claim (on seed means):
+LAWA's test loss <= the raw checkpoint's in >= 80% of epochs 5-15, and LAWA first reaches 95% validation accuracy
+>= 1 epoch earlier than the raw run. Control: the raw run in LAWA's place must fail.
 
-Calibration (seeds 0 and 1): LAWA's test loss is below the raw checkpoint's in 100% of epochs 5-15 for both seeds;
-after the decay both end at 0.652. ~7 CPU-seconds.
+Measured (seeds 0-2): LAWA's test loss <= raw in 85% of epochs 5-15 (per seed 82/91/82%: holds); first epoch at 95%
+validation accuracy LAWA 3.33 (per seed 5/3/2) vs raw 4.0 (7/3/2): 0.67 epochs earlier, the catalogue asks >= 1, so
+the claim does not reproduce (on clean digits both runs pass 95% within 2-3 epochs on two of three seeds). The
+earlier record passed on the first part alone, with 20% label noise and 2 seeds.
 """
 
 from __future__ import annotations
@@ -20,17 +25,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import data, merge, models, train
+from paperlab import data, merge, models, papers, train
 
 PAPER_ID = 84
-CLAIM = ("During the high-learning-rate phase (epochs 5-15), the LAWA average of the 5 latest epoch checkpoints has "
-         "a lower test loss than the raw checkpoint in at least 80% of epochs.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.width = 128
-  c.label_noise = 0.2
+  c.val_fraction = 0.2
   c.batch_size = 64
   c.lr = 0.1
   c.momentum = 0.9
@@ -39,14 +44,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.k = 5
   c.window = (5, 15)
   c.min_fraction = 0.8
-  c.seeds = (0, 1)
+  c.target_accuracy = 0.95
+  c.min_epochs_earlier = 1
+  c.seeds = (0, 1, 2)
   return c
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   t0 = time.time()
-  ds = data.with_label_noise(data.digits(seed=0), rate=config.label_noise, kind="symmetric", seed=0)
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+  ds = data.digits(seed=0)
+  tr, va = data.stratified_split(ds.y_train, config.val_fraction, 0)
+  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
+  xv, yv = jnp.asarray(ds.x_train[va]), jnp.asarray(ds.y_train[va])
   per_epoch = x.shape[0] // config.batch_size
   sched = optax.piecewise_constant_schedule(config.lr, {config.decay_epoch * per_epoch: 0.1})
   opt = optax.sgd(sched, momentum=config.momentum)
@@ -55,28 +64,52 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   epoch = jax.jit(lambda s, k: train.run_steps(step, s, (x, y), k, batch_size=config.batch_size,
                                                num_steps=per_epoch)[0])
   loss = jax.jit(lambda s, p: train.evaluate(graphdef, s._replace(params=p), ds.x_test, ds.y_test)["loss"])
+  val_acc = jax.jit(lambda s, p: train.evaluate(graphdef, s._replace(params=p), xv, yv)["accuracy"])
 
-  wins, raw_curves, lawa_curves = [], [], []
+  def first_epoch(accs):  # first epoch (1-based) at the target validation accuracy; epochs + 1 if never
+    hits = [e for e, a in enumerate(accs, 1) if a >= config.target_accuracy]
+    return hits[0] if hits else config.epochs + 1
+
+  curves = {"raw_test_loss": [], "lawa_test_loss": [], "raw_val_accuracy": [], "lawa_val_accuracy": []}
   lo, hi = config.window
   for seed in config.seeds:
     key = jax.random.key(seed)
     state = jax.jit(init)(key)
     buf = merge.lawa_init(state.params, config.k)
-    raw, avg = [], []
+    for c in curves.values():
+      c.append([])
     for e in range(1, config.epochs + 1):
       state = epoch(state, jax.random.fold_in(key, e))
       buf = merge.lawa_update(buf, state.params)
-      raw.append(float(loss(state, state.params)))
-      avg.append(float(loss(state, merge.lawa_params(buf))))
-      ctx.log(e, {f"seed{seed}/test_loss": raw[-1], f"seed{seed}/lawa_test_loss": avg[-1]})
-    raw_curves.append(raw)
-    lawa_curves.append(avg)
-    wins.append(float(np.mean([avg[e - 1] <= raw[e - 1] for e in range(lo, hi + 1)])))
-  fraction = float(np.mean(wins))
+      avg = merge.lawa_params(buf)
+      for name, fn, p in (("raw_test_loss", loss, state.params), ("lawa_test_loss", loss, avg),
+                          ("raw_val_accuracy", val_acc, state.params), ("lawa_val_accuracy", val_acc, avg)):
+        curves[name][-1].append(float(fn(state, p)))
+      ctx.log(e, {f"seed{seed}/{name}": c[-1][-1] for name, c in curves.items()})
+
+  def measures(arm):  # per seed: share of epochs lo..hi where arm's test loss <= raw's, first epoch at the target
+    wins = [float(np.mean([a[e - 1] <= r[e - 1] for e in range(lo, hi + 1)]))
+            for a, r in zip(curves[f"{arm}_test_loss"], curves["raw_test_loss"])]
+    return np.asarray(wins), np.asarray([first_epoch(a) for a in curves[f"{arm}_val_accuracy"]], float)
+
+  def claim(arm):
+    wins, first = measures(arm)
+    _, raw_first = measures("raw")
+    return bool(wins.mean() >= config.min_fraction
+                and first.mean() <= raw_first.mean() - config.min_epochs_earlier)
+
+  wins, lawa_first = measures("lawa")
+  _, raw_first = measures("raw")
+  holds, control_passes = claim("lawa"), claim("raw")
   if not ctx.quiet:
-    ctx.print(f"LAWA (k={config.k}) test loss <= raw in {fraction * 100:.0f}% of epochs {lo}-{hi} "
-              f"(per seed {wins}); final raw {np.mean([r[-1] for r in raw_curves]):.3f}, "
-              f"LAWA {np.mean([a[-1] for a in lawa_curves]):.3f}")
-  return {"claim": {"passed": bool(fraction >= config.min_fraction), "statement": CLAIM,
-                    "fraction_of_epochs": fraction, "per_seed": wins, "min_fraction": config.min_fraction},
-          "raw_test_loss": raw_curves, "lawa_test_loss": lawa_curves, "seconds": time.time() - t0}
+    ctx.print(f"LAWA (k={config.k}) test loss <= raw in {wins.mean() * 100:.0f}% of epochs {lo}-{hi} "
+              f"(per seed {wins.tolist()}); first epoch at {config.target_accuracy:.0%} val acc: LAWA "
+              f"{lawa_first.tolist()}, raw {raw_first.tolist()}; final test loss raw "
+              f"{np.mean([r[-1] for r in curves['raw_test_loss']]):.3f}, LAWA "
+              f"{np.mean([a[-1] for a in curves['lawa_test_loss']]):.3f}")
+  return {"claim": {"passed": holds and not control_passes, "holds": holds, "control_passes": control_passes,
+                    "statement": CLAIM, "fraction_of_epochs": float(wins.mean()), "per_seed": wins.tolist(),
+                    "min_fraction": config.min_fraction, "lawa_first_epoch": float(lawa_first.mean()),
+                    "raw_first_epoch": float(raw_first.mean()), "lawa_first_epoch_per_seed": lawa_first.tolist(),
+                    "raw_first_epoch_per_seed": raw_first.tolist()},
+          **curves, "seconds": time.time() - t0}

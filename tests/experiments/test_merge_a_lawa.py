@@ -1,4 +1,4 @@
-"""Reproduction test for experiments/merge/lawa.py (Kaddour, arXiv:2209.14981)."""
+"""Reproduction test for experiments/merge/lawa.py (Kaddour, arXiv:2209.14981), catalogue [84]."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ import pytest
 
 
 @pytest.mark.slow
-def test_lawa_claim(run_claim, tmp_path):
-  result = run_claim("merge/lawa", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce at the catalogue's setting (clean digits, 3 seeds): LAWA's test loss <= raw in 85% of epochs "
+    "5-15 (holds), but it reaches 95% validation accuracy at epoch 3.33 vs raw 4.0 (per seed 5/3/2 vs 7/3/2), 0.67 "
+    "epochs earlier, not >= 1"))
+def test_lawa_lowers_test_loss_and_reaches_the_target_sooner(run_claim, tmp_path):
+  result = run_claim("merge/lawa", tmp_path, paper_id=84)
+  claim = result["claim"]
+  assert not claim["control_passes"], "the raw run in LAWA's place must fail"
+  assert len(claim["per_seed"]) == 3
+  assert claim["fraction_of_epochs"] >= 0.8  # holds
+  assert claim["passed"], claim
