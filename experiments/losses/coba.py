@@ -6,6 +6,18 @@ truth (a per-example offset growing linearly in time), so its clean validation l
 CoBa is built to catch. Every step CoBa sees the three validation losses and returns the task weights for the next
 step; the baseline uses equal weights 1/K. Seeds are vmapped.
 
+The catalogue's claim, compared through the shared protocol (:mod:`paperlab.runner.protocol`: one fixed point per arm
+(Adam 3e-3, 1000 steps), so the same budget; 3 seeds; seed means). "Falls below 1/K within 200 steps" is measured per
+seed as the delay from the drift to the first step from which CoBa's weight on the drifting task stays below 1/K
+to the end of the run (the run's remaining length when there is none; before the drift the weight already wanders
+just below 1/K, 0.328 on the seed mean at step 499, so a first crossing would be met at once); the claim asks for a seed-mean delay <= 200. "Max-task validation loss at
+the end" is the largest task's clean validation loss averaged over the last 50 steps. Control: equal weighting passed
+as CoBa (its weight stays at 1/K) must fail.
+
+Measured (seeds 0-2): CoBa's weight on the drifting task is 0.328 (0.328/0.332/0.324) at step 499 and stays below
+1/K from 0/11/0 steps after the drift (0.166 at step 700, 0.125 on average over steps 700-999); worst task's final
+validation loss 0.142 (0.206/0.100/0.121) vs 0.180 (0.249/0.145/0.145) under equal weighting.
+
     paperlab run experiments/losses/coba.py --config.num_steps=3000
 """
 
@@ -17,12 +29,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import losses
+from paperlab import losses, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 118
-CLAIM = ("When one of three tasks starts to diverge (its training targets drift after step 500), CoBa's weight on it "
-         "falls below 1/K within 200 steps (mean weight over the rest of the run <= 0.8/K), and the worst task's "
-         "final validation loss is <= equal weighting's.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 K = 3
 
@@ -95,25 +107,43 @@ def _train(config, key, use_coba: bool):
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  keys = jax.random.split(jax.random.key(0), config.seeds)
-  out = {}
-  for name, use_coba in (("equal", False), ("coba", True)):
-    val, weights = jax.jit(jax.vmap(lambda k: _train(config, k, use_coba)))(keys)
-    out[name] = (np.asarray(val), np.asarray(weights))
-    v, w = out[name][0].mean(0), out[name][1].mean(0)
-    for s in range(0, config.num_steps, max(1, config.num_steps // 20)):
-      ctx.log(s, {f"{name}/val_loss": v[s].tolist(), f"{name}/weights": w[s].tolist()})
+  curves = {}
 
-  w_drift = out["coba"][1][:, :, 2]  # [seeds, steps]
-  pre = float(w_drift[:, config.drift_step - config.detect_within:config.drift_step].mean())
-  post = float(w_drift[:, config.drift_step + config.detect_within:].mean())
-  tail = slice(config.num_steps - 50, config.num_steps)
-  worst = {name: float(out[name][0][:, tail].mean(1).max(1).mean()) for name in out}
-  passed = post <= 0.8 / K and worst["coba"] <= worst["equal"]
+  def fit(arm, hparams, seeds):
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(jnp.asarray(seeds))
+    val, weights = jax.jit(jax.vmap(lambda k: _train(config, k, arm.name == "coba")))(keys)
+    val, weights = np.asarray(val), np.asarray(weights)
+    v, w = val.mean(0), weights.mean(0)
+    for s in range(0, config.num_steps, max(1, config.num_steps // 20)):
+      ctx.log(s, {f"{arm.name}/val_loss": v[s].tolist(), f"{arm.name}/weights": w[s].tolist()})
+    w_drift = weights[:, config.drift_step:, 2]  # [seeds, steps after the drift]
+    # the first step from which the weight stays below 1/K to the end of the run (it already dips below 1/K now and
+    # then before the drift, so a first crossing alone would not show a fall)
+    stays_below = np.flip(np.cumprod(np.flip(w_drift < 1.0 / K, 1), 1), 1).astype(bool)
+    delay = np.where(stays_below.any(1), stays_below.argmax(1), w_drift.shape[1])
+    curves[arm.name] = weights[:, :, 2].mean(0)
+    return {"detection_delay": delay.astype(float),
+            "weight_before_drift": weights[:, config.drift_step - 1, 2],
+            "weight_at_detect_within": weights[:, min(config.drift_step + config.detect_within, config.num_steps - 1), 2],
+            "final_worst_val_loss": val[:, -50:].mean(1).max(1)}
+
+  comparison = protocol.compare([protocol.Arm("equal"), protocol.Arm("coba")], range(config.seeds), fit,
+                                validate=lambda out: np.zeros(config.seeds),  # one point per arm: nothing to pick
+                                test=lambda out: out)
+  verdict = comparison.judge(lambda m, b: m["detection_delay"] <= config.detect_within
+                             and m["final_worst_val_loss"] <= b["final_worst_val_loss"], method="coba",
+                             baseline="equal")
+  coba, equal = comparison["coba"], comparison["equal"]
+  ctx.print(f"CoBa: weight on the drifting task {coba.mean('weight_before_drift'):.3f} before the drift, below 1/K "
+            f"after {coba.test['detection_delay'].tolist()} steps; worst final val loss {coba.mean('final_worst_val_loss'):.4f}"
+            f" vs equal {equal.mean('final_worst_val_loss'):.4f}")
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "drifting_task_weight_before": pre,
-                "drifting_task_weight_after": post,
-                "coba_final_worst_val_loss": worst["coba"], "equal_final_worst_val_loss": worst["equal"],
-                "coba_final_weights": out["coba"][1][:, -1].mean(0).tolist()},
-      "final_val_losses": {name: out[name][0][:, tail].mean((0, 1)).tolist() for name in out},
+      "claim": {**verdict, "statement": CLAIM, "detection_delay": coba.mean("detection_delay"),
+                "drifting_task_weight_before": coba.mean("weight_before_drift"),
+                "drifting_task_weight_at_detect_within": coba.mean("weight_at_detect_within"),
+                "drifting_task_weight_after_mean": float(curves["coba"][config.drift_step + config.detect_within:].mean()),
+                "coba_final_worst_val_loss": coba.mean("final_worst_val_loss"),
+                "equal_final_worst_val_loss": equal.mean("final_worst_val_loss")},
+      "runs": {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
   }
