@@ -101,7 +101,8 @@ def _one_seed(config: ml_collections.ConfigDict, seed: int, ctx) -> dict:
     ctx.log(p, {f"seed{seed}/dist_stock": d_stock, f"seed{seed}/dist_average": d_avg,
                 f"seed{seed}/acc_stock": stock_accs[-1], f"seed{seed}/acc_members": member_accs[-1]})
   return {"closer": closer, "closer_average": 0, "acc_stock": float(np.mean(stock_accs)),
-          "acc_average": float(np.mean(avg_accs)), "acc_members": float(np.mean(member_accs)), "acc_center": float(acc(center)),
+          "acc_average": float(np.mean(avg_accs)), "acc_members": float(np.mean(member_accs)),
+          "acc_center": float(acc(center)),
           "mean_ratio": float(np.mean(ratios))}
 
 
