@@ -13,7 +13,8 @@ def result(run_claim, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="does not reproduce (the catalogue's claim, 3 seeds x 10 pairs): Model Stock "
                    "test acc 96.26 < pair members' mean 96.44 (closer to the centre in 30/30 pairs; within 1pt of "
-                   "the 16-soup 96.44). Even the 16-soup is no more accurate than its members here, so there is no gain to find")
+                   "the 16-soup 96.44). Even the 16-soup is no more accurate than its members here, so there is no "
+                   "gain to find")
 def test_model_stock_claim(result):
   assert result["claim"]["passed"]
 
