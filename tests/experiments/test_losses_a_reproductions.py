@@ -6,8 +6,17 @@ import pytest
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "does not reproduce with CE's learning rate tuned on (noisy) validation like NCE+RCE's (grid 1e-4..3e-3, "
+    "3 seeds): clean test accuracy 0.917 vs CE 0.887 (lr 1e-4, early-stopping-like), +3.0 points < 5; CE at lr "
+    "1e-3, where it memorises, gets 0.750"))
 def test_nce_rce_beats_cross_entropy_under_40_percent_symmetric_noise(run_claim, tmp_path):
-  assert run_claim("losses/robust_noise", tmp_path)["claim"]["passed"]
+  result = run_claim("losses/robust_noise", tmp_path, paper_id=198)
+  claim = result["claim"]
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert not claim["control_passes"], "CE passed as the method must fail the claim"
+  assert claim["gain_points"] > 0
+  assert claim["passed"], claim
 
 
 @pytest.mark.slow
