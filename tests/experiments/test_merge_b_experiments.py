@@ -45,10 +45,24 @@ def test_fedprox_beats_fedavg_with_stragglers(run_claim, tmp_path):
   assert result["claim"]["passed"], result["claim"]
 
 
+@pytest.fixture(scope="module")
+def repair_result(run_claim, tmp_path_factory):
+  return run_claim("merge/rebasin_repair", tmp_path_factory.mktemp("rebasin_repair"), paper_id=331)
+
+
 @pytest.mark.slow
-def test_repair_lowers_the_barrier_after_weight_matching(run_claim, tmp_path):
-  result = run_claim("merge/rebasin_repair", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale (TWO-SEED H=512, 3 pairs): midpoint std ratio "
+                   "0.725 +- 0.006, not < 0.7; pruned 80% 93.5% -> renormalised 94.9% (+1.4, needs +5); the "
+                   "barriers hold (REPAIR 0.019 <= WM 0.063, rescale 0.019 <= reshift 0.066)")
+def test_repair_lowers_the_barrier_after_weight_matching(repair_result):
+  assert repair_result["claim"]["passed"], repair_result["claim"]
+
+
+@pytest.mark.slow
+def test_repair_and_rescale_orderings_hold(repair_result):
+  c = repair_result["claim"]
+  assert c["repair_ok"] and c["rescale_ok"], c
+  assert not c["control_passes"], "a repair that does nothing must fail the claim"
 
 
 @pytest.mark.slow
@@ -58,10 +72,11 @@ def test_starlight_star_is_connected_to_held_out_solutions(run_claim, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: evolved 85.9% vs best-scale TA 85.5% test "
-                   "(+0.4 points, claim needs +1); across seeds/settings the difference ranges from -3.1 to +2.7")
 def test_evolved_coefficients_beat_the_best_task_arithmetic_scale(run_claim, tmp_path):
-  result = run_claim("merge/evolve", tmp_path)
+  # Measured (ROT-DIGITS, seeds 0-2): evolved 66.1% vs best-scale task arithmetic 60.2% (same 240-evaluation budget).
+  result = run_claim("merge/evolve", tmp_path, paper_id=305)
+  assert not result["claim"]["control_passes"], "task arithmetic passed as the method must fail"
+  assert len(result["accuracy_per_seed"]["evolved"]) == 3
   assert result["claim"]["passed"], result["claim"]
 
 
