@@ -1,69 +1,60 @@
-"""Comp-sum losses under label noise (Mao et al., 2023): GCE (tau=1.7) and MAE (tau=2) beat CE (tau=1).
+"""Comp-sum losses under label noise (Mao et al., 2023, arXiv:2304.07288), catalogue [167].
 
-Digits with 40% of the *training* labels flipped uniformly to another class, an MLP 64-256-10 trained full-batch
-with Adam long enough for cross-entropy to memorise the noise; accuracy is measured on clean test labels.
+The catalogue's setting on NOISY-DIGITS (:mod:`paperlab.runner.noisy_digits`): digits with 40% of the *training*
+labels flipped uniformly to another class, an MLP 64-256-10, 300 full-batch Adam epochs; accuracy on the clean test
+labels. ``paperlab.losses.comp_sum_loss_with_integer_labels`` with tau=1 (CE), tau=1.7 (GCE, q=0.7) and tau=2
+(MAE), compared through the shared protocol: each picks its Adam learning rate from the same grid
+(1e-4, 3e-4, 1e-3, 3e-3) on noisy-validation accuracy, 3 seeds, the test split read once per arm.
+Control: CE passed as the GCE arm must fail the claim.
+
+Measured (seeds 0-2): clean test accuracy tau=1.7 0.927 +- 0.004 (lr 3e-4), tau=2 0.922 +- 0.005 (lr 3e-3), CE
+0.887 +- 0.010 (lr 1e-4): GCE +4.0 points >= 3 and MAE +3.6 >= 0, the catalogue's claim reproduces with CE tuned
+like the others (the earlier record: 2 seeds, one fixed lr 3e-3).
 """
 
 from __future__ import annotations
 
-import time
-
 import ml_collections
-import numpy as np
 
 import paperlab.losses as pl
-from paperlab import data, train
+from paperlab import papers
+from paperlab.runner import noisy_digits
 
 PAPER_ID = 167
-CLAIM = ("With 40% symmetric label noise on digits, the comp-sum loss with tau=1.7 (GCE, q=0.7) reaches a clean-test "
-         "accuracy at least 3 points above cross-entropy (tau=1), and tau=2 (MAE) is at least as accurate as CE.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
-LOSSES = {
-    "tau_1.0": lambda z, y: pl.comp_sum_loss_with_integer_labels(z, y, tau=1.0),
-    "tau_1.7": lambda z, y: pl.comp_sum_loss_with_integer_labels(z, y, tau=1.7),
-    "tau_2.0": lambda z, y: pl.comp_sum_loss_with_integer_labels(z, y, tau=2.0),
-}
+TAUS = {"tau_1.0": 1.0, "tau_1.7": 1.7, "tau_2.0": 2.0}
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.noise_rate = 0.4
-  config.num_seeds = 2
+  config.seeds = 3
   config.num_steps = 300  # full-batch Adam steps (= epochs)
   config.width = 256
-  config.learning_rate = 3e-3
-  config.losses = ("tau_1.0", "tau_1.7", "tau_2.0")
+  config.learning_rates = (1e-4, 3e-4, 1e-3, 3e-3)
   config.margin_points = 3.0
-  config.seed = 0
+  config.seed = 0  # the split and the noise
   return config
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  start = time.time()
-  ds = data.with_label_noise(data.digits(seed=config.seed), rate=config.noise_rate, kind="symmetric",
-                             seed=config.seed)
-  results = {}
-  arms = train.compare_losses({n: LOSSES[n] for n in config.losses}, ds, widths=(config.width,),
-                              learning_rate=config.learning_rate, num_steps=config.num_steps,
-                              num_seeds=config.num_seeds, seed=config.seed)
-  for name, (acc, losses) in arms.items():
-    results[name] = {"test_accuracy_mean": float(acc.mean()), "test_accuracy_per_seed": acc.tolist()}
-    ctx.log_curve(f"{name}/train_loss", np.asarray(losses).mean(0), every=max(config.num_steps // 5, 1))
-    ctx.print(f"{name}: clean test accuracy {acc.mean():.4f} (seeds {np.round(acc, 4).tolist()})")
-  ce = results["tau_1.0"]["test_accuracy_mean"]
-  gce, mae = results["tau_1.7"]["test_accuracy_mean"], results["tau_2.0"]["test_accuracy_mean"]
-  passed = gce >= ce + config.margin_points / 100.0 and mae >= ce
+  losses = {name: (lambda tau: lambda z, y: pl.comp_sum_loss_with_integer_labels(z, y, tau=tau))(tau)
+            for name, tau in TAUS.items()}
+  comparison = noisy_digits.compare_losses(losses, noise_rate=config.noise_rate,
+                                           learning_rates=config.learning_rates, seeds=range(config.seeds),
+                                           width=config.width, num_steps=config.num_steps, seed=config.seed, ctx=ctx)
+  for name, arm in comparison.arms.items():
+    ctx.print(f"{name} (lr {arm.chosen['lr']}): clean test accuracy {arm.mean('test_accuracy'):.4f} "
+              f"+- {arm.std('test_accuracy'):.4f}")
+  ce, gce, mae = (comparison[n].mean("test_accuracy") for n in TAUS)
+  verdict = comparison.judge(
+      lambda m, b: m["test_accuracy"] >= b["test_accuracy"] + config.margin_points / 100 and mae >= b["test_accuracy"],
+      method="tau_1.7", baseline="tau_1.0")
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "ce_accuracy": ce, "gce_accuracy": gce,
-                "mae_accuracy": mae, "gce_gain_points": 100.0 * (gce - ce), "mae_gain_points": 100.0 * (mae - ce)},
-      "losses": results,
-      "seconds": time.time() - start,
+      **{name: arm.test["test_accuracy"].tolist() for name, arm in comparison.arms.items()},
+      "protocol": comparison.to_json(),
+      "claim": {**verdict, "statement": CLAIM, "ce_accuracy": ce, "gce_accuracy": gce, "mae_accuracy": mae,
+                "gce_gain_points": 100.0 * (gce - ce), "mae_gain_points": 100.0 * (mae - ce)},
   }
-
-
-if __name__ == "__main__":
-  import tempfile
-
-  from paperlab.runner import Context
-
-  print(run(get_config(), Context(tempfile.mkdtemp()))["claim"])

@@ -21,7 +21,12 @@ def test_nce_rce_beats_cross_entropy_under_40_percent_symmetric_noise(run_claim,
 
 @pytest.mark.slow
 def test_comp_sum_gce_and_mae_beat_cross_entropy_under_40_percent_symmetric_noise(run_claim, tmp_path):
-  assert run_claim("losses/comp_sum_noise", tmp_path)["claim"]["passed"]
+  # Measured: GCE 0.927, MAE 0.922, CE 0.887 (+4.0 and +3.6 points), each lr chosen on noisy validation.
+  result = run_claim("losses/comp_sum_noise", tmp_path, paper_id=167)
+  claim = result["claim"]
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert not claim["control_passes"], "CE passed as the GCE arm must fail the claim"
+  assert claim["passed"], claim
 
 
 @pytest.mark.slow
