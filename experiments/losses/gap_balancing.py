@@ -2,14 +2,20 @@
 
 Two regression tasks share a tanh trunk: a smooth target the network fits quickly and an oscillatory one it fits
 slowly. IGBv1 weights the tasks by ``K softmax((L_i(t) / L_i(0)) / T)`` computed from the training losses of each
-batch; the baseline uses equal weights. We compare the ratio of final normalised losses (slow / fast). Seeds are
-vmapped.
+batch; the baseline uses equal weights. We compare the ratio of final normalised training losses (slow / fast).
+Seeds are vmapped.
 
-Measured at CI scale (3 seeds, Adam): slow/fast ratio 44.0 (equal) vs 19.0 (IGB, T=0.1), relative 0.43; T=0.2 gives
-0.76 and T=1.0 gives 1.09 (no effect: with normalised losses in [0, 1] the softmax is nearly flat). The balance
-comes from slowing the fast task (normalised loss 0.0030 -> 0.0056) more than from helping the slow one
-(0.086 -> 0.091), and with momentum SGD and T <= 0.2 the weights saturate and training diverged, so the temperature
-(unverified in the catalogue) matters.
+The catalogue's claim, compared through the shared protocol (:mod:`paperlab.runner.protocol`): both arms get the same
+grid, Adam lr in {3e-3, 1e-2, 3e-2}, chosen on the seed mean of the mean normalised loss of the two tasks on a
+held-out validation set (not the claim's ratio); 3 seeds; seed means. Control: equal weighting passed as IGB
+(relative ratio 1) must fail. IGB as in the paper (Sec. 4.1): softmax of the normalised losses at temperature 1,
+reference losses averaged over the first epoch (16 steps), as in the official code. An earlier version used T=0.1,
+picked on the claim's own metric at a fixed lr.
+
+Measured (seeds 0-2; both arms chose lr 3e-2 on validation): slow/fast ratio of final normalised training losses
+IGB 8.66 (15.58/6.36/4.04) vs equal 11.68 (21.29/7.99/5.76), relative 0.741 (per seed 0.73/0.80/0.70). The balance
+comes as much from slowing the fast task as from helping the slow one. With T=0.1 (the earlier version) at the same
+grid the relative ratio is 0.60.
 
     paperlab run experiments/losses/gap_balancing.py --config.num_steps=4000
 """
@@ -22,11 +28,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import losses
+from paperlab import losses, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 180
-CLAIM = ("On a two-task toy with a fast and a slow task sharing a trunk, IGBv1 brings the ratio of final normalised "
-         "losses (slow / fast) to <= 0.8x the ratio under equal weighting.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,18 +42,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.dim = 4
   c.width = 32
   c.n_train = 2048
+  c.n_val = 1024
   c.num_steps = 1000
   c.batch_size = 128
-  c.learning_rate = 1e-2
-  c.temperature = 0.1
-  c.reference_steps = 10
+  c.temperature = 1.0  # the paper's softmax has none
+  c.learning_rates = (3e-3, 1e-2, 3e-2)  # both arms' grid
+  c.reference_steps = 16  # one epoch of 2048 / 128, as the official code
   c.frequency = 3.0
   return c
 
 
-def _data(config, key):
+def _data(config, key, split: int = 0, n=None):
+  """Inputs of ``split`` (0: training, 1: validation) and the two tasks' targets; the functions depend on ``key``."""
   kx, kw = jax.random.split(key)
-  x = jax.random.normal(kx, (config.n_train, config.dim))
+  x = jax.random.normal(jax.random.fold_in(kx, split) if split else kx, (n or config.n_train, config.dim))
   w = jax.random.normal(kw, (config.dim, 2)) / jnp.sqrt(config.dim)
   fast = x @ w[:, 0]
   slow = jnp.sin(config.frequency * (x @ w[:, 1])) * 2.0
@@ -58,14 +67,15 @@ def _task_losses(p, x, y):
   return jnp.mean((pred - y) ** 2, axis=0)
 
 
-def _train(config, key, use_igb: bool):
+def _train(config, key, use_igb: bool, temperature: float, learning_rate: float):
   x, y = _data(config, jax.random.key(1))
+  xv, yv = _data(config, jax.random.key(1), split=1, n=config.n_val)
   k1, k2 = jax.random.split(key)
   p = {"w1": jax.random.normal(k1, (config.dim, config.width)) / jnp.sqrt(config.dim), "b1": jnp.zeros(config.width),
        "w2": jax.random.normal(k2, (config.width, 2)) / jnp.sqrt(config.width), "b2": jnp.zeros(2)}
-  opt = optax.adam(config.learning_rate)
-  balancer = losses.improvable_gap_balancing(2, temperature=config.temperature, reference_steps=config.reference_steps)
-  initial = _task_losses(p, x, y)
+  opt = optax.adam(learning_rate)
+  balancer = losses.improvable_gap_balancing(2, temperature=temperature, reference_steps=config.reference_steps)
+  initial, initial_val = _task_losses(p, x, y), _task_losses(p, xv, yv)
 
   def step(carry, t):
     p, s, bal, w = carry
@@ -78,22 +88,35 @@ def _train(config, key, use_igb: bool):
 
   carry = (p, opt.init(p), balancer.init(), jnp.ones(2))
   (p, _, _, _), weights = jax.lax.scan(step, carry, jnp.arange(config.num_steps))
-  return _task_losses(p, x, y) / initial, weights
+  return _task_losses(p, x, y) / initial, _task_losses(p, xv, yv) / initial_val, weights
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  keys = jax.random.split(jax.random.key(0), config.seeds)
-  out = {}
-  for name, use_igb in (("equal", False), ("igb", True)):
-    norm, weights = jax.jit(jax.vmap(lambda k: _train(config, k, use_igb)))(keys)
-    norm, weights = np.asarray(norm), np.asarray(weights)
+  grid = [{"learning_rate": lr} for lr in config.learning_rates]
+  arms = [protocol.Arm("equal", grid), protocol.Arm("igb", grid)]
+
+  def fit(arm, hparams, seeds):
+    lr, t = hparams["learning_rate"], config.temperature
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(jnp.asarray(seeds))
+    norm, norm_val, weights = jax.jit(jax.vmap(lambda k: _train(config, k, arm.name == "igb", t, lr)))(keys)
+    norm, norm_val, weights = np.asarray(norm), np.asarray(norm_val), np.asarray(weights)
+    tag = f"{arm.name}/" + "_".join(f"{k}={v}" for k, v in hparams.items())
     for s in range(0, config.num_steps, max(1, config.num_steps // 10)):
-      ctx.log(s, {f"{name}/weights": weights[:, s].mean(0).tolist()})
-    out[name] = {"normalised_losses": norm.mean(0).tolist(), "ratio": float(np.mean(norm[:, 1] / norm[:, 0])),
-                 "final_weights": weights[:, -1].mean(0).tolist()}
-  relative = out["igb"]["ratio"] / out["equal"]["ratio"]
-  return {"claim": {"passed": bool(relative <= 0.8), "statement": CLAIM, "ratio_igb_over_equal": relative,
-                    "igb_slow_over_fast": out["igb"]["ratio"], "equal_slow_over_fast": out["equal"]["ratio"],
-                    "igb_normalised_losses": out["igb"]["normalised_losses"],
-                    "equal_normalised_losses": out["equal"]["normalised_losses"]},
-          "runs": out}
+      ctx.log(s, {f"{tag}/weights": weights[:, s].mean(0).tolist()})
+    return {"val": norm_val.mean(1), "slow_over_fast": norm[:, 1] / norm[:, 0], "fast_normalised_loss": norm[:, 0],
+            "slow_normalised_loss": norm[:, 1], "final_weight_slow": weights[:, -1, 1]}
+
+  comparison = protocol.compare(arms, range(config.seeds), fit, validate=lambda out: out["val"],
+                                test=lambda out: {k: v for k, v in out.items() if k != "val"}, maximize=False)
+  verdict = comparison.judge(lambda m, b: m["slow_over_fast"] <= 0.8 * b["slow_over_fast"], method="igb",
+                             baseline="equal")
+  igb, equal = comparison["igb"], comparison["equal"]
+  relative = igb.mean("slow_over_fast") / equal.mean("slow_over_fast")
+  ctx.print(f"slow/fast: equal {equal.mean('slow_over_fast'):.2f} (at {equal.chosen}), IGB "
+            f"{igb.mean('slow_over_fast'):.2f} (at {igb.chosen}); relative {relative:.3f}")
+  return {"claim": {**verdict, "statement": CLAIM, "ratio_igb_over_equal": relative,
+                    "igb_slow_over_fast": igb.mean("slow_over_fast"),
+                    "equal_slow_over_fast": equal.mean("slow_over_fast"),
+                    "igb_chosen": igb.chosen, "equal_chosen": equal.chosen},
+          "runs": {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},
+          "protocol": comparison.to_json()}
