@@ -7,9 +7,13 @@ and with PDL, i.e. CE with token weights ``1 / (count + eps)^alpha`` from the tr
 by ``sum_i w(y_i)``. We compare top-1 recall on the rare targets (the bottom half of the vocabulary by training
 frequency, over test positions whose target is rare) and overall accuracy. Seeds are vmapped.
 
-Measured at CI scale (3 seeds): with q=0.25, rare recall 0.209 (CE) -> 0.317 (PDL) and accuracy 0.238 -> 0.248;
-with q=0.15, 0.053 -> 0.218 and accuracy 0.172 -> 0.148. With a nearly deterministic next token (q=0.6) the gain is
-only 0.008: PDL matters where CE's Bayes prediction prefers a frequent token over a plausible rare one.
+The catalogue's claim, compared through the shared protocol (:mod:`paperlab.runner.protocol`: one fixed point per arm
+(Adam 1e-2, 500 steps), so the same budget; 3 seeds; the test set read once per arm; seed means). Control: CE passed
+as PDL must fail. The signal q=0.25 is listed as a deviation (see DEVIATIONS).
+
+Measured (seeds 0-2, q=0.25): rare-token recall CE 0.2086 (0.2043/0.2127/0.2087) -> PDL 0.3175 (0.3200/0.3142/0.3182),
++0.109; overall accuracy 0.2382 -> 0.2476 (no drop). At q=0.6 the gain is 0.0075 (0.567 -> 0.575): PDL matters where
+CE's Bayes prediction prefers a frequent token over a plausible rare one.
 
     paperlab run experiments/losses/power_law.py --config.num_steps=2000
 """
@@ -22,11 +26,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import losses
+from paperlab import losses, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 45
-CLAIM = ("On a Zipfian next-token task (V=200), PDL (alpha=0.5) raises top-1 recall on rare target tokens (bottom 50% "
-         "by frequency) by >= 0.03 over CE while overall token accuracy drops by <= 0.05.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = (
+    "the next-token signal q=0.25 (probability that the next token is the deterministic successor, else Zipf noise) "
+    "is not in the catalogue and was chosen by an earlier version after looking at the claim's metric: with a nearly "
+    "deterministic next token (q=0.6) the rare-recall gain is only 0.0075 (0.567 -> 0.575, fails; re-measured with "
+    "this protocol), with q=0.15 it was +0.165 with an accuracy drop of 0.024",
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -81,18 +91,31 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   x_test, y_test = _data(config, config.n_test, 1)
   counts = np.bincount(np.asarray(y), minlength=config.vocab).astype(np.float32)
   rare = counts <= np.median(counts)
-  rare_test = jnp.asarray(rare)[y_test]
-  keys = jax.random.split(jax.random.key(0), config.seeds)
+  rare_test = np.asarray(jnp.asarray(rare)[y_test])
   weights = {"ce": jnp.ones(config.vocab),
              "pdl": losses.power_law_token_weights(jnp.asarray(counts), alpha=config.alpha, eps=config.eps)}
-  out = {}
-  for name, w in weights.items():
+
+  def fit(arm, hparams, seeds):
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(0), s))(jnp.asarray(seeds))
+    w = weights[arm.name]
     pred = jax.jit(jax.vmap(lambda k: _train(config, k, x, y, x_test, y_test, w)))(keys)
     correct = np.asarray(pred == y_test[None])
-    out[name] = {"accuracy": float(correct.mean()), "rare_recall": float(correct[:, np.asarray(rare_test)].mean())}
-    ctx.log(0, {f"{name}/{k}": v for k, v in out[name].items()})
-  gain = out["pdl"]["rare_recall"] - out["ce"]["rare_recall"]
-  drop = out["ce"]["accuracy"] - out["pdl"]["accuracy"]
-  return {"claim": {"passed": bool(gain >= 0.03 and drop <= 0.05), "statement": CLAIM, "rare_recall_gain": gain,
-                    "accuracy_drop": drop, **{f"{n}_{k}": v for n, r in out.items() for k, v in r.items()}},
-          "rare_fraction_of_test_targets": float(np.mean(np.asarray(rare_test)))}
+    out = {"accuracy": correct.mean(1), "rare_recall": correct[:, rare_test].mean(1)}
+    ctx.log(0, {f"{arm.name}/{k}": float(v.mean()) for k, v in out.items()})
+    return out
+
+  comparison = protocol.compare([protocol.Arm("ce"), protocol.Arm("pdl")], range(config.seeds), fit,
+                                validate=lambda out: np.zeros(config.seeds),  # one point per arm: nothing to pick
+                                test=lambda out: out)
+  verdict = comparison.judge(lambda m, b: m["rare_recall"] - b["rare_recall"] >= 0.03
+                             and b["accuracy"] - m["accuracy"] <= 0.05, method="pdl", baseline="ce")
+  ce, pdl = comparison["ce"], comparison["pdl"]
+  gain = pdl.mean("rare_recall") - ce.mean("rare_recall")
+  drop = ce.mean("accuracy") - pdl.mean("accuracy")
+  ctx.print(f"rare recall CE {ce.mean('rare_recall'):.4f} -> PDL {pdl.mean('rare_recall'):.4f}; accuracy "
+            f"{ce.mean('accuracy'):.4f} -> {pdl.mean('accuracy'):.4f}")
+  return {"claim": {**verdict, "statement": CLAIM, "rare_recall_gain": gain, "accuracy_drop": drop,
+                    **{f"{n}_{k}": comparison[n].mean(k) for n in ("ce", "pdl") for k in ("accuracy", "rare_recall")}},
+          "runs": {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},
+          "protocol": comparison.to_json(),
+          "rare_fraction_of_test_targets": float(np.mean(rare_test))}
