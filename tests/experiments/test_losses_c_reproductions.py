@@ -7,10 +7,20 @@ import pytest
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["calibration", "aldr_kl", "poly"])
+@pytest.mark.parametrize("name", ["calibration", "poly"])
 def test_claim_reproduces(name, run_claim, tmp_path):
   result = run_claim(f"losses/{name}", tmp_path)
   assert result["claim"]["passed"], result["claim"]
+
+
+@pytest.mark.slow
+def test_aldr_kl_beats_cross_entropy_under_40_percent_symmetric_noise(run_claim, tmp_path):
+  # Measured: ALDR-KL 0.938 vs CE 0.887 (+5.1 points), each lr chosen on noisy validation.
+  result = run_claim("losses/aldr_kl", tmp_path, paper_id=94)
+  claim = result["claim"]
+  assert result["protocol"]["seeds"] == [0, 1, 2]
+  assert not claim["control_passes"], "CE passed as the method must fail the claim"
+  assert claim["passed"], claim
 
 
 @pytest.mark.slow
