@@ -66,8 +66,11 @@ def test_repair_and_rescale_orderings_hold(repair_result):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale (H=256, star 3 epochs, seeds 0-2): star barrier "
+                   "0.044 +- 0.008 vs 0.5 x source 0.085 (ratio 0.52) and star acc 96.4% < sources 97.7% - 1")
 def test_starlight_star_is_connected_to_held_out_solutions(run_claim, tmp_path):
-  result = run_claim("merge/star_domain", tmp_path)
+  result = run_claim("merge/star_domain", tmp_path, paper_id=99)
+  assert not result["claim"]["control_passes"], "an ordinary solution in the star's place must fail the claim"
   assert result["claim"]["passed"], result["claim"]
 
 
