@@ -1,8 +1,9 @@
 """Circle loss (Sun et al., 2020): pair-based metric learning on digits, against a triplet-loss baseline.
 
 An MLP 64-128-32 maps digits to an L2-normalised 32-d embedding, trained with Adam on class-balanced batches of 128
-(slot i of a batch holds a random training digit of class i mod 10: 13 or 12 per class) for 400 steps with :func:`paperlab.losses.circle_loss_from_embeddings` (m=0.4, gamma=80, the
-fine-grained retrieval setting) or with ``optax.losses.triplet_margin_loss`` (margin 0.2, one random positive and
+(slot i of a batch holds a random training digit of class i mod 10: 13 or 12 per class) for 400 steps with
+:func:`paperlab.losses.circle_loss_from_embeddings` (m=0.4, gamma=80, the fine-grained retrieval setting) or with
+``optax.losses.triplet_margin_loss`` (margin 0.2, one random positive and
 one random negative per anchor in the batch). Recall@1: the share of test digits whose nearest training embedding
 (cosine) has the same label. Seeds run as one vmapped program.
 

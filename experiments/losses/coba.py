@@ -10,8 +10,9 @@ The catalogue's claim, compared through the shared protocol (:mod:`paperlab.runn
 (Adam 3e-3, 1000 steps), so the same budget; 3 seeds; seed means). "Falls below 1/K within 200 steps" is measured per
 seed as the delay from the drift to the first step from which CoBa's weight on the drifting task stays below 1/K
 to the end of the run (the run's remaining length when there is none; before the drift the weight already wanders
-just below 1/K, 0.328 on the seed mean at step 499, so a first crossing would be met at once); the claim asks for a seed-mean delay <= 200. "Max-task validation loss at
-the end" is the largest task's clean validation loss averaged over the last 50 steps. Control: equal weighting passed
+just below 1/K, 0.328 on the seed mean at step 499, so a first crossing would be met at once); the claim asks for a
+seed-mean delay <= 200. "Max-task validation loss at the end" is the largest task's clean validation loss averaged
+over the last 50 steps. Control: equal weighting passed
 as CoBa (its weight stays at 1/K) must fail.
 
 Measured (seeds 0-2): CoBa's weight on the drifting task is 0.328 (0.328/0.332/0.324) at step 499 and stays below
@@ -124,7 +125,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     curves[arm.name] = weights[:, :, 2].mean(0)
     return {"detection_delay": delay.astype(float),
             "weight_before_drift": weights[:, config.drift_step - 1, 2],
-            "weight_at_detect_within": weights[:, min(config.drift_step + config.detect_within, config.num_steps - 1), 2],
+            "weight_at_detect_within": weights[:, min(config.drift_step + config.detect_within,
+                                                      config.num_steps - 1), 2],
             "final_worst_val_loss": val[:, -50:].mean(1).max(1)}
 
   comparison = protocol.compare([protocol.Arm("equal"), protocol.Arm("coba")], range(config.seeds), fit,
@@ -135,13 +137,14 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                              baseline="equal")
   coba, equal = comparison["coba"], comparison["equal"]
   ctx.print(f"CoBa: weight on the drifting task {coba.mean('weight_before_drift'):.3f} before the drift, below 1/K "
-            f"after {coba.test['detection_delay'].tolist()} steps; worst final val loss {coba.mean('final_worst_val_loss'):.4f}"
-            f" vs equal {equal.mean('final_worst_val_loss'):.4f}")
+            f"after {coba.test['detection_delay'].tolist()} steps; worst final val loss "
+            f"{coba.mean('final_worst_val_loss'):.4f} vs equal {equal.mean('final_worst_val_loss'):.4f}")
   return {
       "claim": {**verdict, "statement": CLAIM, "detection_delay": coba.mean("detection_delay"),
                 "drifting_task_weight_before": coba.mean("weight_before_drift"),
                 "drifting_task_weight_at_detect_within": coba.mean("weight_at_detect_within"),
-                "drifting_task_weight_after_mean": float(curves["coba"][config.drift_step + config.detect_within:].mean()),
+                "drifting_task_weight_after_mean":
+                    float(curves["coba"][config.drift_step + config.detect_within:].mean()),
                 "coba_final_worst_val_loss": coba.mean("final_worst_val_loss"),
                 "equal_final_worst_val_loss": equal.mean("final_worst_val_loss")},
       "runs": {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()},

@@ -1,4 +1,4 @@
-"""Reproduction: normalized KD trains a logistic-regression student as well as KD and better than CE (catalogue [575])."""
+"""Reproduction: normalized KD trains a student as well as KD and better than CE (catalogue [575])."""
 
 from __future__ import annotations
 
