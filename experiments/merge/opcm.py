@@ -1,15 +1,26 @@
-"""OPCM beats sequential weight averaging when fine-tuned models arrive one by one (Tang et al., 2025).
+"""OPCM: continual merging of fine-tunes arriving one by one (Tang et al., "Merging Models on the Fly Without
+Retraining: A Sequential Approach to Scalable Continual Model Merging", arXiv:2501.09522).
 
-Digits are split into 5 tasks of 2 classes (``paperlab.data.split_by_class``). A base MLP is pre-trained briefly on
-a subset of all classes, then fine-tuned separately on each task (shared 10-way head). The fine-tunes arrive in a
-random order and are merged continually by OPCM, by the running average of the models seen so far, and by
-continual task arithmetic (lambda = 0.3). The metric is the mean over tasks of the 10-way test accuracy on each
-task's classes, after all 5 models have arrived, averaged over 3 orderings.
+ROT-DIGITS (catalogue; ``paperlab.merge.finetune_task_pool``): per seed, an MLP 64-128-128-10 pre-trained on upright
+digits; five tasks (rot90, rot180, rot270, hflip, invert) each fine-tune the backbone plus their own head (300 Adam
+steps, lr 1e-3, batch 64). The five fine-tuned backbones arrive in a random order (3 orderings per seed) and are
+merged continually by OPCM (``merge.opcm_step``, alpha 0.5), by the running weight average of the backbones seen so
+far, and by continual task arithmetic (``theta_t = theta_{t-1} + 0.3 tau_t``). The final backbone is scored with each
+task's head on test (mean task accuracy). No method has a tuned hyperparameter (OPCM's alpha and TA's lambda are the
+catalogue's values), so the budget is equal; the claim is judged on seed means (each seed's value the mean over its
+orderings), with the spread over seeds reported. Control: the weight average passed as OPCM must fail (it does: it
+cannot beat itself by 2 points).
 
-Calibration (seed 0): with the default weak base (64% mean task accuracy; the paper's zero-shot CLIP base is at 48%)
-OPCM reaches 84.6% vs 77.6% for averaging and 83.8% for continual TA. The advantage depends on the fine-tunes moving
-far from the base: with a stronger base (88%, ``base_fraction=0.1, base_steps=60``) OPCM is 2 points *below*
-averaging (89.4% vs 91.5%).
+Claim (catalogue [506], tested as stated, no deviation): final OPCM avg acc >= continual weight-average + 2 points
+and >= continual TA(lambda = 0.3) - 1 point; the std of the final accuracy over the 3 task orderings is <= that of
+continual TA (averaged over seeds).
+
+Measured (seeds 0-2 x 3 orderings, ~27 s on one core): OPCM 55.4 +- 1.4 (seeds 57.4/54.1/54.8), continual
+average 37.9 +- 0.7, continual TA(0.3) 52.3 +- 1.0: OPCM beats averaging by 17.5 points and TA by 3.2; but its std
+over orderings is 1.9 points while continual TA's (and averaging's) is exactly 0: both are sums, so their final model
+does not depend on the order, and "std <= TA's" can only hold for an order-invariant method. Not reproduced on that
+part; the accuracy parts reproduce. (The earlier record, on a class-split substrate with one seed, dropped the std
+part.) Continual TA also passes the two accuracy parts, so only the order part separates it from OPCM here.
 """
 
 from __future__ import annotations
@@ -17,95 +28,80 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from paperlab import data, merge, models, train
+from paperlab import data, merge, papers
 
 PAPER_ID = 506
-CLAIM = ("With digits tasks arriving one by one, OPCM's final mean task accuracy beats continual weight averaging "
-         "by at least 2 points and is within 1 point of (or above) continual task arithmetic (lambda = 0.3).")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.width = 128
-  c.groups = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
-  c.base_fraction = 0.05  # a weak base (like zero-shot CLIP in the paper); see the docstring
-  c.base_steps = 20
-  c.finetune_steps = 200
-  c.batch_size = 64
-  c.learning_rate = 1e-3
+  # the catalogue's ROT-DIGITS substrate (paperlab.merge.finetune_task_pool arguments)
+  c.pool = ml_collections.ConfigDict(dict(seeds=(0, 1, 2), width=128, base_steps=300, finetune_steps=300,
+                                          batch_size=64, learning_rate=1e-3))
   c.alpha = 0.5
   c.ta_lambda = 0.3
   c.orderings = 3
-  c.seed = 0
   c.margin = 0.02
+  c.ta_tolerance = 0.01
   return c
-
-
-def _task_accuracy(apply, params, tasks):
-  return [float((jnp.argmax(apply(params, t.x_test), -1) == t.y_test).mean()) for t in tasks]
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   t0 = time.time()
-  ds = data.digits(seed=config.seed)
-  tasks = data.split_by_class(ds, [list(g) for g in config.groups])
-  opt = optax.adam(config.learning_rate)
-  graphdef, init = train.make_init(lambda r: models.MLP(64, [config.width, config.width], 10, rngs=r), opt)
-  step = train.make_train_step(graphdef, train.classification_loss, opt)
-  key = jax.random.key(config.seed)
-
-  n_base = int(config.base_fraction * len(ds.y_train))
-  idx = np.random.default_rng(config.seed).permutation(len(ds.y_train))[:n_base]
-  base_state = init(key)
-  base_state, _ = jax.jit(lambda s, k: train.run_steps(
-      step, s, (jnp.asarray(ds.x_train[idx]), jnp.asarray(ds.y_train[idx])), k, batch_size=config.batch_size,
-      num_steps=config.base_steps))(base_state, jax.random.fold_in(key, 1))
-
-  n_min = min(len(t.y_train) for t in tasks)
-  xs = jnp.stack([t.x_train[:n_min] for t in tasks])
-  ys = jnp.stack([t.y_train[:n_min] for t in tasks])
-  starts = jax.tree.map(lambda x: jnp.broadcast_to(x, (len(tasks),) + x.shape), base_state)
-  starts = starts._replace(opt_state=jax.vmap(opt.init)(starts.params))
-  keys = jax.random.split(jax.random.fold_in(key, 2), len(tasks))
-  finetuned, metrics = jax.jit(jax.vmap(lambda s, x, y, k: train.run_steps(
-      step, s, (x, y), k, batch_size=config.batch_size, num_steps=config.finetune_steps)))(starts, xs, ys, keys)
-  ctx.log(0, {"finetune_final_loss": metrics["loss"][:, -1]})
-
-  apply = jax.jit(merge.model_apply(graphdef))
-  base = base_state.params
-  fts = [jax.tree.map(lambda x, i=i: x[i], finetuned.params) for i in range(len(tasks))]
+  pool = merge.finetune_task_pool(data.transformed_digits(), **config.pool)
+  ctx.log_curve("finetune_loss", pool.finetune_loss.mean((0, 1)), every=50)
   opcm_step = jax.jit(lambda s, f: merge.opcm_step(s, f, alpha=config.alpha))
+  names = ("opcm", "average", "task_arithmetic")
+  final = {k: np.zeros((pool.num_seeds, config.orderings)) for k in names}  # mean task accuracy
+  orders = []
+  for si in range(pool.num_seeds):
+    m = pool.member(si)
+    rng = np.random.default_rng(config.pool.seeds[si])
+    for o in range(config.orderings):
+      order = rng.permutation(len(pool.tasks))
+      orders.append(order.tolist())
+      state, avg, ta = merge.opcm_init(m.base_backbone), None, m.base_backbone
+      for t, i in enumerate(order):
+        ft = m.finetuned[i]
+        state = opcm_step(state, ft)
+        avg = ft if avg is None else jax.tree.map(lambda a, f, t=t: a + (f - a) / (t + 1), avg, ft)  # running mean
+        ta = jax.tree.map(lambda p, f, b: p + config.ta_lambda * (f - b), ta, ft, m.base_backbone)
+      for name, bb in (("opcm", merge.opcm_params(state)), ("average", avg), ("task_arithmetic", ta)):
+        final[name][si, o] = float(np.mean(pool.accuracy(bb, m.heads)))
+      ctx.log(si * config.orderings + o, {k: v[si, o] for k, v in final.items()})
+  per_seed = {k: v.mean(1) for k, v in final.items()}
+  order_std = {k: v.std(1) for k, v in final.items()}  # std over orderings, per seed
+  mean = {k: float(v.mean()) for k, v in per_seed.items()}
+  std_order = {k: float(v.mean()) for k, v in order_std.items()}
 
-  results = {"opcm": [], "average": [], "task_arithmetic": []}
-  rng = np.random.default_rng(config.seed)
-  for o in range(config.orderings):
-    order = rng.permutation(len(tasks))
-    state = merge.opcm_init(base)
-    total = jax.tree.map(jnp.zeros_like, base)
-    for t, i in enumerate(order):
-      state = opcm_step(state, fts[i])
-      total = jax.tree.map(lambda a, f: a + f, total, fts[i])
-    avg = jax.tree.map(lambda a: a / len(order), total)
-    ta = jax.tree.map(lambda b, a: b + config.ta_lambda * (a - len(order) * b), base, total)
-    for name, p in (("opcm", merge.opcm_params(state)), ("average", avg), ("task_arithmetic", ta)):
-      results[name].append(float(np.mean(_task_accuracy(apply, p, tasks))))
-    ctx.log(o + 1, {k: v[-1] for k, v in results.items()})
+  def claim(method):
+    return bool(mean[method] >= mean["average"] + config.margin
+                and mean[method] >= mean["task_arithmetic"] - config.ta_tolerance
+                and std_order[method] <= std_order["task_arithmetic"])
 
-  mean = {k: float(np.mean(v)) for k, v in results.items()}
-  individual = [float(np.mean(_task_accuracy(apply, f, tasks))) for f in fts]
-  own = [_task_accuracy(apply, f, [t])[0] for f, t in zip(fts, tasks)]
-  passed = mean["opcm"] >= mean["average"] + config.margin and mean["opcm"] >= mean["task_arithmetic"] - 0.01
+  holds, control = claim("opcm"), claim("average")
+  parts = {"beats_average": bool(mean["opcm"] >= mean["average"] + config.margin),
+           "near_task_arithmetic": bool(mean["opcm"] >= mean["task_arithmetic"] - config.ta_tolerance),
+           "order_std_ok": bool(std_order["opcm"] <= std_order["task_arithmetic"])}
+  if not ctx.quiet:
+    for k in names:
+      ctx.print(f"{k:>16s} {mean[k] * 100:5.1f} +- {np.std(per_seed[k]) * 100:.1f} (seeds "
+                + " ".join(f"{a * 100:.1f}" for a in per_seed[k]) + f"), std over orderings {std_order[k] * 100:.2f}")
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "opcm": mean["opcm"], "average": mean["average"],
-                "task_arithmetic": mean["task_arithmetic"], "margin": config.margin},
-      "std_over_orderings": {k: float(np.std(v)) for k, v in results.items()},
-      "base": float(np.mean(_task_accuracy(apply, base, tasks))),
-      "finetuned_mean_over_all_tasks": float(np.mean(individual)),
-      "finetuned_own_task": float(np.mean(own)),
+      "claim": {"passed": holds and not control, "holds": holds, "control_passes": control, "vacuous": control,
+                "statement": CLAIM, **parts, "opcm": mean["opcm"], "average": mean["average"],
+                "task_arithmetic": mean["task_arithmetic"], "std_over_seeds": {k: float(np.std(v))
+                                                                               for k, v in per_seed.items()},
+                "std_over_orderings": std_order, "margin": config.margin, "ta_tolerance": config.ta_tolerance,
+                "task_arithmetic_also_passes": claim("task_arithmetic")},
+      "mean_task_accuracy_per_seed": {k: v.tolist() for k, v in per_seed.items()},
+      "std_over_orderings_per_seed": {k: v.tolist() for k, v in order_std.items()},
+      "final_accuracy": {k: v.tolist() for k, v in final.items()},
+      "orderings": orders,
       "seconds": time.time() - t0,
   }

@@ -13,10 +13,24 @@ def test_weight_matching_cuts_the_midpoint_barrier(run_claim, tmp_path):
   assert not result["claim"]["control_passes"], "the identity permutation in WM's place must fail the claim"
 
 
+@pytest.fixture(scope="module")
+def opcm_result(run_claim, tmp_path_factory):
+  return run_claim("merge/opcm", tmp_path_factory.mktemp("opcm"), paper_id=506)
+
+
 @pytest.mark.slow
-def test_opcm_beats_continual_averaging(run_claim, tmp_path):
-  result = run_claim("merge/opcm", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale (ROT-DIGITS, seeds 0-2 x 3 orderings): OPCM's "
+                   "std over orderings 1.9 points > continual TA's 0 (a sum: order-invariant); the accuracy parts hold "
+                   "(OPCM 55.4 +- 1.4 vs average 37.9 + 2 and TA(0.3) 52.3 - 1)")
+def test_opcm_claim(opcm_result):
+  assert opcm_result["claim"]["passed"], opcm_result["claim"]
+
+
+@pytest.mark.slow
+def test_opcm_beats_continual_averaging_and_keeps_up_with_task_arithmetic(opcm_result):
+  c = opcm_result["claim"]
+  assert c["beats_average"] and c["near_task_arithmetic"], c
+  assert not c["control_passes"], "the weight average in OPCM's place must fail the claim"
 
 
 @pytest.fixture(scope="module")
