@@ -5,13 +5,21 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(scope="module")
+def wemoe(run_claim, tmp_path_factory):
+  return run_claim("merge/wemoe", tmp_path_factory.mktemp("wemoe"), paper_id=402)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: WEMoE 64.4% vs task arithmetic 59.4% "
-                   "(+4.9 points, needs +5) and only 0.66x the fine-tuned 97.0% (needs 0.9x): entropy minimization "
-                   "routes rot180/invert to confidently wrong mixtures")
-def test_wemoe_beats_task_arithmetic_and_nears_the_finetuned_models(run_claim, tmp_path):
-  result = run_claim("merge/wemoe", tmp_path, paper_id=402)
-  claim = result["claim"]
+@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale (ROT-DIGITS, last hidden layer upscaled, 200 "
+                   "TTA steps, seeds 0-2): WEMoE 32.5 +- 2.5 < TA(0.3) 52.3 + 5 and < 0.9 x fine-tuned 96.6: entropy "
+                   "minimization routes every task to a confidently wrong mixture")
+def test_wemoe_beats_task_arithmetic_and_nears_the_finetuned_models(wemoe):
+  assert wemoe["claim"]["passed"], wemoe["claim"]
+
+
+@pytest.mark.slow
+def test_wemoe_starts_as_task_arithmetic_and_its_control_fails(wemoe):
   # TTA starts from task arithmetic (routers initialised at lambda)
-  assert abs(result["mean_task_accuracy"]["wemoe_before_tta"] - claim["task_arithmetic"]) < 0.01
-  assert claim["passed"], claim
+  assert abs(wemoe["mean_task_accuracy"]["wemoe_before_tta"] - wemoe["claim"]["task_arithmetic"]) < 0.01
+  assert not wemoe["claim"]["control_passes"]
