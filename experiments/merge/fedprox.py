@@ -9,8 +9,13 @@ stop after a random number of epochs in [1, E]. FedAvg drops stragglers; FedProx
 work and adds the proximal term. The server takes the plain mean of the returned models
 (``paperlab.merge.aggregate``).
 
-Calibration (seed 0, 100 rounds, device sizes capped at 400): final train loss FedProx 0.62 vs FedAvg 1.03, test
-accuracy 82.5% vs 69.0%, std of the loss over the last 20 rounds 0.021 vs 0.108.
+The catalogue's setting (30 devices, 60-D, 10 classes, 10 devices per round, E = 20, 100 rounds, batch 10, lr 0.01)
+with device sizes capped at 400 (the one deviation: uncapped takes ~255 s), 3 seeds (each its own Synthetic(1, 1) draw and device sampling); the claim is the catalogue's,
+judged on seed means (:class:`paperlab.runner.protocol.Comparison`); control: FedAvg passed as the method must fail.
+
+Measured (seeds 0-2, sizes capped at 400): final train loss FedProx 0.611 vs FedAvg 1.289, test accuracy 82.1% vs
+65.0% (per seed 82.5/82.4/81.4 vs 69.0/62.8/63.2), loss std over the last 20 rounds 0.026 vs 0.098: reproduces.
+Uncapped (the paper's generator, ~255 s): 0.504 vs 1.277, 82.6% vs 72.2%, 0.020 vs 0.090.
 """
 
 from __future__ import annotations
@@ -23,11 +28,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import merge
+from paperlab import merge, papers
+from paperlab.runner import protocol
 
 PAPER_ID = 385
-CLAIM = ("On Synthetic(1,1) with 90% stragglers, FedProx (mu=1) ends with a lower training loss, at least 5 points "
-         "more test accuracy and a steadier loss over the last 20% of rounds than FedAvg that drops stragglers.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = (
+    "device sizes capped at 400 examples (the generator's log-normal tail reaches 3388 on seed 2, and every client "
+    "runs the largest device's number of local steps): uncapped, the 3 seeds take ~255 s on 2 CPU cores, over the "
+    "CI budget. Uncapped (--config.max_size=0) the claim was measured to hold as well: final train loss FedProx "
+    "0.504 vs FedAvg 1.277, test accuracy 82.6% vs 72.2%, loss std over the last 20 rounds 0.020 vs 0.090",
+)
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -37,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_devices = 30
   c.dim = 60
   c.num_classes = 10
-  c.max_size = 400  # cap on device sizes (CI scale)
+  c.max_size = 400  # cap on device sizes (0: none, the paper's generator; see DEVIATIONS)
   c.rounds = 100
   c.clients_per_round = 10
   c.local_epochs = 20
@@ -45,18 +56,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.learning_rate = 0.01
   c.mu = 1.0
   c.straggler_fraction = 0.9
-  c.seed = 0
+  c.seeds = (0, 1, 2)
   return c
 
 
-def synthetic(config):
+def synthetic(config, seed: int):
   """Synthetic(alpha, beta) of arXiv:1812.06127, Sec. 5.1, as NumPy arrays padded to the largest device."""
-  rng = np.random.default_rng(config.seed)
+  rng = np.random.default_rng(seed)
   k, d, c = config.num_devices, config.dim, config.num_classes
-  sizes = np.minimum(rng.lognormal(4, 2, k).astype(int) + 50, config.max_size)
+  sizes = rng.lognormal(4, 2, k).astype(int) + 50
+  if config.max_size:
+    sizes = np.minimum(sizes, config.max_size)
   sigma = np.arange(1, d + 1) ** -1.2
-  xs = np.zeros((k, config.max_size, d), np.float32)
-  ys = np.zeros((k, config.max_size), np.int32)
+  xs = np.zeros((k, sizes.max(), d), np.float32)
+  ys = np.zeros((k, sizes.max()), np.int32)
   for i in range(k):
     u, b = rng.normal(0, np.sqrt(config.alpha)), rng.normal(0, np.sqrt(config.beta))
     w_t, b_t = rng.normal(u, 1, (d, c)), rng.normal(u, 1, c)
@@ -72,14 +85,13 @@ def _loss(params, x, y, where=None):
   return ce.mean() if where is None else jnp.sum(ce * where) / jnp.maximum(jnp.sum(where), 1.0)
 
 
-def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  t0 = time.time()
-  xs_np, ys_np, sizes_np = synthetic(config)
+def _one_seed(config: ml_collections.ConfigDict, seed: int) -> dict:
+  xs_np, ys_np, sizes_np = synthetic(config, seed)
   # 80/20 train/test split per device, as in the paper
   n_train = np.maximum((0.8 * sizes_np).astype(int), 1)
   xs, ys = jnp.asarray(xs_np), jnp.asarray(ys_np)
   n_tr, sizes = jnp.asarray(n_train), jnp.asarray(sizes_np)
-  pos = jnp.arange(config.max_size)[None, :]
+  pos = jnp.arange(xs_np.shape[1])[None, :]
   train_mask = (pos < n_tr[:, None]).astype(jnp.float32)
   test_mask = ((pos >= n_tr[:, None]) & (pos < sizes[:, None])).astype(jnp.float32)
   steps_per_epoch = -(-n_train // config.batch_size)
@@ -124,24 +136,41 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     return one_round
 
   init = {"w": jnp.zeros((config.dim, config.num_classes)), "b": jnp.zeros(config.num_classes)}
-  keys = jax.random.split(jax.random.key(config.seed), config.rounds)
+  keys = jax.random.split(jax.random.key(seed), config.rounds)
   out = {}
   for name, mu, drop in (("fedavg", 0.0, True), ("fedprox", config.mu, False)):
     _, (loss, acc) = jax.jit(lambda p, ks: jax.lax.scan(make_round(mu, drop), p, ks))(init, keys)
     out[name] = {"loss": np.asarray(loss), "acc": np.asarray(acc)}
+  return out
+
+
+def run(config: ml_collections.ConfigDict, ctx) -> dict:
+  t0 = time.time()
+  seeds = [int(s) for s in config.seeds]
+  curves = [_one_seed(config, s) for s in seeds]
   for r in range(0, config.rounds, max(config.rounds // 10, 1)):
-    ctx.log(r, {f"{n}_{m}": out[n][m][r] for n in out for m in ("loss", "acc")})
+    ctx.log(r, {f"{n}_{m}": float(np.mean([c[n][m][r] for c in curves])) for n in curves[0] for m in ("loss", "acc")})
   tail = max(config.rounds // 5, 1)
-  final = {n: {"train_loss": float(v["loss"][-1]), "test_acc": float(v["acc"][-1]),
-               "loss_std_last": float(np.std(v["loss"][-tail:]))} for n, v in out.items()}
-  fp, fa = final["fedprox"], final["fedavg"]
-  passed = (fp["train_loss"] < fa["train_loss"] and fp["test_acc"] >= fa["test_acc"] + 0.05
-            and fp["loss_std_last"] <= fa["loss_std_last"])
+  per_seed = {n: {"train_loss": np.asarray([c[n]["loss"][-1] for c in curves]),
+                  "test_acc": np.asarray([c[n]["acc"][-1] for c in curves]),
+                  "loss_std_last": np.asarray([np.std(c[n]["loss"][-tail:]) for c in curves])}
+              for n in ("fedavg", "fedprox")}
+  comparison = protocol.Comparison({n: protocol.ArmResult(n, {}, [], v) for n, v in per_seed.items()}, tuple(seeds))
+  verdict = comparison.judge(
+      lambda m, b: (m["train_loss"] < b["train_loss"] and m["test_acc"] >= b["test_acc"] + 0.05
+                    and m["loss_std_last"] <= b["loss_std_last"]), method="fedprox", baseline="fedavg")
+  fp, fa = comparison["fedprox"].means(), comparison["fedavg"].means()
+  if not ctx.quiet:
+    for n in ("fedavg", "fedprox"):
+      a = comparison[n]
+      ctx.print(f"{n:>8s}: final train loss {a.mean('train_loss'):.3f} +- {a.std('train_loss'):.3f}, test acc "
+                f"{a.mean('test_acc'):.4f} +- {a.std('test_acc'):.4f}, loss std last {tail} rounds "
+                f"{a.mean('loss_std_last'):.3f}")
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "fedprox_train_loss": fp["train_loss"],
+      "claim": {**verdict, "statement": CLAIM, "fedprox_train_loss": fp["train_loss"],
                 "fedavg_train_loss": fa["train_loss"], "fedprox_test_acc": fp["test_acc"],
                 "fedavg_test_acc": fa["test_acc"], "fedprox_loss_std": fp["loss_std_last"],
                 "fedavg_loss_std": fa["loss_std_last"]},
-      "final": final,
+      "per_seed": {n: {k: v.tolist() for k, v in d.items()} for n, d in per_seed.items()},
       "seconds": time.time() - t0,
   }
