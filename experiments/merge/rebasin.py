@@ -119,7 +119,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   sd = {k: float(np.std(v)) for k, v in per_seed.items()}
 
   def claim(barrier, aligned_after, l2_ratio):
-    return bool(m["naive_midpoint_barrier"] > 0 and barrier <= (1.0 - config.min_reduction) * m["naive_midpoint_barrier"]
+    naive = m["naive_midpoint_barrier"]
+    return bool(naive > 0 and barrier <= (1.0 - config.min_reduction) * naive
                 and all(aligned_after[i] >= 2 * m[f"alignment_before_{i}"] for i in range(config.depth))
                 and l2_ratio >= 0.7)
 

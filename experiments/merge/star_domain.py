@@ -102,8 +102,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     star, key = sources[0], jax.random.key(seed + 1000)
     opt_state = star_opt.init(star)
     for phase, start in enumerate(range(0, star_steps, config.rematch_every)):
+      n = min(config.rematch_every, star_steps - start)
       star, opt_state, losses = star_phase(star, opt_state, stack(align(star, sources)),
-                                           jax.random.fold_in(key, phase), min(config.rematch_every, star_steps - start))
+                                           jax.random.fold_in(key, phase), n)
       ctx.log(start + config.rematch_every, {"seed": seed, "starlight_loss": losses.mean()})
     star_b = np.asarray(barriers(star, stack(align(star, held_out))))
     source_b = np.asarray(barriers(sources[0], stack(align(sources[0], held_out))))

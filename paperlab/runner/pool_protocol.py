@@ -49,8 +49,8 @@ def fixed_arm(name: str, accuracy, extra: Mapping[str, Any] | None = None, **cho
 def comparison(scores: Mapping[str, Any], seeds, extra: Mapping[str, Mapping[str, Any]] | None = None,
                fixed: tuple[protocol.ArmResult, ...] = ()) -> protocol.Comparison:
   """A :class:`~paperlab.runner.protocol.Comparison` of :meth:`TaskPool.compare` ``scores`` (name ->
-  ``MethodScores``) on the pool's ``seeds``, each arm's test metrics being ``mean_task_accuracy`` per seed plus ``extra[name]`` (metric ->
-  per-seed values), and the ``fixed`` arms appended."""
+  ``MethodScores``) on the pool's ``seeds``, each arm's test metrics being ``mean_task_accuracy`` per seed plus
+  ``extra[name]`` (metric -> per-seed values), and the ``fixed`` arms appended."""
   extra = extra or {}
   arms = {name: _arm(name, {"lam": list(s.lam)}, s.accuracy, extra.get(name)) for name, s in scores.items()}
   for arm in fixed:
