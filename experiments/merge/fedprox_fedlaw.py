@@ -5,9 +5,16 @@ epochs of SGD on an MLP from the global model; FedAvg aggregates by data size (`
 fits ``(gamma, softmax weights)`` on a 100-example proxy set held out from the training data
 (``paperlab.merge.fit_learnable_aggregate``, initialised at FedAvg's weights).
 
-Calibration (seed 0): final test accuracy FedLAW 92.0% vs FedAvg 93.6%, learned gamma 0.999; with server learning
-rate 0.05 / 0.2: 90.2% / 89.8%, gamma 1.0004 / 1.0019. The proxy set of 100 examples is too small for the fitted
-weights to generalise at this scale and gamma stays at 1: the claim does not reproduce.
+The catalogue's setting and claim, on 3 seeds (each its own split, label skew, init and client batches), judged on
+seed means (:class:`paperlab.runner.protocol.Comparison`); control: FedAvg (gamma = 1, data-size weights) passed as
+the method must fail.
+
+Measured (seeds 0-2): FedLAW 92.37% +- 1.03 (per seed 92.0/91.3/93.8) vs FedAvg 94.81% +- 1.21 (93.6/94.4/96.4),
+-2.4 points; learned gamma 0.9992 on average (0.9989/0.9982/1.0004). The proxy set of 100 examples is too small for
+the fitted weights to generalise at this scale and gamma stays at ~1: the claim does not reproduce. Earlier
+calibration (seed 0):
+FedLAW 92.0% vs FedAvg 93.6%, learned gamma 0.999; with server learning rate 0.05 / 0.2: 90.2% / 89.8%, gamma
+1.0004 / 1.0019.
 """
 
 from __future__ import annotations
@@ -20,11 +27,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from paperlab import data, merge, models, train
+from paperlab import data, merge, models, papers, train
+from paperlab.runner import protocol
 
 PAPER_ID = 164
-CLAIM = ("With Dirichlet(0.1) label skew over 20 digits clients, FedLAW learns a global shrinking factor below 1 and "
-         "ends at least 1 point of test accuracy above FedAvg.")
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = ()
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,15 +47,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.proxy_size = 100
   c.server_steps = 100
   c.server_learning_rate = 0.01
-  c.seed = 0
+  c.seeds = (0, 1, 2)
   c.margin = 0.01
   return c
 
 
-def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  t0 = time.time()
-  ds = data.digits(seed=config.seed)
-  rng = np.random.default_rng(config.seed)
+def _one_seed(config: ml_collections.ConfigDict, seed: int, ctx) -> dict:
+  ds = data.digits(seed=seed)
+  rng = np.random.default_rng(seed)
   order = rng.permutation(len(ds.y_train))
   proxy_idx, pool = order[:config.proxy_size], order[config.proxy_size:]
   proxy = (jnp.asarray(ds.x_train[proxy_idx]), jnp.asarray(ds.y_train[proxy_idx]))
@@ -97,18 +104,36 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
       return new, (test_acc(new), gamma)
     return one_round
 
-  init_params = jax.jit(init)(jax.random.key(config.seed)).params
-  keys = jax.random.split(jax.random.key(config.seed + 1), config.rounds)
+  init_params = jax.jit(init)(jax.random.key(seed)).params
+  keys = jax.random.split(jax.random.key(seed + 1), config.rounds)
   out = {}
   for name, learned in (("fedavg", False), ("fedlaw", True)):
     _, (acc, gamma) = jax.jit(lambda p, ks: jax.lax.scan(make_round(learned), p, ks))(init_params, keys)
     out[name] = (np.asarray(acc), np.asarray(gamma))
   for r in range(config.rounds):
-    ctx.log(r, {"fedavg_acc": out["fedavg"][0][r], "fedlaw_acc": out["fedlaw"][0][r], "gamma": out["fedlaw"][1][r]})
-  fa, fl, gamma = float(out["fedavg"][0][-1]), float(out["fedlaw"][0][-1]), float(out["fedlaw"][1][-1])
-  passed = gamma < 1.0 and fl >= fa + config.margin
+    ctx.log(seed * 1000 + r, {f"seed{seed}/fedavg_acc": out["fedavg"][0][r], f"seed{seed}/fedlaw_acc":
+                              out["fedlaw"][0][r], f"seed{seed}/gamma": out["fedlaw"][1][r]})
+  return {"fedavg": {"test_acc": float(out["fedavg"][0][-1]), "gamma": 1.0},
+          "fedlaw": {"test_acc": float(out["fedlaw"][0][-1]), "gamma": float(out["fedlaw"][1][-1])},
+          "client_sizes": sizes.tolist()}
+
+
+def run(config: ml_collections.ConfigDict, ctx) -> dict:
+  t0 = time.time()
+  seeds = [int(s) for s in config.seeds]
+  runs = [_one_seed(config, s, ctx) for s in seeds]
+  per_seed = {n: {k: np.asarray([r[n][k] for r in runs]) for k in ("test_acc", "gamma")} for n in ("fedavg", "fedlaw")}
+  comparison = protocol.Comparison({n: protocol.ArmResult(n, {}, [], v) for n, v in per_seed.items()}, tuple(seeds))
+  verdict = comparison.judge(lambda m, b: m["gamma"] < 1.0 and m["test_acc"] >= b["test_acc"] + config.margin,
+                             method="fedlaw", baseline="fedavg")
+  fa, fl = comparison["fedavg"], comparison["fedlaw"]
+  if not ctx.quiet:
+    ctx.print(f"test acc FedLAW {fl.mean('test_acc'):.4f} +- {fl.std('test_acc'):.4f} vs FedAvg "
+              f"{fa.mean('test_acc'):.4f} +- {fa.std('test_acc'):.4f}; gamma {per_seed['fedlaw']['gamma'].tolist()}")
   return {
-      "claim": {"passed": bool(passed), "statement": CLAIM, "fedlaw_acc": fl, "fedavg_acc": fa, "gamma": gamma},
-      "client_sizes": sizes.tolist(),
+      "claim": {**verdict, "statement": CLAIM, "fedlaw_acc": fl.mean("test_acc"), "fedavg_acc": fa.mean("test_acc"),
+                "gamma": fl.mean("gamma"), "margin": config.margin},
+      "per_seed": {n: {k: v.tolist() for k, v in d.items()} for n, d in per_seed.items()},
+      "client_sizes": [r["client_sizes"] for r in runs],
       "seconds": time.time() - t0,
   }
