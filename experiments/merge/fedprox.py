@@ -11,7 +11,8 @@ work and adds the proximal term. The server takes the plain mean of the returned
 
 The catalogue's setting (30 devices, 60-D, 10 classes, 10 devices per round, E = 20, 100 rounds, batch 10, lr 0.01)
 with device sizes capped at 400 (the one deviation: uncapped takes ~255 s), 3 seeds (each its own Synthetic(1, 1)
-draw and device sampling); the claim is the catalogue's, judged on seed means (:class:`paperlab.runner.protocol.Comparison`); control: FedAvg passed as the method must fail.
+draw and device sampling); the claim is the catalogue's, judged on seed means
+(:class:`paperlab.runner.protocol.Comparison`); control: FedAvg passed as the method must fail.
 
 Measured (seeds 0-2, sizes capped at 400): final train loss FedProx 0.611 vs FedAvg 1.289, test accuracy 82.1% vs
 65.0% (per seed 82.5/82.4/81.4 vs 69.0/62.8/63.2), loss std over the last 20 rounds 0.026 vs 0.098: reproduces.
