@@ -14,12 +14,3 @@ def test_aldr_kl_beats_cross_entropy_under_40_percent_symmetric_noise(run_claim,
   assert result["protocol"]["seeds"] == [0, 1, 2]
   assert not claim["control_passes"], "CE passed as the method must fail the claim"
   assert claim["passed"], claim
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale with the per-token loss: the token-averaged "
-                   "self-adjusting dice (alpha=0.1) predicts every token positive (F1 0.099 vs BCE 0.508); with the "
-                   "official code's set-level reduction DSC reaches F1 0.561 (+0.053)")
-def test_dice_claim(run_claim, tmp_path):
-  result = run_claim("losses/dice", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
