@@ -18,11 +18,3 @@ def test_uncertainty_weighting_learns_the_noise_and_helps_the_low_noise_task(run
   assert not claim["control_passes"], "equal weighting passed as the method must fail the claim"
   assert claim["task1_mse_ratio"] <= 0.7 and claim["task2_mse_ratio"] <= 1.1  # the MSE half holds
   assert claim["passed"], claim
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="does not reproduce at CI scale: greedy 4-gram repetition rate 0.730 under "
-                   "TLDR vs 0.645 under CE (claim: TLDR <= CE - 0.05) for a context-3 character MLP LM")
-def test_tldr_claim(run_claim, tmp_path):
-  result = run_claim("losses/tldr", tmp_path)
-  assert result["claim"]["passed"], result["claim"]
