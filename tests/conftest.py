@@ -8,6 +8,8 @@ import hypothesis
 import jax.numpy as jnp
 import pytest
 
+pytest_plugins = ["pytester"]  # tests that run pytest on a generated file (e.g. xfail(raises=...) semantics)
+
 hypothesis.settings.register_profile("paperlab", deadline=None, max_examples=30, derandomize=True,
                                      suppress_health_check=[hypothesis.HealthCheck.too_slow])
 hypothesis.settings.register_profile("thorough", deadline=None, max_examples=300)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Arm", "ArmResult", "Comparison", "compare", "MIN_SEEDS"]
+__all__ = ["Arm", "ArmResult", "ClaimNotReproduced", "Comparison", "compare", "MIN_SEEDS", "require_reproduced"]
 
 MIN_SEEDS = 3
 
@@ -169,3 +169,16 @@ def compare(arms: Sequence[Arm], seeds: Sequence[int], fit: Callable[[Arm, dict,
     results[arm.name] = ArmResult(arm.name, best[0], scores,
                                   {k: _per_seed(v, len(seeds), f"test metric {k!r}") for k, v in metrics.items()})
   return Comparison(results, seeds)
+
+
+class ClaimNotReproduced(AssertionError):
+  """A reproduction's claim failed. Tests of known non-reproductions mark themselves
+  ``xfail(strict=True, raises=ClaimNotReproduced)``, so that any other failed assertion (a control that passes, a
+  part of the claim that should hold) still fails the test instead of hiding behind the expected failure."""
+
+
+def require_reproduced(claim: Mapping[str, Any]) -> None:
+  """Raise :class:`ClaimNotReproduced` (naming the claim's numbers) unless ``claim["passed"]``."""
+  if not claim.get("passed"):
+    numbers = {k: v for k, v in claim.items() if k not in ("statement", "mean", "std")}
+    raise ClaimNotReproduced(f"claim not reproduced: {numbers}")

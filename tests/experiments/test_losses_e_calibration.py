@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from paperlab.runner.protocol import require_reproduced
+
 
 @pytest.mark.slow
 def test_temperature_scaling_cuts_ece_and_more_bins_read_higher_ece(run_claim, tmp_path):
@@ -14,4 +16,4 @@ def test_temperature_scaling_cuts_ece_and_more_bins_read_higher_ece(run_claim, t
   assert not claim["control_passes"], "the uncalibrated net (T = 1) passed as the method must fail the claim"
   assert result["protocol"]["seeds"] == [0, 1, 2]
   assert claim["accuracy_unchanged"] and claim["bins_sensitivity"]
-  assert claim["passed"], claim
+  require_reproduced(claim)

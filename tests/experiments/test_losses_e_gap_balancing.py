@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from paperlab.runner.protocol import require_reproduced
+
 
 @pytest.mark.slow
 def test_igb_narrows_the_slow_over_fast_loss_ratio(run_claim, tmp_path):
@@ -12,4 +14,4 @@ def test_igb_narrows_the_slow_over_fast_loss_ratio(run_claim, tmp_path):
   claim = result["claim"]
   assert not claim["control_passes"], "equal weighting passed as IGB must fail the claim"
   assert result["protocol"]["seeds"] == [0, 1, 2]
-  assert claim["passed"], claim
+  require_reproduced(claim)

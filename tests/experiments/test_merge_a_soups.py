@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from paperlab.runner.protocol import require_reproduced
+
 
 @pytest.mark.slow
 def test_greedy_soup_matches_best_ingredient_and_random_init_soup_collapses(run_claim, tmp_path):
@@ -15,4 +17,4 @@ def test_greedy_soup_matches_best_ingredient_and_random_init_soup_collapses(run_
   assert all(k >= 2 for k in claim["ingredients_kept"]), claim["ingredients_kept"]
   assert claim["random_init_control_passed"], claim["random_init_gap_per_seed"]
   assert len(result["greedy_soup"]["test"]) == 3
-  assert claim["passed"], claim
+  require_reproduced(claim)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
+
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason=(
     "does not reproduce at the catalogue's setting (clean digits, 3 seeds, lr picked on validation): SWA 97.33% = "
     "its last iterate 97.33% (+0.0 points, needs +1); vs step decay 97.19% and flatness (loss rise 3.4e-5 vs 4.9e-5) "
     "hold; BatchNorm: bn_update -0.07 points (needs +2)"))
@@ -17,4 +19,4 @@ def test_swa_beats_last_iterate_matches_step_decay_and_needs_bn_update(run_claim
   assert len(result["swa"]["accuracy"]) == 3
   assert claim["swa"] >= claim["step_decay"] - 0.005  # holds
   assert claim["loss_rise_swa"] < claim["loss_rise_step_decay"]  # holds
-  assert claim["passed"], claim
+  require_reproduced(claim)

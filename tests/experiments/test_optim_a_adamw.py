@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
+
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason=(
     "does not reproduce (digits MLP, 60 epochs, seeds 0-2, best lambda on validation accuracy): best-lambda index "
     "per alpha AdamW [0, 0, 0, 3, 4] (span 4, claim <= 1), Adam+L2 [4, 4, 2, 2, 0] (span 4); the accuracy part "
     "holds (AdamW 0.9689 vs Adam+L2 0.9704 - 0.005)"))
@@ -15,4 +17,4 @@ def test_adamw_landscape_is_separable(run_claim, tmp_path):
   claim = result["claim"]
   assert not claim["control_passes"], "Adam+L2 passed as the method must fail the claim"
   assert result["protocol"]["seeds"] == [0, 1, 2] and len(result["adamw"]["test_accuracy"]) == 3
-  assert claim["passed"], claim
+  require_reproduced(claim)

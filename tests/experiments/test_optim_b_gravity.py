@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from paperlab.runner.protocol import require_reproduced
+
 
 @pytest.mark.slow
 def test_gravity_defaults_match_rmsprop_accuracy(run_claim, tmp_path):
@@ -13,4 +15,4 @@ def test_gravity_defaults_match_rmsprop_accuracy(run_claim, tmp_path):
   assert not claim["control_passes"], "an arm that does nothing must fail the claim"
   assert result["protocol"]["seeds"] == [0, 1, 2] and len(result["gravity"]["test_accuracy"]) == 3
   assert claim["zeta_bound_excess"] <= 0.0 and claim["zeta_odd_error"] == 0.0
-  assert claim["passed"], claim
+  require_reproduced(claim)

@@ -87,3 +87,28 @@ def test_the_chosen_point_is_the_best_seed_mean_on_validation(vals, maximize):
   arms = [protocol.Arm("a", [{"h": i} for i in range(len(vals))])]
   chosen = protocol.compare(arms, (0, 1, 2), fit, validate=validate, test=test, maximize=maximize)["a"].chosen["h"]
   assert vals[chosen] == (max(vals) if maximize else min(vals)) and reads == {"a": 1}
+
+
+def test_require_reproduced_raises_its_own_assertion_type():
+  protocol.require_reproduced({"passed": True})
+  with pytest.raises(protocol.ClaimNotReproduced, match="ratio"):
+    protocol.require_reproduced({"passed": False, "ratio": 1.2, "statement": "s"})
+  assert issubclass(protocol.ClaimNotReproduced, AssertionError)
+
+
+@pytest.mark.xfail(strict=True, raises=protocol.ClaimNotReproduced)
+def test_an_expected_non_reproduction_is_an_xfail():
+  protocol.require_reproduced({"passed": False})
+
+
+def test_a_failed_precondition_is_not_hidden_by_an_expected_non_reproduction(pytester):
+  pytester.makepyfile("""
+      import pytest
+      from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
+
+      @pytest.mark.xfail(strict=True, raises=ClaimNotReproduced)
+      def test_claim():
+        assert False, "the control passed"
+        require_reproduced({"passed": False})
+      """)
+  pytester.runpytest("-p", "no:xdist", "-p", "no:cacheprovider").assert_outcomes(failed=1)
