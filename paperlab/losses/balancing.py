@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from paperlab import _checks
-from paperlab.losses.classification import _class_where, _low_precision_in_float32
+from paperlab.losses.classification import _class_where, _low_precision_in_float32, _mask
 
 __all__ = [
     "Balancer",
@@ -370,17 +370,6 @@ def _check_int_labels(logits: jax.Array, labels: jax.Array) -> None:
     lab = np.asarray(labels)  # numpy, so the check also works on constants inside jit
     if lab.min() < 0 or lab.max() >= logits.shape[-1]:
       raise ValueError(f"labels must lie in [0, {logits.shape[-1] - 1}], got values in [{lab.min()}, {lab.max()}].")
-
-
-def _mask(where, shape) -> jax.Array:
-  if where is None:
-    return jnp.ones(shape, bool)
-  where = jnp.asarray(where, bool)
-  try:
-    return jnp.broadcast_to(where, shape)
-  except ValueError:
-    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
-                     "(this function takes no mask over classes).") from None
 
 
 @_low_precision_in_float32

@@ -129,6 +129,18 @@ def _check_gamma(gamma: Any, name: str = "gamma") -> Any:
   return _checks.check_non_negative(name, gamma)
 
 
+def _mask(where, shape) -> jax.Array:
+  """A boolean mask over examples broadcast to ``shape`` (all True for ``None``), for functions without class masks."""
+  if where is None:
+    return jnp.ones(shape, bool)
+  where = jnp.asarray(where, bool)
+  try:
+    return jnp.broadcast_to(where, shape)
+  except ValueError:
+    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
+                     "(this function takes no mask over classes).") from None
+
+
 def _masked(loss: jax.Array, where: Any) -> jax.Array:
   """Zero the masked-out entries (gradients to them are exactly zero)."""
   if where is None:

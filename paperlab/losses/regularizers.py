@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from paperlab import _checks
-from paperlab.losses.classification import _low_precision_in_float32
+from paperlab.losses.classification import _low_precision_in_float32, _mask
 from paperlab._tree import path_str
 
 __all__ = ["vat_direction", "vat_loss", "entropy_minimization", "oblique_norm_penalty", "add_norm_loss_gradient", "max_norm"]
@@ -20,17 +20,6 @@ __all__ = ["vat_direction", "vat_loss", "entropy_minimization", "oblique_norm_pe
 def _per_example_normalize(d: jax.Array, eps: float = 1e-12) -> jax.Array:
   axes = tuple(range(1, d.ndim))
   return d / (jnp.sqrt(jnp.sum(d * d, axis=axes, keepdims=True)) + eps)
-
-
-def _mask(where, shape) -> jax.Array:
-  if where is None:
-    return jnp.ones(shape, bool)
-  where = jnp.asarray(where, bool)
-  try:
-    return jnp.broadcast_to(where, shape)
-  except ValueError:
-    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
-                     "(this function takes no mask over classes).") from None
 
 
 @_low_precision_in_float32

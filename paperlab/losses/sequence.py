@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 from paperlab import _checks
-from paperlab.losses.classification import _low_precision_in_float32
+from paperlab.losses.classification import _low_precision_in_float32, _mask
 
 __all__ = [
     "tldr_weights",
@@ -20,17 +20,6 @@ __all__ = [
     "number_token_loss",
     "cross_entropy_plus_number_token_loss",
 ]
-
-
-def _mask(where, shape) -> jax.Array:
-  if where is None:
-    return jnp.ones(shape, bool)
-  where = jnp.asarray(where, bool)
-  try:
-    return jnp.broadcast_to(where, shape)
-  except ValueError:
-    raise ValueError(f"where must be a mask broadcastable to the per-example shape {shape}, got {where.shape} "
-                     "(this function takes no mask over classes).") from None
 
 
 @_low_precision_in_float32
