@@ -22,3 +22,8 @@ from paperlab.merge.dam import *  # noqa: F401,F403
 from paperlab.merge import averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated, wemoe, taskpool, alignment, delta_analysis, dam, signatures  # noqa: E402
 
 __all__ = sorted(set().union(*(m.__all__ for m in (averaging, soups, task_vectors, subspace, io, fisher, regmean, rebasin, connectivity, continual, evolve, federated, wemoe, taskpool, alignment, delta_analysis, dam, signatures,))))
+
+from paperlab.merge.checkpoint import *  # noqa: F401,F403,E402
+from paperlab.merge import checkpoint  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(checkpoint.__all__))
