@@ -128,7 +128,7 @@ def coba(num_tasks: int, *, warmup_steps: int = 100, history_length: int = 200, 
   Implements Gong et al., "CoBa: Convergence Balancer for Multitask Finetuning of Large Language Models"
   (EMNLP 2024, arXiv:2410.06741), Sec. 3, with the defaults of the official MFTCoder ``CoBaStatus``
   (warm-up 100 updates with equal weights, history window N=200, tau=5). From validation losses normalised by
-  their first value, each update fits the least-squares slope ``alpha_i`` of every task over the window and
+  their first value, each update fits the least-squares slope ``alpha_i`` of every task over the window and ::
 
     RCS = softmax_i(K alpha_i / sum_k |alpha_k|)                     relative convergence score
     ACS = softmax_i(-M alpha_i / sum_s |alpha_i(s)|)                 absolute convergence score

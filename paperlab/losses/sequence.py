@@ -85,9 +85,9 @@ def number_token_loss(logits: chex.Array, labels: chex.Array, number_token_ids: 
   Models" (ICML 2025, arXiv:2411.02083), Sec. 3. The softmax is restricted to the number tokens and renormalised,
   ``p^ = softmax(logits[number_token_ids])``; then
 
-    ``kind="mse"``  NTL-MSE ``(y - sum_i p^_i v_i)^2``
-    ``kind="was"``  NTL-WAS, the Wasserstein-1 distance between ``p^`` on the values and the target,
-                    ``sum_i p^_i |v_i - y|`` (0 iff all mass is on the target value).
+  * ``kind="mse"``: NTL-MSE ``(y - sum_i p^_i v_i)^2``;
+  * ``kind="was"``: NTL-WAS, the Wasserstein-1 distance between ``p^`` on the values and the target,
+    ``sum_i p^_i |v_i - y|`` (0 iff all mass is on the target value).
 
   Positions whose label is not a number token (and masked positions) give 0. Add it to CE with weight ``lam``
   (:func:`cross_entropy_plus_number_token_loss`).
