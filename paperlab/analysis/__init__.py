@@ -1,0 +1,11 @@
+"""Analysis tools on parameter pytrees: Hessian spectrum, loss landscapes, intrinsic dimension.
+
+The linear-mode-connectivity barrier lives in :mod:`paperlab.merge` (``paperlab.merge.interpolation_curve``,
+``paperlab.merge.loss_barrier``) and is not duplicated here.
+"""
+
+from paperlab.analysis.hessian import *  # noqa: F401,F403
+
+from paperlab.analysis import hessian  # noqa: E402
+
+__all__ = sorted(set().union(*(m.__all__ for m in (hessian,))))
