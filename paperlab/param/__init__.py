@@ -1,0 +1,7 @@
+"""Parametrizations (SP, NTK, muP, u-muP, depth-muP), coordinate checks, and initializations / reparametrizations."""
+
+from paperlab.param.parametrization import *  # noqa: F401,F403
+
+from paperlab.param import parametrization  # noqa: E402
+
+__all__ = sorted(set().union(*(m.__all__ for m in (parametrization,))))
