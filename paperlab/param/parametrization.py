@@ -404,7 +404,7 @@ def parametrize(model_or_params: Any, base: Any, *, kind: str = "mup", optimizer
   return Parametrization(kind, optimizer, rules, treedef)
 
 
-def depth_mup(parametrization: Parametrization, *, num_blocks: int, base_blocks: int = 1, branch: str,
+def depth_mup(parametrization: Parametrization, *, num_blocks: int, base_blocks: int = 1, branch: str | None,
               blocks: str | None = None, branch_mult: float = 1.0) -> Parametrization:
   """Add depth-muP's residual-branch scaling to a width parametrization.
 
@@ -414,15 +414,17 @@ def depth_mup(parametrization: Parametrization, *, num_blocks: int, base_blocks:
   regex: the last layer of every residual branch, kernel and bias -- scaling them scales the branch output
   exactly). For Adam-like optimizers the LR of every leaf inside the residual blocks (``blocks`` regex; default
   ``branch``) is multiplied by ``sqrt(base_blocks / num_blocks)`` (Tensor Programs VI, arXiv:2310.02244, Depth-muP
-  for Adam, and ``unit-scaling``'s ``lr_scale_for_depth``); SGD's LR is depth-independent (Bordelon et al.).
+  for Adam, and ``unit-scaling``'s ``lr_scale_for_depth``); SGD's LR is depth-independent (Bordelon et al.),
+  except under u-muP, whose SGD follows the Adam rules.
   With ``base_blocks=1`` the factors are absolute (``1/sqrt(L)``), u-muP's convention.
 
   Args:
     parametrization: from :func:`parametrize`.
     num_blocks: ``L``, the number of residual blocks of the model.
     base_blocks: the base model's depth (factors are ratios to it).
-    branch: regex selecting the branch-output leaves.
-    blocks: regex selecting every leaf inside the residual blocks (for the Adam LR factor).
+    branch: regex selecting the branch-output leaves; ``None`` leaves the forward pass alone (a model that scales
+      its branches itself, as ``unit-scaling``'s residual rule does).
+    blocks: regex selecting every leaf inside the residual blocks (for the Adam LR factor); default ``branch``.
     branch_mult: ``beta_0`` (default 1).
 
   Raises:
@@ -433,16 +435,21 @@ def depth_mup(parametrization: Parametrization, *, num_blocks: int, base_blocks:
       raise ValueError(f"{name} must be a positive integer, got {v!r}.")
   check_positive("branch_mult", branch_mult)
   factor = math.sqrt(base_blocks / num_blocks)
-  rx_branch, rx_blocks = re.compile(branch), re.compile(blocks if blocks is not None else branch)
-  if not any(rx_branch.search(p) for p in parametrization.rules):
+  if branch is None and blocks is None:
+    raise ValueError("depth_mup needs branch= (forward branch scaling) or blocks= (Adam LR factor), got neither.")
+  rx_branch = re.compile(branch) if branch is not None else None
+  rx_blocks = re.compile(blocks if blocks is not None else branch)
+  if rx_branch is not None and not any(rx_branch.search(p) for p in parametrization.rules):
     raise ValueError(f"branch={branch!r} selects no parameter; paths are {list(parametrization.rules)[:6]}...")
   if not any(rx_blocks.search(p) for p in parametrization.rules):
     raise ValueError(f"blocks={blocks!r} selects no parameter; paths are {list(parametrization.rules)[:6]}...")
+  # u-muP's SGD (unit-scaled gradients) follows the Adam rules, depth factor included (unit-scaling's optim.SGD).
+  adam_like = parametrization.optimizer == "adam" or parametrization.kind == "umup"
   rules = {}
   for path, r in parametrization.rules.items():
-    mult = r.multiplier * branch_mult * factor if rx_branch.search(path) else r.multiplier
-    lr = r.lr_multiplier * factor if (parametrization.optimizer == "adam" and rx_blocks.search(path)) else \
-        r.lr_multiplier
+    in_branch = rx_branch is not None and rx_branch.search(path)
+    mult = r.multiplier * branch_mult * factor if in_branch else r.multiplier
+    lr = r.lr_multiplier * factor if (adam_like and rx_blocks.search(path)) else r.lr_multiplier
     rules[path] = dataclasses.replace(r, multiplier=mult, lr_multiplier=lr)
   return parametrization._replace(rules=rules)
 
