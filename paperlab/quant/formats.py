@@ -21,6 +21,7 @@ check the encoders bit for bit against ``ml_dtypes`` casts and ``torchao``'s MX 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +122,7 @@ def _pow2(k: jax.Array) -> jax.Array:
   return jnp.ldexp(jnp.ones(jnp.shape(k), jnp.float32), k.astype(jnp.int32))
 
 
+@functools.partial(jax.jit, static_argnames="fmt")
 def encode_float(y: jax.Array, fmt: str | Format) -> jax.Array:
   """Round ``y`` to the float element of ``fmt`` and return its bit pattern as ``uint8``.
 
@@ -169,6 +171,7 @@ def _decode_table(f: Format) -> np.ndarray:
   return np.arange(2 ** f.bits, dtype=np.uint8).view(dt).astype(np.float32)
 
 
+@functools.partial(jax.jit, static_argnames="fmt")
 def decode_float(codes: jax.Array, fmt: str | Format) -> jax.Array:
   """float32 value of float element ``codes`` (``uint8`` bit patterns), read from the ``ml_dtypes`` type."""
   f = get_format(fmt)
@@ -177,6 +180,7 @@ def decode_float(codes: jax.Array, fmt: str | Format) -> jax.Array:
   return jnp.asarray(_decode_table(f))[jnp.asarray(codes).astype(jnp.int32)]
 
 
+@jax.jit
 def encode_nf4(y: jax.Array) -> jax.Array:
   """Index (``uint8`` in [0, 15]) of the nearest NF4 code-book value to each ``y`` (already divided by the block
   absmax, so in [-1, 1]); QLoRA, arXiv:2305.14314, section 3 (NormalFloat quantization)."""

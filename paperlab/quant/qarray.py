@@ -35,6 +35,7 @@ half a step of its dequantized value.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any, Mapping, Sequence
 
@@ -117,8 +118,10 @@ class QArray:
   def dequantize(self, dtype: Any = None) -> jax.Array:
     """The real values ``decode(code) * scale`` (minus zero point for asymmetric ints) as ``dtype`` (default:
     the dtype of the quantized input). Jittable."""
+    return _dequantize(self, jnp.dtype(self.dtype if dtype is None else dtype))
+
+  def _dequantize(self, dtype):
     f = self.format
-    dtype = jnp.dtype(self.dtype if dtype is None else dtype)
     signed = (f.kind == "int" and not f.unsigned) or f.kind == "mxint"
     mshape = _moved_shape(self.shape, self.axis)
     c = unpack_bits(self.values, f.bits, self.size, signed=signed)
@@ -143,6 +146,11 @@ class QArray:
   def __repr__(self) -> str:
     return (f"QArray(fmt={self.fmt!r}, shape={self.shape}, axis={self.axis}, group_size={self.group_size}, "
             f"dtype={self.dtype}, nbytes={self.nbytes})")
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _dequantize(qa: QArray, dtype: Any) -> jax.Array:
+  return qa._dequantize(dtype)
 
 
 def _moved_shape(shape: tuple[int, ...], axis: int | None) -> tuple[int, ...]:
@@ -263,6 +271,15 @@ def quantize(x: jax.Array, fmt: str, *, axis: int | None = -1, group_size: int |
   if (scale is None) != (zero is None) and f.kind == "int" and f.unsigned:
     raise ValueError("scale and zero must be given together for asymmetric integer formats.")
 
+  values, s, zeros = _quantize_impl(x, scale, zero, f=f, axis=axis, g=g, scale_dtype=jnp.dtype(scale_dtype))
+  return QArray(values=values, scales=s, zeros=zeros, fmt=f.name, shape=tuple(x.shape), axis=axis, group_size=g,
+                dtype=jnp.dtype(x.dtype).name)
+
+
+@functools.partial(jax.jit, static_argnames=("f", "axis", "g", "scale_dtype"))
+def _quantize_impl(x, scale, zero, *, f, axis, g, scale_dtype):
+  mshape = _moved_shape(x.shape, axis)
+  sshape = mshape[:-1] + (mshape[-1] // g,)
   xg = _to_moved(x, axis).astype(jnp.float32).reshape(sshape + (g,))
   amax = jnp.max(jnp.abs(xg), axis=-1)
   s_given = None if scale is None else _to_moved_scales(jnp.asarray(scale), axis)
@@ -301,8 +318,7 @@ def quantize(x: jax.Array, fmt: str, *, axis: int | None = -1, group_size: int |
   if axis is not None:
     s = jnp.moveaxis(s, -1, axis)
     zeros = None if zeros is None else jnp.moveaxis(zeros, -1, axis)
-  return QArray(values=values, scales=s, zeros=zeros, fmt=f.name, shape=tuple(x.shape), axis=axis, group_size=g,
-                dtype=jnp.dtype(x.dtype).name)
+  return values, s, zeros
 
 
 def quantize_dequantize(x: jax.Array, fmt: str, **kwargs: Any) -> jax.Array:
