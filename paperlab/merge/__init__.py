@@ -27,3 +27,9 @@ from paperlab.merge.checkpoint import *  # noqa: F401,F403,E402
 from paperlab.merge import checkpoint  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(checkpoint.__all__))
+
+from paperlab.merge.mergekit_config import *  # noqa: F401,F403,E402
+from paperlab.merge.streaming import *  # noqa: F401,F403,E402
+from paperlab.merge import mergekit_config, streaming  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(mergekit_config.__all__) | set(streaming.__all__))

@@ -1,0 +1,391 @@
+"""Tensor-by-tensor execution of a merge plan (:mod:`paperlab.merge.mergekit_config`) from checkpoints on disk to a
+sharded checkpoint, with the memory of a few tensors: per output tensor, the inputs are read, merged by the
+pytree functions of :mod:`paperlab.merge` (a tensor is a pytree leaf) and written at their final offset while the
+next tensor's inputs are already being read (a prefetch thread; reads and writes release the GIL).
+
+Each mergekit method maps onto those functions with mergekit's conventions (mergekit 0.1.5,
+``mergekit/merge_methods/generalized_task_arithmetic.py``, ``sparsify.py``, ``linear.py``, ``slerp.py``,
+``nuslerp.py``, ``model_stock.py``): task vectors are sparsified per tensor (``density`` per model), rescaled to
+their L1 norm when ``rescale`` is set, weighted, combined with TIES' sign consensus (``ties``, ``dare_ties``,
+``breadcrumbs_ties``, ``della``) or summed, divided by the (agreeing) weight sum when ``normalize`` is set, scaled by
+``lambda`` and added to the base. Integer and bool tensors are never merged: equal across inputs -> copied,
+different -> ``ValueError`` naming the tensor. ``int8_mask`` only changes mergekit's mask storage and is accepted.
+
+Arithmetic: inputs are cast to the config's ``dtype`` when given (as mergekit does); otherwise they keep their
+stored dtype and the merge functions compute in float32 (mergekit then computes in the stored dtype, e.g. bf16,
+rounding after every operation; the results agree to about one bf16 ulp). The output is cast to ``out_dtype``.
+
+Random methods (``dare_*``, ``della*``, ``dare_x``) draw their masks from ``jax.random`` keyed by ``seed``, the
+tensor's name and the model's position, so a merge is reproducible and independent of tensor order; they match
+mergekit in distribution (keep rate, rescaling), not bit for bit (mergekit draws with ``torch.bernoulli``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import json
+import os
+import resource
+import time
+import zlib
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from paperlab.merge import averaging, soups, subspace, task_vectors
+from paperlab.merge.checkpoint import CheckpointReader, CheckpointWriter
+from paperlab.merge.mergekit_config import MergeConfig, MergePlan, TensorJob, plan_merge
+
+__all__ = ["merge_tensor", "run_merge", "MergeSummary", "peak_rss_bytes", "TOKENIZER_FILES"]
+
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer.model",
+                   "added_tokens.json", "merges.txt", "vocab.json", "chat_template.jinja", "generation_config.json",
+                   "chat_template.json")
+_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16),
+           "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
+_SPARSIFY = {"ties": "magnitude", "dare_ties": "random", "dare_linear": "random", "breadcrumbs": "outliers",
+             "breadcrumbs_ties": "outliers", "della": "della", "della_linear": "della", "task_arithmetic": None}
+_CONSENSUS = ("ties", "dare_ties", "breadcrumbs_ties", "della")
+
+
+def _is_float(x) -> bool:
+  return np.dtype(x.dtype).kind in "fV"  # ml_dtypes' bfloat16 and float8 types have kind "V"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per-tensor kernels
+
+
+def _l1_rescale(masked: jax.Array, full: jax.Array) -> jax.Array:
+  """mergekit's ``rescaled_masked_tensor`` with ``RescaleNorm.l1``: match the L1 norm of the unmasked tensor
+  (skipped when either norm is below 1e-7)."""
+  before, after = jnp.sum(jnp.abs(full)), jnp.sum(jnp.abs(masked))
+  ok = (before >= 1e-7) & (after >= 1e-7)
+  return jnp.where(ok, masked * (before / jnp.where(ok, after, 1)), masked)
+
+
+def _della_mask(key: jax.Array, d: jax.Array, density: jax.Array, epsilon: jax.Array) -> jax.Array:
+  """DELLA's MagPrune keep mask (Deep et al., "DELLA-Merging: Reducing Interference in Model Merging through
+  Magnitude-Based Sampling", arXiv:2406.11617, Sec. 3.1) as mergekit's ``della_magprune``: per row (axis 0 of a
+  matrix, a vector is one row) rank ``|d|`` along axis 1, keep with probability ``density - epsilon + 2 epsilon
+  (rank - 1) / (n - 1)``."""
+  x = d.reshape(1, -1) if d.ndim < 2 else d
+  ranks = jnp.argsort(jnp.argsort(jnp.abs(x), axis=1), axis=1).astype(jnp.float32) + 1
+  lo, hi = jnp.min(ranks, axis=1, keepdims=True), jnp.max(ranks, axis=1, keepdims=True)
+  rank_norm = jnp.clip((ranks - lo) / jnp.where(hi > lo, hi - lo, 1), 0, 1)
+  probs = (density - epsilon) + rank_norm * 2 * epsilon
+  return (jax.random.uniform(key, x.shape) < probs).reshape(d.shape)
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "consensus", "normalize", "rescale"))
+def _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale):
+  """mergekit's generalized task arithmetic on one tensor: sparsify each delta (keep ``lo <= |d| <= hi`` for the
+  magnitude methods, a random mask for DARE/DELLA), L1-rescale, weight, combine (TIES sign consensus and
+  disjoint merge, or a sum), normalize, scale by ``lam`` and add to the base."""
+  ct = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
+  bc = b.astype(ct)
+  deltas = []
+  for j, m in enumerate(ms):
+    d = m.astype(ct) - bc
+    a = jnp.abs(d)
+    if kind in ("magnitude", "outliers"):
+      keep = (a >= lo[j].astype(ct)) & (a <= hi[j].astype(ct))
+    elif kind == "random":
+      keep = task_vectors._draw_mask(keys[j], dens[j], d.shape, "hash")
+    elif kind == "della":
+      keep = _della_mask(keys[j], d, dens[j], eps[j])
+    else:
+      keep = None
+    kept = d if keep is None else jnp.where(keep, d, 0)
+    if rescale and keep is not None:
+      kept = jnp.where(dens[j] >= 1, d, _l1_rescale(kept, d))
+    deltas.append(w[j].astype(ct) * kept)
+  if consensus:
+    mixed = task_vectors.disjoint_merge(deltas, task_vectors.elect_sign(deltas), [w[j].astype(ct) for j in
+                                                                                  range(len(ms))],
+                                        merge="mean" if normalize else "sum")
+  else:
+    mixed = sum(deltas)
+    if normalize:
+      total = jnp.sum(w).astype(ct)
+      mixed = mixed / jnp.where(jnp.abs(total) < 1e-8, 1, total)
+  return (bc + lam.astype(ct) * mixed).astype(b.dtype)
+
+
+def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+  """Per model, the kept band ``[lo, hi]`` of ``|delta|``: the ``k = max(1, int(density n))``-th largest and
+  ``inf`` for TIES' trim (exact, by :mod:`~paperlab.merge.task_vectors`' bracketing selection; entries tied with
+  the threshold are all kept), mergekit's ``magnitude_outliers`` band for breadcrumbs."""
+  n = base.size
+  lo = np.full(len(ms), -np.inf, np.float32)
+  hi = np.full(len(ms), np.inf, np.float32)
+  for j, (m, p) in enumerate(zip(ms, ps)):
+    density = p.get("density", 1.0)
+    if kind not in ("magnitude", "outliers") or density >= 1:
+      continue
+    if density <= 0:
+      lo[j], hi[j] = np.inf, -np.inf
+    elif kind == "magnitude":
+      k = max(1, int(density * n))
+      lo[j] = float(task_vectors._kth_largest_deltas((base,), [(m,)], k)[0])
+    else:
+      lo_r, hi_r, n_keep = task_vectors._band_ranks(n, density, p.get("gamma", 0.01))
+      if n_keep <= 0:
+        lo[j], hi[j] = np.inf, -np.inf
+      else:
+        d = m.astype(jnp.float32) - base.astype(jnp.float32)
+        lo[j], hi[j] = np.asarray(task_vectors._order_stats((d,), jnp.array([lo_r, hi_r]), "exact", 1))
+  return lo, hi
+
+
+def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], shared: dict, key: jax.Array) -> jax.Array:
+  base = xs[bi]
+  idx = [i for i in range(len(xs)) if i != bi]
+  if not idx:
+    return base
+  kind = _SPARSIFY[method]
+  ps = [per_input[i] for i in idx]
+  ms = [xs[i] for i in idx]
+  if kind == "della":
+    for p in ps:
+      d, e = p.get("density", 1.0), p.get("epsilon", 0.15)
+      if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
+        raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={d}, epsilon={e}.")
+  lo, hi = _bounds(kind, base, ms, ps)
+  keys = jnp.stack([jax.random.fold_in(key, j) for j in range(len(ms))])
+  dens = jnp.asarray([min(max(p.get("density", 1.0), 0.0), 1.0) for p in ps], jnp.float32)
+  eps = jnp.asarray([p.get("epsilon", 0.0) if 0 < p.get("density", 1.0) < 1 else 0.0 for p in ps], jnp.float32)
+  w = jnp.asarray([p["weight"] for p in ps], jnp.float32)
+  return _gta_kernel(base, tuple(ms), jnp.asarray(lo), jnp.asarray(hi), keys, dens, eps, w,
+                     jnp.float32(shared["lambda"]), kind, method in _CONSENSUS, bool(shared["normalize"]),
+                     bool(shared["rescale"]) and kind is not None)
+
+
+def _nuslerp(t: float, v0: jax.Array, v1: jax.Array, row_wise: bool, flatten: bool, eps: float = 1e-8):
+  """mergekit's ``nuslerp``: spherical interpolation of rows (or of the flattened tensors)."""
+  shape = v0.shape
+  if flatten:
+    v0, v1 = v0.reshape(-1), v1.reshape(-1)
+  elif row_wise:
+    v0, v1 = jnp.swapaxes(v0, 0, -1), jnp.swapaxes(v1, 0, -1)
+  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-7)
+  cos = jnp.clip(jnp.sum(unit(v0) * unit(v1), axis=-1, keepdims=True), -1, 1)
+  colinear = (1 - cos ** 2) <= eps ** 2
+  theta = jnp.arccos(jnp.where(colinear, 0.0, cos))
+  sin = jnp.where(colinear, 1.0, jnp.sin(theta))
+  out = (jnp.sin((1 - t) * theta) * v0 + jnp.sin(t * theta) * v1) / sin
+  out = jnp.where(colinear, (1 - t) * v0 + t * v1, out)
+  if row_wise and not flatten:
+    out = jnp.swapaxes(out, 0, -1)
+  return out.reshape(shape)
+
+
+@functools.partial(jax.jit, static_argnames=("normalize",))
+def _linear(xs, w, normalize):
+  return averaging.weighted_average(list(xs), w, normalize=normalize)
+
+
+_slerp = jax.jit(averaging.slerp)
+_nuslerp = jax.jit(_nuslerp, static_argnames=("row_wise", "flatten"))
+
+
+def merge_tensor(method: str, tensors: Sequence[Any], base_index: int | None, shared: dict, per_input: Sequence[dict],
+                 *, key: jax.Array | None = None, name: str = "tensor") -> jax.Array:
+  """Merge one tensor from each input model with a mergekit method (or a paperlab-only one), parameters already
+  resolved for this tensor (see :class:`~paperlab.merge.mergekit_config.TensorJob`). ``key`` seeds the random
+  methods. Returns an array of the inputs' dtype (the compute dtype; the caller casts to ``out_dtype``).
+
+  Integer/bool inputs are copied when equal and raise ``ValueError`` naming ``name`` when they differ."""
+  if not all(_is_float(x) for x in tensors):
+    first = np.asarray(tensors[0])
+    for x in tensors[1:]:
+      if np.asarray(x).dtype != first.dtype or not np.array_equal(np.asarray(x), first):
+        raise ValueError(f"non-floating tensor {name!r} differs between the models; integer and bool tensors are "
+                         f"never merged.")
+    return jnp.asarray(first) if first.dtype.itemsize < 8 else first
+  xs = [jnp.asarray(x) for x in tensors]
+  key = jax.random.key(0) if key is None else key
+  bi = base_index
+  if method == "passthrough":
+    scale = per_input[0].get("scale")
+    return xs[0] if scale is None else (xs[0] * jnp.asarray(scale, xs[0].dtype))
+  if method == "linear":
+    return _linear(tuple(xs), jnp.asarray([p["weight"] for p in per_input], jnp.float32),
+                   bool(shared["normalize"]))
+  if method == "slerp":
+    return _slerp(xs[bi], xs[1 - bi], jnp.float32(shared["t"]))
+  if method == "nuslerp":
+    others = [i for i in range(len(xs)) if i != bi]
+    w = [per_input[i]["weight"] for i in others]
+    t = 0.5 if abs(sum(w)) < 1e-6 else w[1] / sum(w)
+    ct = jnp.float64 if xs[0].dtype == jnp.float64 else jnp.float32
+    a, b = (xs[i].astype(ct) for i in others)
+    args = (shared["nuslerp_row_wise"], shared["nuslerp_flatten"])
+    if bi is None:
+      return _nuslerp(t, a, b, *args).astype(xs[0].dtype)
+    base = xs[bi].astype(ct)
+    return (base + _nuslerp(t, a - base, b - base, *args)).astype(xs[0].dtype)
+  if method in _SPARSIFY:
+    return _gta(method, xs, bi, list(per_input), shared, key)
+  if method == "model_stock":
+    return soups.model_stock(xs[bi], [x for i, x in enumerate(xs) if i != bi], filter_wise=shared["filter_wise"],
+                             layout="torch")
+  others = [x for i, x in enumerate(xs) if i != bi]
+  if method == "pcb":
+    return task_vectors.pcb(xs[bi], others, shared["ratio"], shared["lambda"], scope="tensor",
+                            clamp_q=shared["clamp_q"])
+  if method in ("iso_c", "iso_cts"):
+    fn = subspace.iso_c if method == "iso_c" else subspace.iso_cts
+    kw = {"common_fraction": shared["common_fraction"]} if method == "iso_cts" else {}
+    return fn({name: xs[bi]}, [{name: o} for o in others], shared["alpha"], svd_exclude=shared["svd_exclude"],
+              layout="torch", **kw)[name]
+  if method == "dare_x":
+    w = [per_input[i]["weight"] for i in range(len(xs)) if i != bi]
+    return task_vectors.dare_merge(key, xs[bi], others, shared["density"], shared["lambda"], rescale=1.0 / shared["q"],
+                                   weights=w)
+  raise ValueError(f"merge_tensor: unknown method {method!r}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the executor
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size of this process (``VmHWM`` from ``/proc/self/status``, else ``ru_maxrss``)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) * 1024
+  except OSError:  # pragma: no cover - not Linux
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class MergeSummary(dict):
+  """``tensors``, ``bytes_read``, ``bytes_written``, ``peak_rss_bytes``, ``seconds``, ``out_dir``, ``dry_run``."""
+
+  def line(self) -> str:
+    gb = 1e9
+    return (f"{self['tensors']} tensors, read {self['bytes_read'] / gb:.2f} GB, wrote {self['bytes_written'] / gb:.2f} "
+            f"GB, peak RSS {self['peak_rss_bytes'] / gb:.2f} GB, {self['seconds']:.1f} s -> {self['out_dir']}")
+
+
+def _out_dtype(job: TensorJob, config: MergeConfig) -> np.dtype:
+  if not _is_float(np.empty(0, job.in_dtype)):
+    return np.dtype(job.in_dtype)
+  name = config.out_dtype or config.dtype
+  return _DTYPES[name] if name else np.dtype(job.in_dtype)
+
+
+def _out_config(plan: MergePlan) -> dict | None:
+  path = os.path.join(plan.donor, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    cfg = json.load(f)
+  name = plan.config.out_dtype or plan.config.dtype
+  if name:
+    cfg["dtype" if "dtype" in cfg and "torch_dtype" not in cfg else "torch_dtype"] = name
+  if plan.num_layers is not None:
+    for k in ("num_hidden_layers", "n_layer", "num_layers"):
+      if k in cfg:
+        cfg[k] = plan.num_layers
+        break
+  return cfg
+
+
+def _tokenizer_files(config: MergeConfig, donor: str) -> list[str]:
+  src = config.tokenizer_source
+  src = config.base_model if src == "base" else (src or donor)
+  if not os.path.isdir(src):
+    return []
+  return [os.path.join(src, f) for f in TOKENIZER_FILES if os.path.exists(os.path.join(src, f))]
+
+
+def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: int | str = "5GB",
+              device: str | None = None, seed: int = 0, dry_run: bool = False, overwrite: bool = False,
+              progress: Callable[[int, int, str], None] | None = None, prefetch: int = 2) -> MergeSummary:
+  """Run ``config`` tensor by tensor into ``out_dir`` (sharded safetensors + index, ``config.json`` from the base
+  model or the first model with ``torch_dtype`` and, for slices, the layer count updated, and the tokenizer
+  files of ``tokenizer_source`` / the base / the first model). Atomic: nothing appears at ``out_dir`` unless the
+  whole merge succeeded.
+
+  Args:
+    config: a parsed configuration (:func:`~paperlab.merge.mergekit_config.load_merge_config`).
+    out_dir: output directory (must not exist or be empty unless ``overwrite``).
+    shard_size: bytes per output shard (int or e.g. ``"5GB"``).
+    device: ``"cpu"``, ``"gpu"`` or ``None`` (JAX's default backend) for the arithmetic.
+    seed: seeds the random methods.
+    dry_run: plan and check every input (names, shapes), write nothing.
+    progress: called as ``progress(done, total, tensor_name)`` after each tensor.
+    prefetch: output tensors whose inputs are read ahead in a background thread.
+
+  Returns a :class:`MergeSummary`.
+  """
+  start = time.perf_counter()
+  readers = {m: CheckpointReader(m) for m in config.referenced_models()}
+  try:
+    plan = plan_merge(config, readers)
+    specs = [(j.out_name, j.shape, _out_dtype(j, config)) for j in plan.jobs]
+    summary = MergeSummary(tensors=len(plan.jobs), bytes_read=0, bytes_written=0, out_dir=os.fspath(out_dir),
+                           dry_run=dry_run, method=config.merge_method)
+    if dry_run:
+      summary.update(bytes_read=sum(readers[m].nbytes(n) for j in plan.jobs for m, n in j.sources),
+                     bytes_written=sum(int(np.prod(s)) * np.dtype(d).itemsize for _, s, d in specs),
+                     peak_rss_bytes=peak_rss_bytes(), seconds=time.perf_counter() - start)
+      return summary
+    dev = jax.devices(device)[0] if device else None
+    root = jax.random.key(seed)
+    cast = _DTYPES.get(config.dtype) if config.dtype else None
+
+    def load(job: TensorJob):
+      arrays = [readers[m].read(n) for m, n in job.sources]
+      if cast is not None:
+        arrays = [a.astype(cast) if _is_float(a) and a.dtype != cast else a for a in arrays]
+      return arrays
+
+    ctx = jax.default_device(dev) if dev is not None else contextlib.nullcontext()
+    with ctx, CheckpointWriter(out_dir, specs, shard_size=shard_size, overwrite=overwrite) as writer, \
+        concurrent.futures.ThreadPoolExecutor(2) as pool:
+      futures = [pool.submit(load, j) for j in plan.jobs[:prefetch]]
+      pending = None
+      for k, job in enumerate(plan.jobs):
+        arrays = futures[k].result()
+        if k + prefetch < len(plan.jobs):
+          futures.append(pool.submit(load, plan.jobs[k + prefetch]))
+        futures[k] = None
+        summary["bytes_read"] += sum(a.nbytes for a in arrays)
+        key = jax.random.fold_in(root, zlib.crc32(job.out_name.encode()) & 0x7FFFFFFF)
+        out = merge_tensor(config.merge_method, arrays, job.base_index, job.shared, job.per_input, key=key,
+                           name=job.out_name)
+        del arrays
+        dt = specs[k][2]
+        host = np.asarray(jax.device_get(out.astype(dt) if hasattr(out, "astype") else out))
+        if host.dtype != dt:
+          host = host.astype(dt)
+        if pending is not None:
+          pending.result()
+        pending = pool.submit(writer.write, job.out_name, host)
+        if progress is not None:
+          progress(k + 1, len(plan.jobs), job.out_name)
+      if pending is not None:
+        pending.result()
+      cfg = _out_config(plan)
+      if cfg is not None:
+        with open(os.path.join(writer.tmp_dir, "config.json"), "w") as f:
+          json.dump(cfg, f, indent=2)
+      extras = _tokenizer_files(config, plan.donor)
+      summary["bytes_written"] = writer.bytes_written
+      writer.commit(extras)
+  finally:
+    for r in readers.values():
+      r.close()
+  summary.update(peak_rss_bytes=peak_rss_bytes(), seconds=time.perf_counter() - start)
+  return summary
+
