@@ -6,7 +6,8 @@ The linear-mode-connectivity barrier lives in :mod:`paperlab.merge` (``paperlab.
 
 from paperlab.analysis.hessian import *  # noqa: F401,F403
 from paperlab.analysis.landscape import *  # noqa: F401,F403
+from paperlab.analysis.intrinsic_dim import *  # noqa: F401,F403
 
-from paperlab.analysis import hessian, landscape  # noqa: E402
+from paperlab.analysis import hessian, intrinsic_dim, landscape  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (hessian, landscape))))
+__all__ = sorted(set().union(*(m.__all__ for m in (hessian, landscape, intrinsic_dim))))
