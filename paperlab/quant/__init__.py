@@ -6,6 +6,10 @@ import sys as _sys
 from paperlab.quant.formats import *  # noqa: F401,F403
 from paperlab.quant.packing import *  # noqa: F401,F403
 from paperlab.quant.qarray import *  # noqa: F401,F403
+from paperlab.quant.rtn import *  # noqa: F401,F403
+from paperlab.quant.calibration import *  # noqa: F401,F403
+from paperlab.quant.gptq import *  # noqa: F401,F403
+from paperlab.quant.awq import *  # noqa: F401,F403
 
 # Every paperlab.quant submodule imported above contributes its __all__ (one import line per module, so modules
 # can be added independently).

@@ -37,7 +37,7 @@ from paperlab import _checks
 from paperlab.quant.rtn import (QuantizedWeight, check_bits, check_finite, check_group_size, check_kernel,
                                 dequantize_codes, grid_params, quantize_to_grid)
 
-__all__ = ["hessian", "accumulate_hessian", "gptq_layer", "gptq", "gptq_model"]
+__all__ = ["hessian", "accumulate_hessian", "gptq_layer", "gptq_from_inputs", "gptq_model"]
 
 
 def hessian(x: jax.Array) -> jax.Array:
@@ -224,7 +224,7 @@ def gptq_layer(w: jax.Array, h: jax.Array, *, bits: int = 4, group_size: int | N
   return QuantizedWeight(q.T.astype(w.dtype), codes.T.astype(jnp.uint8), scale.T, zero.T, g_idx)
 
 
-def gptq(w: jax.Array, x: jax.Array, **kwargs: Any) -> QuantizedWeight:
+def gptq_from_inputs(w: jax.Array, x: jax.Array, **kwargs: Any) -> QuantizedWeight:
   """:func:`gptq_layer` with the Hessian of calibration inputs ``x`` (``(..., in)``): ``gptq_layer(w, hessian(x))``."""
   check_finite("x", x)
   return gptq_layer(w, hessian(x), **kwargs)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["QuantizedWeight", "SUPPORTED_BITS", "grid_params", "quantize_to_grid", "dequantize_codes",
-           "quantize_rtn", "rtn", "layer_output_error"]
+           "quantize_rtn", "fake_quantize_rtn", "layer_output_error", "to_qarray"]
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
 
@@ -172,7 +172,7 @@ def quantize_rtn(w: jax.Array, *, bits: int = 4, group_size: int | None = None, 
   return QuantizedWeight(w_hat, codes.reshape(w.shape).astype(jnp.uint8), scale, zero, g_idx)
 
 
-def rtn(w: jax.Array, *, bits: int = 4, group_size: int | None = None, symmetric: bool = False) -> jax.Array:
+def fake_quantize_rtn(w: jax.Array, *, bits: int = 4, group_size: int | None = None, symmetric: bool = False) -> jax.Array:
   """The dequantized RTN kernel only (``quantize_rtn(...).w_hat``); see :func:`quantize_rtn`."""
   return quantize_rtn(w, bits=bits, group_size=group_size, symmetric=symmetric).w_hat
 
@@ -182,3 +182,24 @@ def layer_output_error(x: jax.Array, w: jax.Array, w_hat: jax.Array) -> jax.Arra
   objective GPTQ and AWQ minimize; ``x`` is ``(..., in)``."""
   x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
   return jnp.mean(jnp.square(x @ (w.astype(jnp.float32) - w_hat.astype(jnp.float32))))
+
+
+def to_qarray(qw: QuantizedWeight, bits: int):
+  """Pack a :class:`QuantizedWeight` into the formats slice's :class:`paperlab.quant.QArray` (``uint{bits}`` codes
+  with zero points, ``axis=0`` groups of the kernel, float32 scales): ``to_qarray(q, b).dequantize()`` equals
+  ``q.w_hat`` (bit for bit in float32). A symmetric grid is stored as its unsigned codes with zero ``2^(b-1)``.
+
+  Raises:
+    ValueError: irregular groups (GPTQ's act-order without static groups, whose ``g_idx`` is not
+      ``arange(in) // group_size``), which a contiguous-group ``QArray`` cannot hold.
+  """
+  from paperlab.quant import qarray  # pylint: disable=g-import-not-at-top
+
+  bits = check_bits(bits)
+  rows = qw.codes.shape[0]
+  g = rows // qw.scale.shape[0]
+  if not bool(jnp.all(qw.g_idx == jnp.arange(rows) // g)):
+    raise ValueError("to_qarray: the groups are not contiguous (act-order without static groups); quantize with "
+                     "static_groups=True to store the result as a QArray.")
+  return qarray.quantize(qw.w_hat.astype(jnp.float32), f"uint{bits}", axis=0, group_size=g,
+                         scale=qw.scale.astype(jnp.float32), zero=qw.zero.astype(jnp.uint8))

@@ -44,16 +44,16 @@ def test_zero_is_exactly_representable_and_an_all_zero_group_stays_zero():
 
 def test_dtype_is_kept_and_jit_matches_eager():
   w = _w(dtype=jnp.bfloat16)
-  eager = rtn.rtn(w, bits=4, group_size=32)
-  jitted = jax.jit(functools.partial(rtn.rtn, bits=4, group_size=32))(w)
+  eager = rtn.fake_quantize_rtn(w, bits=4, group_size=32)
+  jitted = jax.jit(functools.partial(rtn.fake_quantize_rtn, bits=4, group_size=32))(w)
   assert eager.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(eager, np.float32), np.asarray(jitted, np.float32))
 
 
 def test_vmap_over_a_stack_of_kernels():
   ws = jnp.stack([_w(seed=i) for i in range(3)])
-  out = jax.vmap(functools.partial(rtn.rtn, bits=4, group_size=16))(ws)
-  np.testing.assert_array_equal(out[1], rtn.rtn(ws[1], bits=4, group_size=16))
+  out = jax.vmap(functools.partial(rtn.fake_quantize_rtn, bits=4, group_size=16))(ws)
+  np.testing.assert_array_equal(out[1], rtn.fake_quantize_rtn(ws[1], bits=4, group_size=16))
 
 
 @hypothesis.given(
@@ -92,3 +92,11 @@ def test_shape_and_dtype_errors():
     rtn.quantize_rtn(jnp.ones((8, 2), jnp.int32), bits=4)
   with pytest.raises(ValueError, match="clip_max must have shape"):
     rtn.quantize_rtn(_w(), bits=4, group_size=16, clip_max=jnp.ones((3, 8)))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_to_qarray_packs_the_codes_and_dequantizes_bit_for_bit(symmetric):
+  q = rtn.quantize_rtn(_w((128, 8)), bits=3, group_size=32, symmetric=symmetric)
+  qa = rtn.to_qarray(q, 3)
+  np.testing.assert_array_equal(np.asarray(qa.dequantize(jnp.float32)), np.asarray(q.w_hat))
+  assert qa.values.nbytes == 128 * 8 * 3 // 8  # int3 really packed
