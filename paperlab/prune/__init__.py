@@ -1,0 +1,11 @@
+"""Pruning on parameter pytrees: magnitude and N:M masks, gradual schedules, GraNet prune-and-regrow, PERP, and an
+optax transform that keeps pruned weights at zero."""
+
+from paperlab.prune.masks import *  # noqa: F401,F403
+from paperlab.prune.schedules import *  # noqa: F401,F403
+from paperlab.prune.regrow import *  # noqa: F401,F403
+from paperlab.prune.perp import *  # noqa: F401,F403
+
+from paperlab.prune import masks, schedules, regrow, perp  # noqa: E402
+
+__all__ = sorted(set().union(*(m.__all__ for m in (masks, schedules, regrow, perp))))
