@@ -489,8 +489,18 @@ def plan_merge(config: MergeConfig, readers: Mapping[str, Any]) -> MergePlan:
                         if p.scope == "input" or (p.scope == "non_base" and i != base_index)})
     jobs.append(TensorJob(out_name, srcs, base_index, shared, per_input, tuple(shape), dtype, t))
 
+  def same_names(named: list[tuple[str, set]], what: str):
+    ref_model, ref_names = named[0]
+    for m, names in named[1:]:
+      if names != ref_names:
+        missing = sorted(ref_names - names)
+        holder, lacker = (ref_model, m) if missing else (m, ref_model)
+        missing = missing or sorted(names - ref_names)
+        raise ConfigError(f"model {lacker} has no tensor {missing[0]!r} ({what}), which {holder} has.")
+
   def non_layer(sl: OutputSlice, pre: bool):
     ref = sl.sources[0].model
+    same_names([(s.model, set(others[s.model])) for s in sl.sources], "outside the layers")
     for name in others[ref]:
       if bool(_PRE.search(name)) == pre:
         add(name, [(s.model, name) for s in sl.sources], sl.base_model or config.base_model, sl, 0.0, sl.sources)
@@ -513,6 +523,13 @@ def plan_merge(config: MergeConfig, readers: Mapping[str, Any]) -> MergePlan:
       src_layer = ranges[0][0] + idx
       if src_layer not in layers[ref]:
         raise ConfigError(f"model {ref} has no layer {src_layer} (it has {len(layers[ref])}).")
+      named = []
+      for s, r in zip(sl.sources, ranges):
+        if r[0] + idx not in layers[s.model]:
+          raise ConfigError(f"model {s.model} has no layer {r[0] + idx} (it has {len(layers[s.model])}).")
+        named.append((s.model, {f"{p}.{r[0] + idx}.{rest}" if s.model == ref else f"{p}.{src_layer}.{rest}"
+                                for p, rest in layers[s.model][r[0] + idx]}))
+      same_names(named, f"layer {src_layer} of {ref}")
       for prefix, rest in layers[ref][src_layer]:
         srcs = [(s.model, f"{prefix}.{r[0] + idx}.{rest}") for s, r in zip(sl.sources, ranges)]
         add(f"{prefix}.{out_layer}.{rest}", srcs, base, sl, t, sl.sources)
