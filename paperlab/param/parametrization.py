@@ -477,7 +477,9 @@ def _map_by_path(fn: Callable, tree: PyTree, table: Mapping[str, Any], what: str
 
 def init_params(key: jax.Array, params: PyTree, parametrization: Parametrization) -> PyTree:
   """Fresh parameters ``N(init_mean, init_std^2)`` per leaf (norm scales: 1; ``fixed`` scalars and width-free
-  vectors keep their value). Same structure and dtypes as ``params``; jittable (``parametrization`` static).
+  vectors keep their value). Same structure and dtypes as ``params``, which may hold ``jax.ShapeDtypeStruct``
+  leaves (from ``nnx.eval_shape``: nothing is allocated twice). Jittable with ``parametrization`` closed over (it
+  holds Python objects, not arrays): ``jax.jit(lambda k: init_params(k, shapes, p))(key)``.
 
   The init column of :func:`parametrize`'s table (TP5 Table 3/8, u-muP's unit init, NTK's standard normal).
   """
@@ -491,9 +493,13 @@ def init_params(key: jax.Array, params: PyTree, parametrization: Parametrization
       raise ValueError(f"init_params: parameter {p!r} is not in the parametrization ({list(table)[:6]}...).")
     r = table[p]
     if r.role == "fixed" and len(r.shape) < 2:
+      if isinstance(x, jax.ShapeDtypeStruct):
+        raise ValueError(f"init_params: parameter {p!r} is 'fixed' (kept as it is) but only its shape was given; "
+                         "pass arrays.")
       out.append(x)
       continue
-    x = jnp.asarray(x)
+    if not isinstance(x, jax.ShapeDtypeStruct):
+      x = jnp.asarray(x)
     if tuple(x.shape) != r.shape:
       raise ValueError(f"init_params: parameter {p!r} has shape {tuple(x.shape)}, the parametrization {r.shape}.")
     noise = jax.random.normal(k, x.shape, jnp.float32) * r.init_std if r.init_std else jnp.zeros(x.shape)
