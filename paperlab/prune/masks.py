@@ -35,7 +35,7 @@ from paperlab._tree import path_str
 
 PyTree = Any
 
-__all__ = ["SCOPES", "prunable", "magnitude_masks", "nm_masks", "erk_densities", "random_masks", "apply_masks",
+__all__ = ["SCOPES", "prunable", "magnitude_masks", "nm_masks", "erk_densities", "random_masks", "erk_masks", "apply_masks",
            "sparsity", "layer_sparsities", "keep_pruned_zero"]
 
 SCOPES = ("global", "layer")
@@ -203,6 +203,18 @@ def random_masks(key: jax.Array, params: PyTree, densities: Mapping[str, float] 
     ranks = _rank(jax.random.uniform(jax.random.fold_in(key, i), (x.size,)))
     out.append((ranks < keep).reshape(x.shape))
   return jax.tree.unflatten(jax.tree.structure(params), out)
+
+
+def erk_masks(key: jax.Array, params: PyTree, sparsity: float, *, power_scale: float = 1.0,
+              include: str | None = None, exclude: str | None = None) -> PyTree:
+  """Random keep-masks with ERK layer densities (:func:`erk_densities` over the prunable leaves) at total
+  ``sparsity``: the sparse-to-sparse initialization of RigL and GraNet (``sparse_init="ERK"``)."""
+  _check_sparsity(sparsity)
+  sel = prunable(params, include, exclude)
+  shapes = {path_str(p): x.shape for (p, x), c in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                                      jax.tree.leaves(sel)) if c}
+  return random_masks(key, params, erk_densities(shapes, 1.0 - sparsity, power_scale=power_scale),
+                      include=include, exclude=exclude)
 
 
 def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
