@@ -12,6 +12,8 @@ asks for ("sub-byte values are really packed"); ``ml_dtypes``' sub-byte types an
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -30,6 +32,7 @@ def packed_nbytes(n: int, bits: int) -> int:
   return -(-int(n) * bits // 8)
 
 
+@functools.partial(jax.jit, static_argnames="bits")
 def pack_bits(codes: jax.Array, bits: int) -> jax.Array:
   """Pack the low ``bits`` bits of every code of ``codes`` (flattened, any integer dtype) into a ``uint8`` stream.
 
@@ -59,6 +62,7 @@ def pack_bits(codes: jax.Array, bits: int) -> jax.Array:
   return jnp.stack(out, axis=1).reshape(-1)[:packed_nbytes(n, bits)].astype(jnp.uint8)
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "n", "signed"))
 def unpack_bits(packed: jax.Array, bits: int, n: int, *, signed: bool = False) -> jax.Array:
   """Inverse of :func:`pack_bits`: the first ``n`` codes of a packed stream.
 
