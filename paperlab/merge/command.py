@@ -59,13 +59,13 @@ def main(args: argparse.Namespace | None = None) -> int:
                             progress=lambda done, total, name: bar.update(task, completed=done, total=total,
                                                                           description=name))
   except KeyboardInterrupt:
-    err.print("paperlab merge: interrupted; nothing was written to " + str(args.out_dir), markup=False)
+    print(f"paperlab merge: interrupted; nothing was written to {args.out_dir}", file=sys.stderr)
     return 130
   except (ValueError, KeyError, TypeError, OSError, RuntimeError) as e:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     if isinstance(e, OSError) and e.errno == 28:
       msg = f"disk full while writing ({e.strerror}); nothing was written to {args.out_dir}"
-    err.print(f"paperlab merge: error: {msg}", markup=False)
+    print(f"paperlab merge: error: {msg}", file=sys.stderr)
     return 1
   if args.json:
     print(json.dumps(dict(summary)))

@@ -271,9 +271,16 @@ class MergeSummary(dict):
   """``tensors``, ``bytes_read``, ``bytes_written``, ``peak_rss_bytes``, ``seconds``, ``out_dir``, ``dry_run``."""
 
   def line(self) -> str:
-    gb = 1e9
-    return (f"{self['tensors']} tensors, read {self['bytes_read'] / gb:.2f} GB, wrote {self['bytes_written'] / gb:.2f} "
-            f"GB, peak RSS {self['peak_rss_bytes'] / gb:.2f} GB, {self['seconds']:.1f} s -> {self['out_dir']}")
+    return (f"{self['tensors']} tensors, read {_human(self['bytes_read'])}, wrote {_human(self['bytes_written'])}, "
+            f"peak RSS {_human(self['peak_rss_bytes'])}, {self['seconds']:.1f} s -> {self['out_dir']}")
+
+
+def _human(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB"):
+    if abs(n) < 1000 or unit == "GB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    n /= 1000
+  return f"{n:.2f} TB"  # pragma: no cover
 
 
 def _out_dtype(job: TensorJob, config: MergeConfig) -> np.dtype:
@@ -346,6 +353,7 @@ def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: in
 
     def load(job: TensorJob):
       arrays = [readers[m].read(n) for m, n in job.sources]
+      summary["bytes_read"] += sum(a.nbytes for a in arrays)
       if cast is not None:
         arrays = [a.astype(cast) if _is_float(a) and a.dtype != cast else a for a in arrays]
       return arrays
@@ -360,7 +368,6 @@ def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: in
         if k + prefetch < len(plan.jobs):
           futures.append(pool.submit(load, plan.jobs[k + prefetch]))
         futures[k] = None
-        summary["bytes_read"] += sum(a.nbytes for a in arrays)
         key = jax.random.fold_in(root, zlib.crc32(job.out_name.encode()) & 0x7FFFFFFF)
         out = merge_tensor(config.merge_method, arrays, job.base_index, job.shared, job.per_input, key=key,
                            name=job.out_name)

@@ -39,7 +39,7 @@ def models(tmp_path_factory):
   """base + 3 fine-tunes (base + N(0, 0.005) noise on every weight), bf16, sharded, with a tokenizer file."""
   root = tmp_path_factory.mktemp("models")
   cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=N_LAYERS,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
                                  tie_word_embeddings=False)
   torch.manual_seed(0)
   base = transformers.LlamaForCausalLM(cfg)
