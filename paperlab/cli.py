@@ -4,9 +4,11 @@
                       [--max-parallel N] [--fresh] [--quiet]
   paperlab report DIR [--out DIR]
   paperlab reproduce PAPER [--workdir DIR] [--config.a.b=V ...] [--check [--rtol R] [--atol A]]
-  paperlab papers [--family F] [--status S]
+  paperlab papers [ID] [--family F] [--status S]
+  paperlab --version
 
 JAX is imported only by the commands that train, so ``paperlab papers`` and ``paperlab report`` start fast.
+A bad invocation prints one line ``paperlab: error: ...`` and exits with status 2.
 """
 
 from __future__ import annotations
@@ -25,16 +27,48 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"paperlab: error: {message}\n")
 
 
+class UsageError(Exception):
+  """A bad invocation found outside argparse: one line, exit status 2."""
+
+
+RUN_EPILOG = """\
+config overrides (ml_collections.config_flags conventions):
+  --config.KEY=VALUE      override one field of get_config(), e.g. --config.optim.learning_rate=3e-4
+                          --config.model.widths='(128,128)'  --config.train.num_steps=2000
+                          VALUE is parsed by the type of the field it replaces; an unknown KEY is an error
+                          that suggests the nearest keys; every field is checked before anything runs
+                          (num_steps, batch_size, ... >= 1; learning_rate, weight_decay >= 0).
+
+sweeps:
+  --sweep                 run every point of the experiment's get_sweep() (a list of {"dotted.key": value}
+                          built with paperlab.runner.sweeps: grid, zipped, seeds, product, log_uniform);
+                          overrides apply to every point. Trials that differ only in numeric hyperparameters
+                          and seeds run as one vmapped program.
+
+resuming: each trial has a directory WORKDIR/EXPERIMENT/TRIAL_ID (the id hashes the resolved config and the
+experiment file's code); re-running the same command skips finished trials, resumes interrupted ones from
+their newest intact checkpoint and re-runs failed or damaged ones. `paperlab report WORKDIR` summarizes.
+
+examples:
+  paperlab run experiments/quickstart.py
+  paperlab run experiments/runner_demo.py --sweep --config.train.num_steps=100 --workdir runs
+"""
+
+
 def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   """Separate ``--config.a.b=V`` (and ``--config.a.b V``) from the other arguments."""
   rest, overrides = [], []
   i = 0
   while i < len(argv):
     arg = argv[i]
-    if arg.startswith("--config."):
+    if arg.startswith("--config.") or arg == "--config":
+      key = arg.split("=", 1)[0][len("--config."):]
+      if not key or any(not part for part in key.split(".")):
+        raise UsageError(f"{arg!r}: expected --config.KEY=VALUE with a dotted KEY, e.g. "
+                         "--config.optim.learning_rate=3e-4")
       if "=" not in arg:
-        if i + 1 >= len(argv):
-          raise SystemExit(f"paperlab: error: {arg} needs a value: {arg}=VALUE")
+        if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+          raise UsageError(f"{arg} needs a value: {arg}=VALUE")
         arg = f"{arg}={argv[i + 1]}"
         i += 1
       overrides.append(arg[len("--"):])
@@ -44,22 +78,51 @@ def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def _parser() -> argparse.ArgumentParser:
+_MERGE_COMMAND = pathlib.Path(__file__).resolve().parent / "merge" / "command.py"
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  return value
+
+
+def _non_negative_float(text: str) -> float:
+  import math  # pylint: disable=g-import-not-at-top
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+  if not (math.isfinite(value) and value >= 0):
+    raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+  return value
+
+
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+  from paperlab import __version__  # pylint: disable=g-import-not-at-top
   parser = _Parser(prog="paperlab", description="Run experiments and reproduce papers' claims.")
+  parser.add_argument("--version", action="version", version=f"paperlab {__version__}")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-  run = sub.add_parser("run", help="run an experiment (or its sweep), resuming in the work directory")
+  run = sub.add_parser("run", help="run an experiment (or its sweep), resuming in the work directory",
+                       usage="paperlab run EXPERIMENT.py [--config.KEY=VALUE ...] [--sweep] [--workdir DIR] "
+                             "[options]",
+                       epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   run.add_argument("experiment", help="path of the experiment file (defines get_config())")
   run.add_argument("--sweep", action="store_true", help="run every point of get_sweep()")
   run.add_argument("--workdir", default="runs", help="run store root (default: runs)")
   run.add_argument("--backend", default="local", choices=["local", "process", "ray"])
-  run.add_argument("--max-parallel", type=int, default=None, help="workers for process/ray backends")
+  run.add_argument("--max-parallel", type=_positive_int, default=None, help="workers for process/ray backends")
   run.add_argument("--fresh", action="store_true", help="discard earlier results of these trials")
-  run.add_argument("--quiet", action="store_true", help="no progress output")
+  run.add_argument("--quiet", action="store_true", help="no progress display and no experiment output")
   run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
 
   report = sub.add_parser("report", help="table, plots and report.md for a run directory")
-  report.add_argument("directory")
+  report.add_argument("directory", help="a run store (--workdir of paperlab run) or one experiment's directory")
   report.add_argument("--out", default=None, help="where plots and report.md go (default: DIRECTORY)")
 
   reproduce = sub.add_parser("reproduce", help="run a paper's experiment and check its claim")
@@ -70,12 +133,22 @@ def _parser() -> argparse.ArgumentParser:
   reproduce.add_argument("--check", action="store_true",
                          help="re-run at the recorded config (in a fresh work directory) and compare with the record "
                               "instead of writing it")
-  reproduce.add_argument("--rtol", type=float, default=1e-3, help="--check: relative tolerance (default 1e-3)")
-  reproduce.add_argument("--atol", type=float, default=1e-6, help="--check: absolute tolerance (default 1e-6)")
+  reproduce.add_argument("--rtol", type=_non_negative_float, default=1e-3,
+                         help="--check: relative tolerance (default 1e-3)")
+  reproduce.add_argument("--atol", type=_non_negative_float, default=1e-6,
+                         help="--check: absolute tolerance (default 1e-6)")
 
-  papers = sub.add_parser("papers", help="list the catalogued papers and their status")
-  papers.add_argument("--family", default=None)
-  papers.add_argument("--status", default=None)
+  papers = sub.add_parser("papers", help="list the catalogued papers, their status and implementing functions")
+  papers.add_argument("paper", nargs="?", default=None,
+                      help="one paper's id or slug: its functions, experiment and record")
+  papers.add_argument("--family", default=None, help="only this family (optim, losses, merge, ...)")
+  papers.add_argument("--status", default=None, help="only this status (reproduced, not-reproduced, ...)")
+
+  if _MERGE_COMMAND.exists():  # paperlab/merge/command.py: add_arguments(parser), main(args) -> int
+    merge = sub.add_parser("merge", help="merge model checkpoints (see paperlab merge --help)")
+    if "merge" in argv:  # imports JAX: only when the merge command is asked for
+      from paperlab.merge import command as merge_command  # pylint: disable=g-import-not-at-top
+      merge_command.add_arguments(merge)
   return parser
 
 
@@ -122,6 +195,10 @@ def _cmd_run(args, overrides: list[str]) -> int:
 
 def _cmd_report(args) -> int:
   from paperlab.runner.report import report  # pylint: disable=g-import-not-at-top
+  directory = pathlib.Path(args.directory)
+  if not directory.is_dir():
+    raise UsageError(f"run directory not found: {args.directory!r}" if not directory.exists() else
+                     f"{args.directory!r} is not a directory")
   out = report(args.directory, out=args.out)
   print(out["table"])
   print(f"wrote {out['markdown']} and {len(out['plots'])} plots")
@@ -240,17 +317,88 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   return 0 if passed else 1
 
 
+def _choice(name: str, value: str | None, accepted: Sequence[str]) -> str | None:
+  if value is None:
+    return None
+  low = value.strip().lower()
+  if low not in accepted:
+    import difflib  # pylint: disable=g-import-not-at-top
+    close = difflib.get_close_matches(low, accepted, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UsageError(f"--{name} {value!r}: expected one of {', '.join(accepted)}{hint}")
+  return low
+
+
+def _short(name: str) -> str:
+  return name[len("paperlab."):] if name.startswith("paperlab.") else name
+
+
 def _cmd_papers(args) -> int:
+  from rich.console import Console  # pylint: disable=g-import-not-at-top
+  from rich.table import Table  # pylint: disable=g-import-not-at-top
+
   from paperlab import papers  # pylint: disable=g-import-not-at-top
-  papers.print_table(family=args.family, status=args.status)
+  family = _choice("family", args.family, papers.FAMILIES)
+  status = _choice("status", args.status, papers.STATUSES)
+  if args.paper is not None:
+    if family or status:
+      raise UsageError("papers ID takes no --family or --status")
+    return _print_paper(args.paper)
+  rows = papers.select(family, status)
+  table = Table(title=f"paperlab papers ({len(rows)} of {len(papers.load())})")
+  for col in ("id", "slug", "family", "status", "dev", "functions", "title"):
+    table.add_column(col, overflow="fold" if col in ("title", "functions") else "ellipsis",
+                     no_wrap=col not in ("title", "functions"))
+  counts: dict[str, int] = {}
+  for p in rows:
+    s = papers.status(p)
+    counts[s] = counts.get(s, 0) + 1
+    record = papers.last_result(p) if s in ("reproduced", "reproduced-with-deviations", "not-reproduced") else None
+    devs = str(len(papers.deviations_of(p, record))) if record is not None else "-"
+    table.add_row(str(p.id), p.slug, p.family, s, devs, ", ".join(_short(f) for f in p.functions) or "-", p.title)
+  console = Console(width=max(Console().width, 180))
+  console.print(table)
+  console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+  return 0
+
+
+def _print_paper(key: str) -> int:
+  from paperlab import papers  # pylint: disable=g-import-not-at-top
+  try:
+    p = papers.get(int(key) if key.isdigit() else key)
+  except (KeyError, ValueError, LookupError) as e:
+    raise UsageError(f"unknown paper {key!r}: {e.args[0] if e.args else e}") from None
+  missing = set(papers.missing_functions(p))
+  lines = [f"[{p.id}] {p.slug}: {p.title}",
+           f"  authors:    {p.authors} ({p.year or '?'})",
+           f"  arXiv:      {p.url or '-'}",
+           f"  family:     {p.family}   status: {papers.status(p)}",
+           "  functions:  " + (", ".join(f + (" (missing)" if f in missing else "") for f in p.functions) or "-"),
+           f"  experiment: {p.experiment or '-'}"]
+  record = papers.last_result(p) if p.experiment else None
+  if record is None:
+    lines.append("  record:     -")
+  else:
+    claim = papers.claim_of(record)
+    lines += [f"  record:     {papers.records_dir() / f'{p.id}.json'} ({papers.status_of_record(p, record)}, "
+              f"recorded {record.get('recorded', '?')}, commit {record.get('commit', '?')})",
+              f"  claim:      {record.get('tested_claim') or p.claim}",
+              f"  passed:     {bool(claim.get('passed'))}"]
+    for d in papers.deviations_of(p, record):
+      lines.append(f"  deviation:  {d}")
+  print("\n".join(lines))
   return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``paperlab`` console script; returns the exit status."""
   argv = list(sys.argv[1:] if argv is None else argv)
-  rest, overrides = _split_overrides(argv)
-  args = _parser().parse_args(rest)
+  try:
+    rest, overrides = _split_overrides(argv)
+  except UsageError as e:
+    print(f"paperlab: error: {e}", file=sys.stderr)
+    return 2
+  args = _parser(rest).parse_args(rest)
   from paperlab.runner.config import ConfigError  # pylint: disable=g-import-not-at-top
   if overrides and args.command not in ("run", "reproduce"):
     print(f"paperlab: error: {args.command} takes no --config overrides", file=sys.stderr)
@@ -262,10 +410,25 @@ def main(argv: Sequence[str] | None = None) -> int:
       return _cmd_report(args)
     if args.command == "reproduce":
       return _cmd_reproduce(args, overrides)
+    if args.command == "merge":
+      from paperlab.merge import command as merge_command  # pylint: disable=g-import-not-at-top
+      return merge_command.main(args)
     return _cmd_papers(args)
-  except ConfigError as e:
-    print(f"paperlab: error: {e}", file=sys.stderr)
+  except (ConfigError, UsageError) as e:
+    print(f"paperlab: error: {_one_line(e)}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print("paperlab: interrupted; run the same command again to resume", file=sys.stderr)
+    return 130
+  except OSError as e:  # the environment (disk full, permissions...), not the invocation
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    print(f"paperlab: error: {e.strerror or _one_line(e)}{where}", file=sys.stderr)
+    return 1
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return " ".join(text.split("\n")) if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
@@ -10,13 +12,23 @@ def sample_batch(key: jax.Array, data, batch_size: int):
   """Uniformly sample ``batch_size`` examples (with replacement) from a pytree of arrays sharing axis 0.
 
   Pure and jittable; ``batch_size`` is static.
+
+  Raises:
+    ValueError: ``batch_size`` is not a positive integer, ``data`` holds no array, an empty one, or arrays whose
+      leading axes differ.
   """
+  if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
   leaves = jax.tree.leaves(data)
   if not leaves:
     raise ValueError("data must hold at least one array.")
+  if any(getattr(leaf, "ndim", 0) < 1 for leaf in leaves):
+    raise ValueError(f"every array in data needs a leading example axis; got {[jnp.shape(l) for l in leaves]}.")
   n = leaves[0].shape[0]
   if any(leaf.shape[0] != n for leaf in leaves):
     raise ValueError(f"every array in data must share its leading axis; got {[l.shape for l in leaves]}.")
+  if n == 0:
+    raise ValueError("data holds no examples (leading axis of length 0).")
   idx = jax.random.randint(key, (batch_size,), 0, n)
   return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), data)
 

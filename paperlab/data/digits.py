@@ -46,7 +46,11 @@ def digits(
   Returns:
     A :class:`Dataset` with float32 inputs and int32 labels.
   """
-  from sklearn.datasets import load_digits
+  try:
+    from sklearn.datasets import load_digits
+  except ImportError as e:
+    raise ImportError("paperlab.data.digits() reads scikit-learn's bundled digits: pip install scikit-learn "
+                      "(a dependency of paperlab)") from e
 
   _check_fraction("test_fraction", test_fraction)
   bunch = load_digits()

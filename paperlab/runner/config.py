@@ -33,11 +33,14 @@ def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
       close = difflib.get_close_matches(path.name, [p.name for p in path.parent.glob("*.py")], n=1)
       hint = f"; did you mean {str(path.parent / close[0])!r}?" if close else ""
     raise ConfigError(f"experiment file not found: {str(path)!r}{hint}")
-  name = "paperlab_experiment_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+  code = code_digest(path)
+  # The module name carries the code's digest: an edited file is imported again, not served from the cache.
+  name = "paperlab_experiment_" + hashlib.sha1(f"{path.resolve()}:{code}".encode()).hexdigest()[:10]
   if name in sys.modules:
     return sys.modules[name]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
+  module.__paperlab_code_sha256__ = code
   sys.modules[name] = module  # dataclasses and pickling look modules up by name
   try:
     spec.loader.exec_module(module)
@@ -45,8 +48,14 @@ def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
     del sys.modules[name]
     raise
   if not callable(getattr(module, "get_config", None)):
+    del sys.modules[name]
     raise ConfigError(f"experiment {str(path)!r} defines no get_config() function")
   return module
+
+
+def code_digest(path: str | pathlib.Path) -> str:
+  """SHA-256 of an experiment file's bytes; part of its trial ids, so an edited experiment runs again."""
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -135,6 +144,63 @@ def _check_value(key: str, value: Any, expected: type) -> Any:
   return value
 
 
+def _check_elements(key: str, value: Any, old: Any) -> Any:
+  """A tuple/list override keeps the element type of the default (``model.widths=abc`` is an error)."""
+  if not isinstance(value, (tuple, list)) or not isinstance(old, (tuple, list)) or not old:
+    return value
+  kinds = {type(v) for v in old}
+  if len(kinds) != 1 or (kind := kinds.pop()) not in (int, float, str, bool):
+    return value
+  out = []
+  for v in value:
+    if kind is float and isinstance(v, int) and not isinstance(v, bool):
+      v = float(v)
+    if type(v) is not kind:
+      raise ConfigError(f"config.{key}={value!r}: expected a {type(old).__name__} of {kind.__name__} "
+                        f"(like the default {old!r}), got an element {v!r}")
+    out.append(v)
+  return type(value)(out)
+
+
+# Names of fields whose meaning fixes their range, wherever they sit in a config (last part of the dotted key).
+POSITIVE_INT_FIELDS = ("num_steps", "batch_size", "checkpoint_every", "log_every", "eval_every", "num_epochs",
+                       "epochs", "seeds", "num_seeds")
+NON_NEGATIVE_FIELDS = ("learning_rate", "lr", "weight_decay")
+
+
+def validate_config(config: Mapping[str, Any], where: str = "config") -> None:
+  """Check the fields whose range the runner knows before anything runs.
+
+  ``seed`` is an integer; :data:`POSITIVE_INT_FIELDS` (``num_steps``, ``batch_size``, ``checkpoint_every``...)
+  are integers >= 1; :data:`NON_NEGATIVE_FIELDS` (``learning_rate``, ``lr``, ``weight_decay``) are finite
+  numbers >= 0; the default trainer's sections (``data``, ``model``, ``optim``, ``loss``) name what they build
+  with a string. Fields set to ``None`` are not checked.
+
+  Raises:
+    ConfigError: naming the key, the value and what is accepted.
+  """
+  import math  # pylint: disable=g-import-not-at-top
+  flat = flatten(config)
+  for key, value in flat.items():
+    last = key.rsplit(".", 1)[-1]
+    if value is None:
+      continue
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_number = is_int or isinstance(value, float)
+    if key == "seed" and not is_int:
+      raise ConfigError(f"{where}.{key}={value!r}: expected an integer seed")
+    if last in POSITIVE_INT_FIELDS and (is_number or isinstance(value, bool)) and (not is_int or value < 1):
+      raise ConfigError(f"{where}.{key}={value!r}: expected a positive integer (>= 1)")
+    if last in NON_NEGATIVE_FIELDS and isinstance(value, bool):
+      raise ConfigError(f"{where}.{key}={value!r}: expected a finite number >= 0")
+    if last in NON_NEGATIVE_FIELDS and is_number and not (math.isfinite(value) and value >= 0):
+      raise ConfigError(f"{where}.{key}={value!r}: expected a finite number >= 0")
+  for section in ("data", "model", "optim", "loss"):
+    name = flat.get(f"{section}.name")
+    if f"{section}.name" in flat and name is not None and not (isinstance(name, str) and name.strip()):
+      raise ConfigError(f"{where}.{section}.name={name!r}: expected a non-empty name (a string)")
+
+
 def _field_type(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str, type]:
   """The parent ConfigDict, last key and declared type of a dotted ``key`` (or a ConfigError)."""
   parts = key.split(".")
@@ -179,6 +245,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   for key, value, is_text in items:
     parent, leaf, expected = _field_type(config, key)
     value = parse_value(key, value, expected) if is_text else _check_value(key, value, expected)
+    value = _check_elements(key, value, parent[leaf])
     try:
       parent[leaf] = value
     except TypeError as e:
@@ -193,6 +260,12 @@ def config_json(config: Mapping[str, Any]) -> str:
   return json.dumps(data, sort_keys=True, default=repr)
 
 
-def trial_id(config: Mapping[str, Any]) -> str:
-  """Stable 12-hex-digit id of a resolved config (the same config always gets the same id)."""
-  return hashlib.sha256(config_json(config).encode()).hexdigest()[:12]
+def trial_id(config: Mapping[str, Any], code: str | None = None) -> str:
+  """Stable 12-hex-digit id of a resolved config and (when given) the experiment code's digest.
+
+  The same config of the same experiment file always gets the same id; the runner passes
+  :func:`code_digest`, so editing an experiment's ``run()`` gives its trials new ids and they run again (the
+  old trials stay in their directories). Modules the experiment imports are not hashed.
+  """
+  text = config_json(config) if code is None else config_json(config) + "\n" + code
+  return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -109,6 +109,7 @@ class Context:
   wandb: bool = False
   config: Mapping[str, Any] | None = None
   resume_step: int | None = None
+  on_log: Any = None
 
   def __post_init__(self):
     self.workdir = pathlib.Path(self.workdir)
@@ -117,6 +118,7 @@ class Context:
     self._wandb_run = None
     self._metrics_file = None
     self._decided = self.resume_step is None  # whether this attempt resumes or starts over is known
+    self.restore_problems: list[str] = []  # damaged checkpoints restore() skipped (each naming its file)
 
   @property
   def metrics_path(self) -> pathlib.Path:
@@ -145,6 +147,9 @@ class Context:
       self._tb.add_summary(_scalar_summary(scalars), int(step))
     if self.wandb and scalars:
       self._wandb().log({"step": int(step), **scalars})
+    if self.on_log is not None:
+      loss = next((v for k, v in scalars.items() if k == "loss" or k.endswith("loss")), None)
+      self.on_log(int(step), {"loss": loss})
 
   def log_curve(self, name: str, values: Any, *, every: int = 1, first_step: int = 0) -> None:
     """Log ``values[i]`` as ``{name: values[i]}`` at step ``first_step + i`` for every ``every``-th ``i``.
@@ -161,11 +166,12 @@ class Context:
     for i in range(0, len(values), int(every)):
       self.log(first_step + i, {name: values[i].item()})
 
-  def checkpoint(self, step: int, state: Any, *, keep: int = 1) -> None:
+  def checkpoint(self, step: int, state: Any, *, keep: int = 2) -> None:
     """Save ``state`` (a pytree of arrays: train state, RNG keys, data position...) as of ``step``.
 
-    An orbax checkpoint under ``workdir/checkpoints/<step>``, in the same store as the default trainer's; only
-    the newest ``keep`` are kept. Log a step's metrics before checkpointing it.
+    An orbax checkpoint under ``workdir/checkpoints/<step>`` with a SHA-256 manifest of its files, in the same
+    store as the default trainer's; only the newest ``keep`` are kept (two by default, so a damaged newest one
+    still leaves one to resume from). Log a step's metrics before checkpointing it.
     """
     import jax  # pylint: disable=g-import-not-at-top
     from paperlab.runner import store  # pylint: disable=g-import-not-at-top
@@ -176,21 +182,23 @@ class Context:
     store.save_checkpoint(self.checkpoint_dir, int(step), jax.device_get(state), keep=keep)
 
   def restore(self, template: Any) -> tuple[int, Any] | None:
-    """The newest checkpoint as ``(step, state)``, or ``None`` when there is none.
+    """The newest intact checkpoint as ``(step, state)``, or ``None`` when there is none.
 
     ``template`` gives the structure, shapes and dtypes (e.g. the freshly initialized state, or
-    ``jax.eval_shape`` of its initializer). Metric lines past the restored step are dropped, so the resumed
-    run logs no step twice. Call it before logging.
+    ``jax.eval_shape`` of its initializer). A checkpoint whose files do not match their checksums (or that orbax
+    cannot read) is never loaded: it is removed, named in :attr:`restore_problems`, and the next older one is
+    tried. Metric lines past the restored step are dropped, so the resumed run logs no step twice. Call it
+    before logging.
     """
     from paperlab.runner import store  # pylint: disable=g-import-not-at-top
-    steps = store.checkpoint_steps(self.checkpoint_dir)
-    if not steps:
-      if not self._decided:
-        self._drop_metrics_after(-1)
+    step, state, problems = store.restore_newest(self.checkpoint_dir, _abstract(template))
+    self.restore_problems += problems
+    if state is None:
+      self._drop_metrics_after(-1) if (not self._decided or problems) else None
+      self._decided = True
       return None
-    state = store.restore_checkpoint(self.checkpoint_dir, steps[-1], _abstract(template))
-    self._drop_metrics_after(steps[-1])
-    return steps[-1], state
+    self._drop_metrics_after(step)
+    return step, state
 
   def _drop_metrics_after(self, step: int) -> None:
     from paperlab.runner import store  # pylint: disable=g-import-not-at-top
@@ -221,8 +229,16 @@ class Context:
     return self._wandb_run
 
   def print(self, *args) -> None:
+    """Print (unless quiet) and keep the text in ``workdir/output.txt``; the runner prints it again when the
+    finished trial is skipped on a re-run."""
+    text = " ".join(str(a) for a in args)
     if not self.quiet:
-      print(*args)
+      print(text)
+    try:
+      with open(self.workdir / "output.txt", "a") as f:
+        f.write(text + "\n")
+    except OSError:
+      pass
 
   def progress(self, total: int, desc: str = ""):
     """A progress bar (silent when stderr is not a terminal or the context is quiet)."""

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 import pathlib
+import re
 import sys
 import time
 import traceback
 from typing import Any, Mapping, Sequence
 
 from paperlab.runner import trainer as trainer_lib
-from paperlab.runner.config import ConfigError, apply_overrides, load_experiment, trial_id
+from paperlab.runner.config import ConfigError, apply_overrides, load_experiment, trial_id, validate_config
 from paperlab.runner.context import Context, tensorboard_available, to_jsonable
 from paperlab.runner.progress import Progress
-from paperlab.runner.store import DONE, FAILED, RUNNING, TrialDir
+from paperlab.runner.store import DONE, FAILED, RUNNING, DamagedFile, TrialDir, TrialLocks
 
 BACKENDS = ("local", "process", "ray")
 
@@ -39,8 +42,47 @@ class Trial:
     return self.dir.trial_id
 
 
+def safe_name(text: str, default: str = "experiment") -> str:
+  """``text`` as one safe path component: letters, digits, ``_ . = -`` only, no leading dot, at most 100."""
+  name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text)).lstrip(".")[:100]
+  return name if name.strip("._") else default
+
+
 def experiment_name(path: str | os.PathLike) -> str:
-  return pathlib.Path(path).stem
+  """The store directory name of an experiment file: its stem, made safe (``...py`` cannot leave the store)."""
+  return safe_name(pathlib.Path(path).stem)
+
+
+def _check_overrides(overrides: Any) -> None:
+  if isinstance(overrides, (str, bytes)):
+    raise TypeError(f"overrides must be a list of 'a.b=VALUE' strings or a mapping {{'a.b': value}}, got the "
+                    f"string {overrides!r}; wrap it in a list: [{overrides!r}]")
+  if not isinstance(overrides, Mapping):
+    try:
+      items = list(overrides)
+    except TypeError:
+      raise TypeError(f"overrides must be a list of 'a.b=VALUE' strings or a mapping, got "
+                      f"{type(overrides).__name__}") from None
+    bad = [o for o in items if not isinstance(o, str)]
+    if bad:
+      raise TypeError(f"overrides must be 'a.b=VALUE' strings, got {bad[0]!r}")
+
+
+def _sweep_points(module, path) -> list[dict]:
+  points = module.get_sweep()
+  try:
+    points = list(points)
+  except TypeError:
+    raise ConfigError(f"get_sweep() of {str(path)!r} must return a list of dicts, got "
+                      f"{type(points).__name__}") from None
+  if not points:
+    raise ConfigError(f"get_sweep() of {str(path)!r} returned no points: nothing to run (run without --sweep "
+                      "for the default config)")
+  for i, point in enumerate(points):
+    if not isinstance(point, Mapping):
+      raise ConfigError(f"get_sweep() of {str(path)!r}: point {i} is a {type(point).__name__} ({point!r}), "
+                        "expected a dict of dotted keys to values")
+  return points
 
 
 def plan(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = (), *, sweep: bool = False,
@@ -58,23 +100,32 @@ def plan(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] =
   Returns:
     ``(module, trials)``, duplicates (equal resolved configs) removed.
   """
+  _check_overrides(overrides)
   module = load_experiment(path)
-  base = apply_overrides(module.get_config(), overrides)
+  config = module.get_config()
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"get_config() of {str(path)!r} must return an ml_collections.ConfigDict, got "
+                      f"{type(config).__name__} (wrap it: ml_collections.ConfigDict({{...}}))")
+  base = apply_overrides(config, overrides)
   if points is None:
     if sweep:
       if not callable(getattr(module, "get_sweep", None)):
         raise ConfigError(f"--sweep given but experiment {str(path)!r} defines no get_sweep()")
-      points = list(module.get_sweep())
+      points = _sweep_points(module, path)
     else:
       points = [{}]
   name = experiment_name(path)
+  code = getattr(module, "__paperlab_code_sha256__", None)
+  locks = TrialLocks(pathlib.Path(workdir) / name)  # one open lock file for all of this plan's trials
   trials, seen = [], set()
-  for point in points:
+  for i, point in enumerate(points):
     config = apply_overrides(base, dict(point))
-    tid = trial_id(config)
+    validate_config(config, where="config" if not sweep else f"sweep point {i}: config")
+    tid = trial_id(config, code)
     if tid not in seen:
       seen.add(tid)
-      trials.append(Trial(dict(point), config, TrialDir(workdir, name, tid)))
+      trials.append(Trial(dict(point), config, TrialDir(workdir, name, tid, locks)))
   return module, trials
 
 
@@ -88,27 +139,89 @@ def make_jobs(module, trials: Sequence[Trial]) -> list[list[Trial]]:
 
 def _summary(trial: Trial) -> dict:
   status = trial.dir.status()
+  if trial.dir.unwritten_failure is not None:  # failed, but status.json could not be written (disk full...)
+    status = {"status": FAILED, "reason": trial.dir.unwritten_failure}
   out = {"trial_id": trial.id, "dir": str(trial.dir.path), "point": trial.point, **status}
   if status.get("status") == DONE:
-    from paperlab.runner.store import read_json  # pylint: disable=g-import-not-at-top
-    out["result"] = read_json(trial.dir.result_path)
+    try:
+      out["result"] = trial.dir.result()
+    except DamagedFile as e:
+      out.update(status=FAILED, reason=f"damaged result: {e}")
+  elif status.get("status") == "damaged":
+    out["status"] = FAILED
   return out
 
 
-def _context(trial: Trial, quiet: bool, resume_step: int | None = None) -> Context:
+def _context(trial: Trial, quiet: bool, resume_step: int | None = None, on_log=None) -> Context:
   runner = trial.config.get("runner", {}) or {}
   tb = runner.get("tensorboard", True) and tensorboard_available()
   wandb = bool(runner.get("wandb", False) or os.environ.get("PAPERLAB_WANDB"))
   return Context(trial.dir.path, quiet=quiet, tensorboard=tb, wandb=wandb, config=trial.config.to_dict(),
-                 resume_step=resume_step)
+                 resume_step=resume_step, on_log=on_log)
 
 
 def _failure_reason(e: BaseException) -> str:
-  line = f"{type(e).__name__}: {e}".splitlines()[0]
+  text = str(e).strip()
+  line = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
   return line[:500]
 
 
-def _run_custom(module, trial: Trial, quiet: bool) -> None:
+def _warn(quiet: bool, message: str) -> None:
+  if not quiet:
+    print(f"paperlab: {message}", file=sys.stderr)
+
+
+def _walk_numbers(value: Any, path: str = ""):
+  if isinstance(value, Mapping):
+    for k, v in value.items():
+      yield from _walk_numbers(v, f"{path}[{str(k)!r}]")
+  elif isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      yield from _walk_numbers(v, f"{path}[{i}]")
+  elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+    yield path, float(value)
+  elif hasattr(value, "dtype") and hasattr(value, "tolist"):  # arrays and NumPy/JAX scalars
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    arr = np.asarray(value)
+    if arr.dtype.kind in "fc" and arr.size:
+      if arr.ndim == 0:
+        yield path, complex(arr.item()).real if arr.dtype.kind == "c" else float(arr.item())
+      else:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+          yield f"{path}[{', '.join(map(str, np.argwhere(bad)[0]))}]", float("nan")
+
+
+def check_result(result: Any) -> tuple[dict | None, str | None, list[str]]:
+  """``(jsonable result, None, nested non-finite paths)`` for a usable ``run()`` result, else
+  ``(None, reason, [])``.
+
+  A result must be a non-empty dict (a bare number becomes ``{"value": x}``), JSON-serialisable once arrays
+  are lists, and its top-level numbers must be finite: ``{"loss": nan}`` fails the trial. Non-finite numbers
+  deeper inside (a diverged arm's norm in a comparison) are a measurement: kept (as ``"nan"``/``"inf"``
+  strings) and listed in ``status.json`` as ``nonfinite``.
+  """
+  if result is None:
+    return None, "run() returned None: return a dict of results", []
+  if not isinstance(result, Mapping):
+    result = {"value": result}
+  if not result:
+    return None, "run() returned an empty result {}", []
+  nonfinite = []
+  for path, x in _walk_numbers(result):
+    if not math.isfinite(x):
+      if path.count("[") == 1 and not path.endswith("]]"):
+        return None, f"result{path} is {x} (not finite)", []
+      nonfinite.append(f"result{path}")
+  try:
+    plain = to_jsonable(result)
+    json.dumps(plain, allow_nan=False)
+  except (TypeError, ValueError) as e:
+    return None, f"the result is not JSON-serialisable ({_failure_reason(e)})", []
+  return plain, None, nonfinite[:20]
+
+
+def _run_custom(module, trial: Trial, quiet: bool, on_log=None) -> None:
   """A custom ``run(config, ctx)``: it resumes if it restores its checkpoint (:meth:`Context.restore`), else an
   interrupted one starts over; either way no metric step is logged twice."""
   steps = trial.dir.checkpoint_steps()
@@ -116,8 +229,9 @@ def _run_custom(module, trial: Trial, quiet: bool) -> None:
     trial.dir.truncate_metrics(steps[-1])  # the context drops the rest if the run does not restore
   elif trial.dir.metrics_path.exists():
     trial.dir.metrics_path.unlink()
+  trial.dir.output_path.unlink(missing_ok=True)
   trial.dir.set_status(RUNNING, step=steps[-1] if steps else 0)
-  ctx = _context(trial, quiet, resume_step=steps[-1] if steps else None)
+  ctx = _context(trial, quiet, resume_step=steps[-1] if steps else None, on_log=on_log)
   t0 = time.time()
   try:
     result = module.run(trial.config, ctx)
@@ -127,14 +241,22 @@ def _run_custom(module, trial: Trial, quiet: bool) -> None:
     return
   except Exception as e:  # pylint: disable=broad-except
     trial.dir.fail(_failure_reason(e), traceback=traceback.format_exc()[-4000:])
-    if not quiet:
-      print(f"trial {trial.id} failed: {_failure_reason(e)}", file=sys.stderr)
+    _warn(quiet, f"trial {trial.id} failed: {_failure_reason(e)}")
     return
   finally:
     ctx.close()
-  if not isinstance(result, Mapping):
-    result = {"value": result}
-  trial.dir.finish(to_jsonable(result), seconds=time.time() - t0)
+  plain, problem, nonfinite = check_result(result)
+  if problem is not None:
+    trial.dir.fail(problem)
+    _warn(quiet, f"trial {trial.id} failed: {problem}")
+    return
+  info = {"nonfinite": nonfinite} if nonfinite else {}
+  if ctx.restore_problems:
+    trial.dir.notes["damaged_checkpoints"] = ctx.restore_problems
+  try:
+    trial.dir.finish(plain, seconds=time.time() - t0, **info)
+  except OSError as e:
+    trial.dir.fail(f"cannot write the result: {_failure_reason(e)}")
 
 
 def _stack(trees: Sequence[Any]):
@@ -178,13 +300,18 @@ def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool, s
   slots = {t.id: i for i, t in enumerate(group)}
   by_start: dict[int, list[tuple[Trial, Any]]] = {}
   for t in trials:
-    steps = t.dir.checkpoint_steps()
-    start, ckpt = 0, None
-    if steps:
-      start = steps[-1]
-      ckpt = t.dir.restore_checkpoint(start, abstract)
-    t.dir.truncate_metrics(start)
-    t.dir.set_status(RUNNING, step=start)
+    try:
+      start, ckpt, problems = t.dir.restore_newest(abstract)
+      t.dir.truncate_metrics(start)
+      if problems:
+        t.dir.notes["damaged_checkpoints"] = problems
+      t.dir.set_status(RUNNING, step=start, **t.dir.notes)
+    except Exception as e:  # pylint: disable=broad-except
+      t.dir.fail(f"cannot resume: {_failure_reason(e)}")
+      continue
+    for p in problems:
+      _warn(quiet, f"trial {t.id}: damaged checkpoint not loaded ({p}); "
+                   f"{f'resuming from step {start}' if start else 'starting over'}")
     by_start.setdefault(start, []).append((t, ckpt))
   for start, members in sorted(by_start.items()):
     try:
@@ -243,7 +370,8 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
   active = {slot: True for slot in slots}
   contexts = {slot: _context(t, quiet) for t, slot in zip(trials, slots)}
   step = start
-  bar = Progress(num_steps - start, f"{trials[0].dir.experiment} x{len(trials)} steps", quiet=quiet)
+  bar = Progress(num_steps, f"{trials[0].dir.experiment}: group of {len(trials)} trial{'s' * (len(trials) > 1)}",
+                 quiet=quiet, unit="steps", start=start)
   saver = _CheckpointWriter(len(trials))
   try:
     while step < num_steps:
@@ -264,7 +392,8 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
           t.dir.fail(f"loss became {value} at step {step + bad + 1}", step=step + bad + 1)
           active[i] = False
       step += n
-      bar.update(n)
+      live = [metrics["loss"][i, n - 1] for i in slots if active[i]]
+      bar.update(n, loss=float(np.mean(live)) if live else None)
       if step % every == 0 or step == num_steps:
         saver.wait()  # one checkpoint per trial in flight: a trial's checkpoints finish in step order
         host = jax.device_get(ckpt)  # slice on the host: no per-slice XLA programs
@@ -313,49 +442,117 @@ class _CheckpointWriter:
     self._pool.shutdown(wait=True)
 
 
-def _run_job_trials(module, trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -> None:
+def _run_job_trials(module, trials: Sequence[Trial], group: Sequence[Trial], quiet: bool, on_log=None) -> None:
   if callable(getattr(module, "run", None)):
     for t in trials:
-      _run_custom(module, t, quiet)
+      _run_custom(module, t, quiet, on_log)
   elif trials:
     _run_default(trials, group, quiet)
 
 
+def _replay_output(trial: Trial) -> None:
+  """Print what a finished trial printed (its table...) when it is skipped on a re-run."""
+  try:
+    text = trial.dir.output_path.read_text(errors="replace")
+  except OSError:
+    return
+  if text:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def _prepare(trial: Trial, fresh: bool, quiet: bool) -> bool:
+  """With the trial's lock held: reset (``fresh``), clean what killed writers left, and say whether it must
+  run (not done, or done with a result that no longer verifies)."""
+  if fresh:
+    trial.dir.reset()
+  trial.dir.clean_orphans()
+  status = trial.dir.status()
+  if status.get("status") == "damaged":
+    _warn(quiet, f"trial {trial.id}: {status['reason']}; running it again")
+    return True
+  if status.get("status") == DONE:
+    problem = trial.dir.result_problem()
+    if problem is None:
+      return False
+    _warn(quiet, f"trial {trial.id}: {problem}; running it again")
+  return True
+
+
 def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points: Sequence[Mapping[str, Any]],
-                workdir: str, quiet: bool = True, fresh: bool = False) -> list[dict]:
+                workdir: str, quiet: bool = True, fresh: bool = False, code: str | None = None,
+                progress: Progress | None = None) -> list[dict]:
   """Run one job (see the module docstring) and return each trial's status summary.
 
   Trials locked by another runner are waited for after this runner's own work; one that runner left
   unfinished (it died) is then run here. So several runners on one store finish every trial exactly once.
-  Done trials are skipped; failed ones are retried by a later invocation.
+  Done trials are skipped (their saved output is printed again unless ``quiet``); failed ones are retried by
+  a later invocation. A trial whose files are damaged falls back to its newest intact checkpoint or starts
+  over; one whose directory cannot be written is reported failed; either way the other trials go on.
+
+  Args:
+    code: the experiment file's digest the caller planned with (:func:`.config.code_digest`); a worker that
+      finds the file changed since refuses to run it under the old trial ids.
   """
   module, trials = plan(path, overrides, workdir=workdir, points=points)
+  if code is not None and getattr(module, "__paperlab_code_sha256__", code) != code:
+    raise ConfigError(f"experiment file {str(path)!r} changed while the run was starting; run it again")
+  pending = []
   for t in trials:
-    t.dir.create(t.config, t.point)
-  pending = list(trials)
+    try:
+      t.dir.create(t.config, t.point)
+      pending.append(t)
+    except OSError as e:
+      if not t.dir.fail(f"cannot write the trial directory: {_failure_reason(e)}"):
+        pass
+      _warn(quiet, f"trial {t.id}: cannot write its directory ({_failure_reason(e)})")
   blocking = False
+  on_log = None
+  if progress is not None:
+    on_log = lambda step, metrics: progress.update(0, step=step, loss=metrics.get("loss"))  # noqa: E731
   while pending:
     mine, busy = [], []
     for t in pending:
-      if not t.dir.try_lock(blocking=blocking):
-        busy.append(t)
-        continue
-      if fresh:
-        t.dir.reset()
-      # A trial another runner failed while we waited is not retried now (a later invocation retries it).
-      failed_meanwhile = blocking and t.dir.status().get("status") == FAILED
-      if t.dir.is_done() or failed_meanwhile:
+      try:
+        if not t.dir.try_lock(blocking=blocking):
+          busy.append(t)
+          continue
+        # A trial another runner failed while we waited is not retried now (a later invocation retries it).
+        failed_meanwhile = blocking and t.dir.status().get("status") == FAILED
+        if failed_meanwhile or not _prepare(t, fresh, quiet):
+          if not failed_meanwhile and not quiet:
+            _replay_output(t)
+          t.dir.unlock()
+        else:
+          mine.append(t)
+      except OSError as e:
         t.dir.unlock()
-      else:
-        mine.append(t)
+        t.dir.fail(f"cannot prepare the trial: {_failure_reason(e)}")
+        _warn(quiet, f"trial {t.id}: cannot prepare it ({_failure_reason(e)})")
     try:
-      _run_job_trials(module, mine, trials, quiet)
+      _run_job_trials(module, mine, trials, quiet, on_log)
     finally:
       for t in mine:
         t.dir.unlock()
     fresh = False  # never reset work another runner finished while we waited
     pending, blocking = busy, True
   return [_summary(t) for t in trials]
+
+
+def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+  """The run store root, created if needed; a one-line :class:`ConfigError` if it is not a writable
+  directory."""
+  root = pathlib.Path(workdir)
+  if root.exists() and not root.is_dir():
+    raise ConfigError(f"--workdir {str(root)!r} is not a directory")
+  try:
+    root.mkdir(parents=True, exist_ok=True)
+    probe = root / f".paperlab-write-test.{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise ConfigError(f"--workdir {str(root)!r} is not writable: {e.strerror or e}") from None
+  return root
 
 
 def _ray_execute(*args):
@@ -382,20 +579,23 @@ def run_experiment(path: str | os.PathLike, overrides: Sequence[str] | Mapping[s
   """
   if backend not in BACKENDS:
     raise ConfigError(f"--backend={backend!r}: expected one of {', '.join(BACKENDS)}")
-  if max_parallel is not None and max_parallel < 1:
-    raise ConfigError(f"--max-parallel={max_parallel}: expected a positive integer")
+  if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, int)
+                                   or max_parallel < 1):
+    raise ConfigError(f"--max-parallel={max_parallel!r}: expected a positive integer")
   path = str(path)
   workdir = str(workdir)
   module, trials = plan(path, overrides, sweep=sweep, workdir=workdir)
+  check_workdir(workdir)
+  code = getattr(module, "__paperlab_code_sha256__", None)
   jobs = make_jobs(module, trials)
-  overrides = overrides if isinstance(overrides, Mapping) else list(overrides)
-  args = [(path, overrides, [t.point for t in job], workdir, quiet, fresh) for job in jobs]
-  bar = Progress(len(trials), f"{experiment_name(path)} trials", quiet=quiet)
+  overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+  args = [(path, overrides, [t.point for t in job], workdir, quiet, fresh, code) for job in jobs]
+  bar = Progress(len(trials), f"{experiment_name(path)}: trials", quiet=quiet, unit="trials")
   summaries: list[dict] = []
   try:
     if backend == "local":
       for a, job in zip(args, jobs):
-        summaries += execute_job(*a[:4], quiet=quiet, fresh=fresh)
+        summaries += execute_job(*a, progress=bar)
         bar.update(len(job))
     elif backend == "process":
       import concurrent.futures  # pylint: disable=g-import-not-at-top

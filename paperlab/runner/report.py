@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
+import re
 import statistics
 from typing import Any, Mapping, Sequence
 
@@ -31,34 +33,75 @@ def _number(v: Any) -> float | None:
   return None
 
 
+def _trial_dirs(directory: pathlib.Path) -> list[pathlib.Path]:
+  """Directories holding a ``config.json`` under ``directory``, not following symbolic links."""
+  found = []
+  for root, dirs, files in os.walk(directory, followlinks=False):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    if "config.json" in files:
+      found.append(pathlib.Path(root))
+      dirs[:] = [d for d in dirs if d != "checkpoints"]
+  return sorted(found)
+
+
 def load_trials(directory: str | pathlib.Path) -> dict[str, list[dict]]:
-  """``{experiment: [trial, ...]}`` with each trial's flat config, status, flat numeric result and metrics."""
+  """``{experiment: [trial, ...]}`` with each trial's flat config, status, flat numeric result and metrics.
+
+  A trial whose files cannot be read (malformed ``config.json`` or ``status.json``, a ``result.json`` that fails
+  its checksum) is listed with status ``failed`` and a ``reason`` naming the file; it never stops the report.
+  """
+  from paperlab.runner.store import DONE, DamagedFile, TrialDir, metric_records, read_json_checked  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory)
   if not directory.is_dir():
     from paperlab.runner.config import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(f"run directory not found: {str(directory)!r}")
   by_experiment: dict[str, list[dict]] = {}
-  for config_path in sorted(directory.glob("**/config.json")):
-    trial_dir = config_path.parent
-    trial = {"id": trial_dir.name, "dir": trial_dir, "experiment": trial_dir.parent.name,
-             "config": flatten(json.loads(config_path.read_text())), "status": "new", "result": {},
-             "metrics": []}
-    status_path = trial_dir / "status.json"
-    if status_path.exists():
-      trial["status"] = json.loads(status_path.read_text()).get("status", "?")
-    result_path = trial_dir / "result.json"
-    if trial["status"] == "done" and result_path.exists():
-      flat = flatten(json.loads(result_path.read_text()))
-      trial["result"] = {k: n for k, v in flat.items() if (n := _number(v)) is not None}
-    metrics_path = trial_dir / "metrics.jsonl"
-    if metrics_path.exists():
-      for line in metrics_path.read_text().splitlines():
-        try:
-          trial["metrics"].append(json.loads(line))
-        except json.JSONDecodeError:
-          pass
+  for trial_dir in _trial_dirs(directory):
+    trial = {"id": trial_dir.name, "dir": trial_dir, "experiment": trial_dir.parent.name, "config": {},
+             "status": "new", "result": {}, "metrics": [], "reason": None}
+    store = TrialDir(trial_dir.parent.parent, trial_dir.parent.name, trial_dir.name)
+    try:
+      trial["config"] = flatten(read_json_checked(trial_dir / "config.json"))
+      status = store.status()
+      trial["status"] = status.get("status", "?")
+      trial["reason"] = status.get("reason")
+      if trial["status"] == "damaged":
+        trial["status"] = "failed"
+      elif trial["status"] == DONE:
+        flat = flatten(store.result())
+        trial["result"] = {k: n for k, v in flat.items() if (n := _number(v)) is not None}
+    except DamagedFile as e:
+      trial["status"], trial["reason"], trial["result"] = "failed", f"damaged: {e}", {}
+    except OSError as e:
+      trial["status"], trial["reason"], trial["result"] = "failed", f"unreadable: {e}", {}
+    trial["metrics"] = metric_records(trial_dir / "metrics.jsonl")[0]
     by_experiment.setdefault(trial["experiment"], []).append(trial)
   return by_experiment
+
+
+def safe_file_name(text: str) -> str:
+  """``text`` as a file name that stays in its directory: letters, digits and ``_ . = -`` only."""
+  name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(text)).strip("._")[:150]
+  return name or "plot"
+
+
+def _write_into(out: pathlib.Path, name: str, write) -> pathlib.Path:
+  """Call ``write(tmp_path)`` and move the file to ``out/safe(name)``: never outside ``out``, never through a
+  link planted at the destination (``os.replace`` replaces a link instead of following it)."""
+  stem, dot, ext = name.rpartition(".")
+  path = out / (safe_file_name(stem) + dot + ext if dot else safe_file_name(name))
+  if path.parent.resolve() != out.resolve():
+    raise ValueError(f"refusing to write {path} outside {out}")
+  tmp = out / f".{path.name}.{os.getpid()}.tmp{('.' + ext) if dot else ''}"
+  if tmp.is_symlink() or tmp.exists():
+    tmp.unlink()
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+  return path
 
 
 def varying_keys(trials: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -174,9 +217,8 @@ def _plot_curves(name: str, rows, out: pathlib.Path) -> list[pathlib.Path]:
     ax.set_title(f"{name}: {metric} (mean ± std over seeds)")
     if len(rows) <= 12:
       ax.legend(fontsize=7)
-    path = out / f"{name}_curves_{metric}.png"
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    path = _write_into(out, f"{name}_curves_{metric}.png", lambda p, fig=fig: fig.savefig(p, dpi=80, format="png"))
     plt.close(fig)
     paths.append(path)
   return paths
@@ -210,9 +252,9 @@ def _plot_sweeps(name: str, hparams, metrics, rows, out: pathlib.Path) -> list[p
       ax.set_title(f"{name}: {metric} vs {param}")
       if 1 < len(lines) <= 12:
         ax.legend(fontsize=7)
-      path = out / f"{name}_{metric}_vs_{param}.png".replace("/", "_")
       fig.tight_layout()
-      fig.savefig(path, dpi=80)
+      path = _write_into(out, f"{name}_{metric}_vs_{param}.png",
+                         lambda p, fig=fig: fig.savefig(p, dpi=80, format="png"))
       plt.close(fig)
       paths.append(path)
   return paths
@@ -225,19 +267,24 @@ def report(directory: str | pathlib.Path, out: str | pathlib.Path | None = None,
     ``{"table": str, "markdown": path of report.md, "plots": [png paths], "experiments": {name: rows}}``.
   """
   directory = pathlib.Path(directory)
+  loaded = load_trials(directory)  # before creating anything: a missing directory is an error, not created
   out = pathlib.Path(out) if out else directory
   out.mkdir(parents=True, exist_ok=True)
   texts, md, all_plots, experiments = [], ["# paperlab report", ""], [], {}
-  for name, trials in load_trials(directory).items():
+  for name, trials in loaded.items():
     hparams, metrics, rows = summarize(trials)
     experiments[name] = rows
-    texts += [f"== {name} ({len(trials)} trials)", table(hparams, metrics, rows), ""]
+    failed = [t for t in trials if t["status"] == "failed"]
+    notes = [f"  failed {t['id']}: {t.get('reason') or 'see its status.json'}" for t in failed[:20]]
+    if len(failed) > 20:
+      notes.append(f"  ... and {len(failed) - 20} more failed trials")
+    texts += [f"== {name} ({len(trials)} trials)", table(hparams, metrics, rows), *notes, ""]
     md += [f"## {name}", "", f"{len(trials)} trials; values are mean ± std over seeds.", "",
            table(hparams, metrics, rows, markdown=True), ""]
+    md += [f"- failed `{t['id']}`: {t.get('reason') or 'see its status.json'}" for t in failed[:20]]
     if plots:
       paths = _plot_curves(name, rows, out) + _plot_sweeps(name, hparams, metrics, rows, out)
       all_plots += paths
       md += [f"![{p.stem}]({p.name})" for p in paths] + [""]
-  md_path = out / "report.md"
-  md_path.write_text("\n".join(md))
+  md_path = _write_into(out, "report.md", lambda p: p.write_text("\n".join(md)))
   return {"table": "\n".join(texts), "markdown": md_path, "plots": all_plots, "experiments": experiments}

@@ -72,18 +72,26 @@ def test_log_axis_only_for_log_spaced_sweeps():
   assert not is_log_spaced([-1.0, 1.0, 10.0])
 
 
-def test_progress_is_quiet_when_not_a_terminal():
+def test_progress_draws_live_on_a_terminal_and_plain_lines_elsewhere():
   class Terminal(io.StringIO):
     def isatty(self):
       return True
 
   pipe, tty = io.StringIO(), Terminal()
   for stream in (pipe, tty):
-    with Progress(4, "trials", stream=stream, min_interval=0.0) as bar:
+    with Progress(4, "trials", stream=stream, interval=3600.0, unit="trials") as bar:
       for _ in range(4):
-        bar.update()
-  assert pipe.getvalue() == ""
+        bar.update(loss=0.5)
+  (line,) = pipe.getvalue().splitlines()  # no line within the interval, one when the work ends
+  assert line.startswith("[paperlab] trials: 4/4 trials (100%)") and "trials/s" in line and "loss 0.5" in line
+  assert "\r" not in pipe.getvalue() and "\x1b" not in pipe.getvalue()
   assert "4/4" in tty.getvalue() and "trials" in tty.getvalue()
+  periodic = io.StringIO()
+  with Progress(10, "group of 2 trials", stream=periodic, interval=0.0, unit="steps") as bar:
+    for step in range(1, 11):
+      bar.update(1, step=step, loss=1.0 / step)
+  lines = periodic.getvalue().splitlines()
+  assert len(lines) == 11 and "10/10 steps" in lines[-1] and "ETA" in lines[0] and "step 10" in lines[-1]
   quiet = Terminal()
   with Progress(2, stream=quiet, quiet=True) as bar:
     bar.update(2)
