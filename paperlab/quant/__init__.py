@@ -7,6 +7,7 @@ from paperlab.quant.formats import *  # noqa: F401,F403
 from paperlab.quant.packing import *  # noqa: F401,F403
 from paperlab.quant.qarray import *  # noqa: F401,F403
 from paperlab.quant.dot import *  # noqa: F401,F403  (binds paperlab.quant.dot to the function)
+from paperlab.quant.dfloat import *  # noqa: F401,F403
 from paperlab.quant.rtn import *  # noqa: F401,F403
 from paperlab.quant.calibration import *  # noqa: F401,F403
 from paperlab.quant.gptq import *  # noqa: F401,F403
