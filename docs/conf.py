@@ -21,7 +21,6 @@ release = paperlab.__version__
 extensions = [
     "myst_nb",
     "sphinx.ext.autodoc",
-    "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
@@ -33,7 +32,6 @@ myst_enable_extensions = ["colon_fence", "dollarmath"]
 myst_heading_anchors = 3
 # Notebooks are executed by the test suite (nbmake); the docs render them as stored.
 nb_execution_mode = "off"
-autosummary_generate = False
 autodoc_typehints = "none"  # signatures stay readable; types are in the docstrings
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True

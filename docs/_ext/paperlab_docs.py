@@ -57,8 +57,13 @@ def api_page(package: str) -> str:
   code = [n for n in names if _directive(package, n) != "autodata"]
   data = [n for n in names if n not in code]
   lines = [f"# {TITLES.get(package, package)}: `paperlab.{package}`", "", summary, "",
-           "```{eval-rst}", f".. currentmodule:: paperlab.{package}", "", ".. autosummary::", ""]
-  lines += [f"   {n}" for n in code]
+           "```{eval-rst}", f".. currentmodule:: paperlab.{package}", "", ".. list-table::", "   :widths: 30 70",
+           ""]
+  for n in code:  # the whole first paragraph: autosummary's first-sentence cut can split inline markup
+    paragraph = " ".join((inspect.getdoc(getattr(module, n)) or "").split("\n\n")[0].split())
+    if paragraph.endswith("::"):  # it introduces a literal block that the table does not carry
+      paragraph = paragraph[:-1]
+    lines += [f"   * - :py:obj:`{n}`", f"     - {paragraph or '-'}"]
   lines.append("")
   for n in code:
     lines += [f".. {_directive(package, n)}:: {n}", ""]
@@ -148,8 +153,27 @@ def generate(srcdir: pathlib.Path) -> None:
   _write(srcdir / "papers.md", papers_page())
 
 
+def notebooks(srcdir: pathlib.Path) -> list[pathlib.Path]:
+  """The repository's ``notebooks/*.ipynb`` (the docs render them as stored; the test suite executes them)."""
+  return sorted((srcdir.parent / "notebooks").glob("*.ipynb"))
+
+
+def copy_notebooks(srcdir: pathlib.Path) -> None:
+  out = srcdir / "notebooks"
+  out.mkdir(exist_ok=True)
+  found = notebooks(srcdir)
+  for nb in found:
+    _write(out / nb.name, nb.read_text())
+  lines = ["# Notebooks", "",
+           "Each notebook runs in Colab as is (its first cell installs paperlab when it is not importable) and is "
+           "executed by the test suite on small settings.", "", "```{toctree}", ":maxdepth: 1", ""]
+  lines += [nb.stem for nb in found] + ["```", ""]
+  _write(out / "index.md", "\n".join(lines))
+
+
 def _on_builder_inited(app) -> None:
   generate(pathlib.Path(app.srcdir))
+  copy_notebooks(pathlib.Path(app.srcdir))
 
 
 def setup(app):
