@@ -7,9 +7,9 @@ of its elements. TIES and breadcrumbs select the top-k magnitudes of bf16 deltas
 take few distinct values); mergekit breaks ties by an unstable ``torch.argsort`` (arbitrary order) and paperlab
 keeps every tied entry, so for those methods the elements beyond 1 ulp must in addition all be entries whose
 |delta| equals a model's selection threshold (checked element by element), and the >= 99.9% bound is asserted
-on the other elements. DARE/DELLA are compared given the same masks (mergekit's ``torch.bernoulli`` replaced by
-the masks paperlab draws is not possible through the YAML path, so they are checked statistically in
-tests/merge/test_mergekit_config.py).
+on the other elements. DARE/DELLA are compared per tensor given the same masks (mergekit's ``torch.bernoulli``
+returns the masks paperlab draws) and statistically (keep rate, L1 rescale, unbiasedness) in
+tests/merge/test_mergekit_config.py.
 """
 
 from __future__ import annotations
@@ -284,3 +284,44 @@ merge_method: ties
   state = model.state_dict()
   for name, x in merged.items():
     assert state[name].view(torch.uint16).numpy().tobytes() == x.tobytes(), name
+
+
+@pytest.mark.parametrize("method,rescale", [("dare_ties", True), ("dare_linear", False), ("della", True),
+                                            ("della_linear", False)])
+def test_random_methods_match_mergekit_given_the_same_masks(method, rescale, monkeypatch):
+  """mergekit draws masks with ``torch.bernoulli``; it is fed the masks paperlab draws for the same key (model j
+  uses ``fold_in(key, j)``), so the rest of the method (rescale, weights, consensus, normalize, lambda) is
+  compared exactly. Tolerance 1e-5 of the largest output magnitude (float32 inputs)."""
+  import jax
+  import jax.numpy as jnp
+  from mergekit.merge_methods import registry
+  from mergekit.merge_methods.base import TensorGroup
+
+  from paperlab.merge import streaming, task_vectors
+
+  rng = np.random.default_rng(7)
+  base = rng.standard_normal((16, 12)).astype(np.float32)
+  fts = [base + 0.1 * rng.standard_normal(base.shape).astype(np.float32) for _ in range(3)]
+  dens, weights, eps = [0.4, 0.6, 0.5], [1.0, 0.5, 0.8], [0.1, 0.2, 0.15]
+  key = jax.random.key(5)
+  masks = []
+  for j, ft in enumerate(fts):
+    k = jax.random.fold_in(key, j)
+    if method.startswith("dare"):
+      m = task_vectors._draw_mask(k, jnp.float32(dens[j]), base.shape, "hash")
+    else:
+      m = streaming._della_mask(k, jnp.asarray(ft - base), jnp.float32(dens[j]), jnp.float32(eps[j]))
+    masks.append(np.asarray(m))
+  assert all(0.2 < m.mean() < 0.8 for m in masks)
+  it = iter(masks)
+  monkeypatch.setattr(torch, "bernoulli", lambda x, *a, **k: torch.from_numpy(next(it).astype(np.float32)))
+  per = {"weight": {i + 1: w for i, w in enumerate(weights)}, "density": {i + 1: d for i, d in enumerate(dens)}}
+  if method.startswith("della"):
+    per["epsilon"] = {i + 1: e for i, e in enumerate(eps)}
+  group = TensorGroup.from_tensors([torch.from_numpy(t) for t in [base, *fts]], base_index=0)
+  theirs = registry.get(method)([group], parameters={**per, "lambda": 0.7, "rescale": rescale})[0].numpy()
+  spec = registry.get(method).spec
+  shared = {p.name: p.default for p in spec.shared_parameters} | {"lambda": 0.7, "rescale": rescale}
+  per_input = [{}] + [{"weight": w, "density": d, "epsilon": e} for w, d, e in zip(weights, dens, eps)]
+  ours = np.asarray(streaming.merge_tensor(method, [base, *fts], 0, shared, per_input, key=key))
+  assert float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))) <= 1e-5
