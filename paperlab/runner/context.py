@@ -245,6 +245,17 @@ class Context:
     from paperlab.runner.progress import Progress  # pylint: disable=g-import-not-at-top
     return Progress(total, desc, quiet=self.quiet)
 
+  def release(self) -> None:
+    """Close the metrics and TensorBoard files until the next :meth:`log` (which opens them again; TensorBoard
+    then starts a new event file in the same directory). The runner calls this between chunks of large groups
+    so that a sweep of thousands of trials does not hold thousands of open files."""
+    if self._metrics_file is not None:
+      self._metrics_file.close()
+      self._metrics_file = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
   def close(self) -> None:
     """Close the metrics file and flush and close the TensorBoard / W&B writers (the runner calls this when
     the trial ends)."""

@@ -27,6 +27,9 @@ from paperlab.runner.progress import Progress
 from paperlab.runner.store import DONE, FAILED, RUNNING, DamagedFile, TrialDir, TrialLocks
 
 BACKENDS = ("local", "process", "ray")
+# Groups with more trials close each trial's metrics and TensorBoard files after every chunk (a sweep of
+# thousands of trials must not need thousands of open files).
+KEEP_OPEN_TRIALS = 64
 
 
 @dataclasses.dataclass
@@ -369,6 +372,7 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
     ckpt = _stack([restored[t.id] for t in fill])
   active = {slot: True for slot in slots}
   contexts = {slot: _context(t, quiet) for t, slot in zip(trials, slots)}
+  release = len(trials) > KEEP_OPEN_TRIALS  # a large group does not hold files open per trial between chunks
   step = start
   bar = Progress(num_steps, f"{trials[0].dir.experiment}: group of {len(trials)} trial{'s' * (len(trials) > 1)}",
                  quiet=quiet, unit="steps", start=start)
@@ -387,6 +391,8 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
           global_step = step + s + 1
           if global_step % log_every == 0 or global_step == num_steps:
             contexts[i].log(global_step, {k: v[i, s] for k, v in metrics.items()})
+        if release:
+          contexts[i].release()
         if bad is not None:
           value = float(metrics["loss"][i, bad])
           t.dir.fail(f"loss became {value} at step {step + bad + 1}", step=step + bad + 1)
@@ -445,7 +451,11 @@ class _CheckpointWriter:
 def _run_job_trials(module, trials: Sequence[Trial], group: Sequence[Trial], quiet: bool, on_log=None) -> None:
   if callable(getattr(module, "run", None)):
     for t in trials:
-      _run_custom(module, t, quiet, on_log)
+      try:
+        _run_custom(module, t, quiet, on_log)
+      except Exception as e:  # pylint: disable=broad-except  # the store failed (e.g. status.json unwritable)
+        t.dir.fail(f"cannot run the trial: {_failure_reason(e)}")
+        _warn(quiet, f"trial {t.id} failed: {_failure_reason(e)}")
   elif trials:
     _run_default(trials, group, quiet)
 

@@ -104,6 +104,7 @@ class Progress:
     self.loss: float | None = None
     self._t0 = time.monotonic()
     self._last_line = self._t0
+    self._written = self.count  # the count the last plain line showed
     self._task = None
     if self.enabled and self.live:
       self._task = _BOARD.add(self.stream, desc, self.total, self.count)
@@ -159,6 +160,7 @@ class Progress:
       self._last_line = now
 
   def _write_line(self) -> None:
+    self._written = self.count
     try:
       self.stream.write(f"[paperlab] {self.line()}\n")
       self.stream.flush()
@@ -172,7 +174,7 @@ class Progress:
       _BOARD.update(self._task, completed=self.count, info=self._info())
       _BOARD.remove(self._task)
       self._task = None
-    elif self.count > self.start:
+    elif self.count > self._written:
       self._write_line()
     self.enabled = False
 

@@ -25,25 +25,60 @@ from paperlab.runner.store import DamagedFile, TrialLocks
 NUM_STEPS, EVERY = 20, 10
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """A finished 4-trial default-trainer sweep (2 learning rates x 2 seeds): ``(experiment, store, summaries)``.
+NUMPY_TRAINER = """
+    import ml_collections
+    import numpy as np
 
-  Each test damages a copy of the store."""
-  root = tmp_path_factory.mktemp("finished")
+    def get_config():
+      c = ml_collections.ConfigDict()
+      c.seed = 0
+      c.num_steps = 20
+      c.checkpoint_every = 10
+      return c
+
+    def get_sweep():
+      return [{"seed": s} for s in range(4)]
+
+    def run(config, ctx):  # a deterministic toy "training" that checkpoints and resumes like a real one
+      init = {"w": np.random.default_rng(config.seed).normal(size=8).astype(np.float32)}
+      restored = ctx.restore(init)
+      step, state = restored or (0, init)
+      w = state["w"]
+      while step < config.num_steps:
+        w = (w * np.float32(0.9) + np.float32(0.01) * step).astype(np.float32)
+        step += 1
+        if step % 5 == 0:
+          ctx.log(step, {"loss": float((w ** 2).sum())})
+        if step % config.checkpoint_every == 0:
+          ctx.checkpoint(step, {"w": w})
+      return {"loss": float((w ** 2).sum()), "w": w.tolist()}
+    """
+
+
+def _finished_store(root: pathlib.Path, source: str):
   exp = root / "exp.py"
-  exp.write_text(default_trainer_source(num_steps=NUM_STEPS, checkpoint_every=EVERY, log_every=5, widths=(8,),
-                                        lrs=(1e-3, 3e-3), seeds=2))
+  exp.write_text(textwrap.dedent(source))
   summaries = run_experiment(exp, sweep=True, workdir=root / "runs", quiet=True)
   assert [s["status"] for s in summaries] == ["done"] * 4
   return exp, root / "runs", summaries
 
 
-@pytest.fixture
-def damaged(finished, tmp_path):
-  """A copy of the finished store, and a helper that re-runs the sweep on it."""
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A finished 4-trial sweep of a toy custom ``run`` with checkpoints: ``(experiment, store, summaries)``."""
+  return _finished_store(tmp_path_factory.mktemp("finished"), NUMPY_TRAINER)
+
+
+@pytest.fixture(scope="module")
+def finished_trainer(tmp_path_factory):
+  """A finished 4-trial default-trainer sweep (2 learning rates x 2 seeds, one vmapped group)."""
+  return _finished_store(tmp_path_factory.mktemp("finished_trainer"), default_trainer_source(
+      num_steps=NUM_STEPS, checkpoint_every=EVERY, log_every=5, widths=(8,), lrs=(1e-3, 3e-3), seeds=2))
+
+
+def _copy(finished, tmp_path, name="runs"):
   exp, runs, reference = finished
-  copy = tmp_path / "runs"
+  copy = tmp_path / name
   shutil.copytree(runs, copy, symlinks=True)
   trials = [copy / "exp" / s["trial_id"] for s in reference]
 
@@ -51,6 +86,18 @@ def damaged(finished, tmp_path):
     return run_experiment(exp, sweep=True, workdir=copy, quiet=True)
 
   return copy, trials, reference, rerun
+
+
+@pytest.fixture
+def damaged(finished, tmp_path):
+  """A copy of the finished custom-run store, and a helper that re-runs the sweep on it."""
+  return _copy(finished, tmp_path)
+
+
+@pytest.fixture
+def damaged_trainer(finished_trainer, tmp_path):
+  """A copy of the finished default-trainer store, and a helper that re-runs the sweep on it."""
+  return _copy(finished_trainer, tmp_path, "trainer_runs")
 
 
 def _interrupt(trial: pathlib.Path) -> None:
@@ -70,16 +117,18 @@ def _newest_checkpoint_file(trial: pathlib.Path) -> pathlib.Path:
   return max(files, key=lambda p: p.stat().st_size)  # the array data
 
 
-def test_two_checkpoints_are_kept_and_each_has_a_manifest(damaged):
-  _, trials, _, _ = damaged
+def test_two_checkpoints_are_kept_and_each_has_a_manifest(damaged_trainer, damaged):
+  _, trials, _, _ = damaged_trainer
+  trials = trials + damaged[1]
   for trial in trials:
     assert store.checkpoint_steps(trial / "checkpoints") == [EVERY, NUM_STEPS]
     for step in (EVERY, NUM_STEPS):
       assert store.verify_checkpoint(trial / "checkpoints", step) is None
 
 
-def test_truncated_newest_checkpoint_resumes_from_the_older_one(damaged):
-  runs, trials, reference, rerun = damaged
+@pytest.mark.parametrize("kind", ["trainer", "custom"])
+def test_truncated_newest_checkpoint_resumes_from_the_older_one(kind, request):
+  runs, trials, reference, rerun = request.getfixturevalue("damaged_trainer" if kind == "trainer" else "damaged")
   _interrupt(trials[0])
   data = _newest_checkpoint_file(trials[0])
   data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
@@ -102,9 +151,9 @@ def test_every_damaged_checkpoint_restarts_the_trial_alone(damaged):
   assert len(summaries[1]["damaged_checkpoints"]) == 2
 
 
-def test_single_bit_flips_in_a_checkpoint_are_detected_and_never_loaded(damaged):
+def test_single_bit_flips_in_a_checkpoint_are_detected_and_never_loaded(damaged_trainer):
   import jax  # pylint: disable=g-import-not-at-top
-  _, trials, _, _ = damaged
+  _, trials, _, _ = damaged_trainer
   root = trials[2] / "checkpoints"
   files = sorted(p for p in (root / str(NUM_STEPS)).rglob("*") if p.is_file() and p.stat().st_size)
   rng = random.Random(0)
