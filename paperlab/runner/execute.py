@@ -174,25 +174,27 @@ def _warn(quiet: bool, message: str) -> None:
     print(f"paperlab: {message}", file=sys.stderr)
 
 
-def _walk_numbers(value: Any, path: str = ""):
+def _walk_numbers(value: Any, path: str = "", depth: int = 0):
+  """``(path, depth, float)`` for every real number in a nested result; an array yields its first non-finite
+  entry (or nothing when all are finite)."""
   if isinstance(value, Mapping):
     for k, v in value.items():
-      yield from _walk_numbers(v, f"{path}[{str(k)!r}]")
+      yield from _walk_numbers(v, f"{path}[{str(k)!r}]", depth + 1)
   elif isinstance(value, (list, tuple)):
     for i, v in enumerate(value):
-      yield from _walk_numbers(v, f"{path}[{i}]")
+      yield from _walk_numbers(v, f"{path}[{i}]", depth + 1)
   elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-    yield path, float(value)
+    yield path, depth, float(value)
   elif hasattr(value, "dtype") and hasattr(value, "tolist"):  # arrays and NumPy/JAX scalars
     import numpy as np  # pylint: disable=g-import-not-at-top
     arr = np.asarray(value)
-    if arr.dtype.kind in "fc" and arr.size:
+    if arr.dtype.kind == "f" and arr.size:
+      bad = ~np.isfinite(arr)
       if arr.ndim == 0:
-        yield path, complex(arr.item()).real if arr.dtype.kind == "c" else float(arr.item())
-      else:
-        bad = ~np.isfinite(arr)
-        if bad.any():
-          yield f"{path}[{', '.join(map(str, np.argwhere(bad)[0]))}]", float("nan")
+        yield path, depth, float(arr)
+      elif bad.any():
+        first = tuple(np.argwhere(bad)[0])
+        yield path + "".join(f"[{i}]" for i in first), depth + 1, float(arr[first])
 
 
 def check_result(result: Any) -> tuple[dict | None, str | None, list[str]]:
@@ -211,9 +213,9 @@ def check_result(result: Any) -> tuple[dict | None, str | None, list[str]]:
   if not result:
     return None, "run() returned an empty result {}", []
   nonfinite = []
-  for path, x in _walk_numbers(result):
+  for path, depth, x in _walk_numbers(result):
     if not math.isfinite(x):
-      if path.count("[") == 1 and not path.endswith("]]"):
+      if depth == 1:  # a top-level value: the trial's headline number
         return None, f"result{path} is {x} (not finite)", []
       nonfinite.append(f"result{path}")
   try:
