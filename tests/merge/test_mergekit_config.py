@@ -250,3 +250,35 @@ def test_della_rejects_density_epsilon_outside_the_unit_interval():
   with pytest.raises(ValueError, match="density=0.1, epsilon=0.15"):
     merge_tensor("della", [x, x + 1], 0, {"lambda": 1.0, "normalize": True, "rescale": True, "int8_mask": False},
                  [{}, {"weight": 1.0, "density": 0.1, "epsilon": 0.15}])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paperlab-only methods: streaming tensor by tensor equals the pytree function on the whole model in memory
+
+
+@pytest.mark.parametrize("method,params,fn", [
+    ("pcb", {"ratio": 0.3, "lambda": 0.8}, lambda b, f: pm.pcb(b, f, 0.3, 0.8, scope="tensor")),
+    ("iso_c", {"alpha": 1.2}, lambda b, f: pm.iso_c(b, f, 1.2, layout="torch")),
+    ("iso_cts", {"alpha": 1.0, "common_fraction": 0.5},
+     lambda b, f: pm.iso_cts(b, f, 1.0, common_fraction=0.5, layout="torch")),
+])
+def test_paperlab_only_methods_stream_like_the_pytree_functions(models, tmp_path, method, params, fn):
+  data = {"merge_method": method, "base_model": models["base"], "parameters": params,
+          "models": [{"model": models["a"]}, {"model": models["b"]}], "dtype": "float32"}
+  pm.run_merge(parse_merge_config(data), tmp_path / "o")
+  ours = pm.read_checkpoint(tmp_path / "o")
+  load = lambda k: {n: x.astype(np.float32) for n, x in pm.read_checkpoint(models[k]).items()}
+  theirs = fn(pm.hf_to_tree(load("base")), [pm.hf_to_tree(load("a")), pm.hf_to_tree(load("b"))])
+  for name, x in pm.tree_to_hf(theirs).items():
+    np.testing.assert_allclose(ours[name], np.asarray(x), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_dare_x_rescales_by_one_over_q():
+  rng = np.random.default_rng(0)
+  base = rng.standard_normal(100_000).astype(np.float32)
+  ft = base + rng.standard_normal(base.size).astype(np.float32)
+  out = np.asarray(merge_tensor("dare_x", [base, ft], 0, {"density": 0.2, "q": 0.5, "lambda": 1.0},
+                                [{}, {"weight": 1.0}], key=jax.random.key(1)))
+  kept = out != base
+  assert abs(kept.mean() - 0.2) < 0.01
+  np.testing.assert_allclose((out - base)[kept], 2.0 * (ft - base)[kept], rtol=1e-5)
