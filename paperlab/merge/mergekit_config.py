@@ -110,6 +110,10 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                reference="arXiv:2403.19522"),
     MethodSpec("passthrough", (ParamSpec("scale", "float", "input", None),), max_inputs=1),
     # paperlab-only, data-free, per tensor
+    MethodSpec("ties_global", (ParamSpec("density", "float", default=0.2), ParamSpec("lambda", "float", default=1.0),
+                               ParamSpec("normalize", "bool", default=True),
+                               ParamSpec("weight", "float", "non_base", 1.0)),
+               base="required", min_non_base=1, paperlab_only=True, reference="arXiv:2306.01708"),
     MethodSpec("pcb", (ParamSpec("ratio", "float", default=0.1), ParamSpec("lambda", "float", default=1.0),
                        ParamSpec("clamp_q", "float", default=1e-4)), base="required", min_non_base=1,
                paperlab_only=True, reference="arXiv:2410.02396"),

@@ -236,6 +236,16 @@ def merge_tensor(method: str, tensors: Sequence[Any], base_index: int | None, sh
     return soups.model_stock(xs[bi], [x for i, x in enumerate(xs) if i != bi], filter_wise=shared["filter_wise"],
                              layout="torch")
   others = [x for i, x in enumerate(xs) if i != bi]
+  if method == "ties_global":
+    if "thresholds" not in shared:
+      raise ValueError("ties_global needs shared['thresholds'] (the per-model global k-th largest |delta|, found "
+                       "by run_merge's threshold passes).")
+    n = len(others)
+    w = jnp.asarray([per_input[i]["weight"] for i in range(len(xs)) if i != bi], jnp.float32)
+    return _gta_kernel(xs[bi], tuple(others), jnp.asarray(shared["thresholds"], jnp.float32),
+                       jnp.full((n,), jnp.inf, jnp.float32), jnp.stack([key] * n), jnp.ones((n,), jnp.float32),
+                       jnp.zeros((n,), jnp.float32), w, jnp.float32(shared["lambda"]), "magnitude", True,
+                       bool(shared["normalize"]), False)
   if method == "pcb":
     return task_vectors.pcb(xs[bi], others, shared["ratio"], shared["lambda"], scope="tensor",
                             clamp_q=shared["clamp_q"])
@@ -315,6 +325,51 @@ def _tokenizer_files(config: MergeConfig, donor: str) -> list[str]:
   return [os.path.join(src, f) for f in TOKENIZER_FILES if os.path.exists(os.path.join(src, f))]
 
 
+def _delta_bits(base: np.ndarray, m: np.ndarray) -> np.ndarray:
+  """``|m - base|`` in float32 as uint32 bit patterns (ordered like the values), subnormals flushed as XLA does."""
+  d = np.abs(m.astype(np.float32) - base.astype(np.float32))
+  d[d < np.finfo(np.float32).tiny] = 0
+  return d.view(np.uint32).reshape(-1)
+
+
+def _global_thresholds(plan: MergePlan, load: Callable[[TensorJob], list]) -> list[float]:
+  """TIES with global scope (the paper's trim, arXiv:2306.01708, Sec. 4) over a model that does not fit in memory:
+  per fine-tuned model the exact ``k = max(1, int(density n))``-th largest ``|delta|`` over all floating tensors,
+  in two streaming passes: a histogram of the high 16 bits of the float32 bit patterns finds the bin holding the
+  k-th largest, a histogram of the low 16 bits inside that bin finds the value (bit patterns of non-negative floats
+  order like the floats)."""
+  jobs = [j for j in plan.jobs if _is_float(np.empty(0, j.in_dtype))]
+  bi = jobs[0].base_index
+  n_models = len(jobs[0].sources) - 1
+  n = sum(int(np.prod(j.shape)) for j in jobs)
+  densities = {j.shared["density"] for j in jobs}
+  if len(densities) != 1 or not 0 < jobs[0].shared["density"] <= 1:
+    raise ValueError(f"ties_global needs one density in (0, 1] for the whole model, got {sorted(densities)}.")
+  k = max(1, int(jobs[0].shared["density"] * n))
+  high = np.zeros((n_models, 1 << 16), np.int64)
+  for job in jobs:
+    arrays = load(job)
+    others = [a for i, a in enumerate(arrays) if i != bi]
+    for j, m in enumerate(others):
+      high[j] += np.bincount((_delta_bits(arrays[bi], m) >> 16).astype(np.int64), minlength=1 << 16)
+  above_cum = np.cumsum(high[:, ::-1], axis=1)[:, ::-1]  # entries with high bits >= b
+  bins = [int(np.nonzero(above_cum[j] >= k)[0].max()) for j in range(n_models)]
+  above = [int(above_cum[j][b + 1]) if b + 1 < (1 << 16) else 0 for j, b in enumerate(bins)]
+  low = np.zeros((n_models, 1 << 16), np.int64)
+  for job in jobs:
+    arrays = load(job)
+    others = [a for i, a in enumerate(arrays) if i != bi]
+    for j, m in enumerate(others):
+      bits = _delta_bits(arrays[bi], m)
+      low[j] += np.bincount((bits[(bits >> 16) == bins[j]] & 0xFFFF).astype(np.int64), minlength=1 << 16)
+  out = []
+  for j in range(n_models):
+    cum = np.cumsum(low[j][::-1])[::-1] + above[j]
+    lo_bits = int(np.nonzero(cum >= k)[0].max())
+    out.append(float(np.array([(bins[j] << 16) | lo_bits], np.uint32).view(np.float32)[0]))
+  return out
+
+
 def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: int | str = "5GB",
               device: str | None = None, seed: int = 0, dry_run: bool = False, overwrite: bool = False,
               progress: Callable[[int, int, str], None] | None = None, prefetch: int = 2) -> MergeSummary:
@@ -358,6 +413,11 @@ def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: in
         arrays = [a.astype(cast) if _is_float(a) and a.dtype != cast else a for a in arrays]
       return arrays
 
+    if config.merge_method == "ties_global":
+      thresholds = _global_thresholds(plan, load)
+      summary["threshold_passes"] = 2
+      for job in plan.jobs:
+        job.shared["thresholds"] = thresholds
     ctx = jax.default_device(dev) if dev is not None else contextlib.nullcontext()
     with ctx, CheckpointWriter(out_dir, specs, shard_size=shard_size, overwrite=overwrite) as writer, \
         concurrent.futures.ThreadPoolExecutor(2) as pool:

@@ -282,3 +282,16 @@ def test_dare_x_rescales_by_one_over_q():
   kept = out != base
   assert abs(kept.mean() - 0.2) < 0.01
   np.testing.assert_allclose((out - base)[kept], 2.0 * (ft - base)[kept], rtol=1e-5)
+
+
+def test_ties_global_streams_like_ties_with_global_scope(models, tmp_path):
+  """Two histogram passes find each model's exact global threshold; the result equals ``ties(scope="global")``
+  on the whole model in memory."""
+  data = {"merge_method": "ties_global", "base_model": models["base"], "parameters": {"density": 0.3, "lambda": 0.9},
+          "models": [{"model": models["a"]}, {"model": models["b"]}, {"model": models["c"]}], "dtype": "float32"}
+  pm.run_merge(parse_merge_config(data), tmp_path / "o")
+  ours = pm.read_checkpoint(tmp_path / "o")
+  load = lambda k: {n: x.astype(np.float32) for n, x in pm.read_checkpoint(models[k]).items()}
+  theirs = pm.ties(load("base"), [load("a"), load("b"), load("c")], 0.3, 0.9, scope="global")
+  for name, x in theirs.items():
+    np.testing.assert_allclose(ours[name], np.asarray(x), rtol=1e-6, atol=1e-7, err_msg=name)
