@@ -20,6 +20,10 @@ mergekit import at run time):
   model and tensor. Shared parameters (``t``, ``lambda``, ``normalize``...) skip the first level. Per-model
   parameters of the base model are not read, except for methods that weight every input (``linear``).
 
+Beyond mergekit, the data-free paperlab methods run under their own names: ``ties_global`` (TIES with the
+paper's whole-model threshold, :func:`~paperlab.merge.task_vectors.ties` with ``scope="global"``), ``pcb``
+(per tensor), ``iso_c``, ``iso_cts`` and ``dare_x`` (DARE with a ``1/q`` rescale).
+
 Layers are found by name (``<prefix>.layers.<i>.<rest>``; also ``.h.``/``.blocks.``); other tensors are
 "pre" (names with ``embed``/``wte``/``wpe``, taken from the first slice's models) or "post" (final norm, head;
 from the last slice's models), as mergekit's architecture definitions place them for decoder LMs.
