@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import struct
+import threading
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -130,6 +131,7 @@ class CheckpointReader:
       if missing:
         raise ValueError(f"{index} lists tensors that no shard holds: {missing[:5]}.")
     self._fds: dict[str, int] = {}
+    self._lock = threading.Lock()  # reads may come from prefetch threads
 
   def _files(self) -> list[str]:
     p = self.path
@@ -183,9 +185,10 @@ class CheckpointReader:
   def read(self, name: str) -> np.ndarray:
     """The tensor ``name`` as a new C-contiguous host array of its stored dtype (bit-exact)."""
     info = self._get(name)
-    fd = self._fds.get(info.file)
-    if fd is None:
-      fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
+    with self._lock:
+      fd = self._fds.get(info.file)
+      if fd is None:
+        fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
     n = info.stop - info.start
     buf = np.empty(n, np.uint8)
     view, done = memoryview(buf), 0
@@ -197,9 +200,10 @@ class CheckpointReader:
     return buf.view(info.dtype).reshape(info.shape)
 
   def close(self) -> None:
-    for fd in self._fds.values():
-      os.close(fd)
-    self._fds.clear()
+    with self._lock:
+      for fd in self._fds.values():
+        os.close(fd)
+      self._fds.clear()
 
   def __enter__(self) -> "CheckpointReader":
     return self
