@@ -37,6 +37,7 @@ __all__ = [
     "decode_float",
     "encode_nf4",
     "mx_shared_exponent",
+    "mul_pow2",
 ]
 
 
@@ -118,8 +119,21 @@ def get_format(fmt: str | Format) -> Format:
 
 
 def _pow2(k: jax.Array) -> jax.Array:
-  """Exact float32 ``2**k`` for integer ``k`` in [-149, 127] (subnormals included)."""
-  return jnp.ldexp(jnp.ones(jnp.shape(k), jnp.float32), k.astype(jnp.int32))
+  """Exact float32 ``2**k`` for integer ``k`` in [-126, 127], built from its bits (``jnp.ldexp`` is ~10x slower)."""
+  return jax.lax.bitcast_convert_type((jnp.asarray(k, jnp.int32) + 127) << 23, jnp.float32)
+
+
+def mul_pow2(x: jax.Array, k: jax.Array) -> jax.Array:
+  """``x * 2**k`` exactly for integer ``k`` in [-127, 127] (two normal power-of-two factors, so ``2^-127`` needs
+  no subnormal constant)."""
+  k = jnp.asarray(k, jnp.int32)
+  a = k >> 1  # floor(k / 2)
+  return x * _pow2(a) * _pow2(k - a)
+
+
+def _floor_log2(a: jax.Array) -> jax.Array:
+  """``floor(log2(a))`` of non-negative finite float32 ``a`` from its exponent bits; -127 for 0 and subnormals."""
+  return ((jax.lax.bitcast_convert_type(a, jnp.int32) >> 23) & 0xFF) - 127
 
 
 @functools.partial(jax.jit, static_argnames="fmt")
@@ -147,8 +161,7 @@ def encode_float(y: jax.Array, fmt: str | Format) -> jax.Array:
   a = jnp.minimum(jnp.abs(y), jnp.float32(f.max_norm))
   a = jnp.where(jnp.isnan(y), 0.0, a)
   emin = 1 - f.bias
-  _, e2 = jnp.frexp(a)  # a = m * 2**e2 with m in [0.5, 1): floor(log2 a) = e2 - 1
-  e = jnp.maximum(e2 - 1, emin)
+  e = jnp.maximum(_floor_log2(a), emin)  # subnormal elements share the exponent emin
   q = jnp.round(a * _pow2(f.mbits - e))  # exact scaling, then round half to even
   carry = q >= 2 ** (f.mbits + 1)
   e = jnp.where(carry, e + 1, e)
@@ -201,7 +214,8 @@ def mx_shared_exponent(amax: jax.Array, fmt: str | Format) -> jax.Array:
   if f.kind not in ("mx", "mxint"):
     raise ValueError(f"fmt must be an MX format, got {f.name!r}.")
   amax = jnp.asarray(amax, jnp.float32)
-  _, e2 = jnp.frexp(amax)
-  e = jnp.where(amax > 0, e2 - 1, -127) - f.emax
+  # floor(log2) from the exponent bits (as torchao does); zero and float32 subnormals give -127, which clamps to
+  # the same code as their exact floor(log2) would
+  e = _floor_log2(jnp.where(jnp.isfinite(amax), amax, 0.0)) - f.emax
   code = jnp.clip(e, -127, 127) + 127
   return jnp.where(jnp.isfinite(amax), code, 255).astype(jnp.uint8)
