@@ -104,16 +104,17 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     opt = tx.init(params)
 
     def step(carry, idx):
-      params, opt, masks = carry
+      params, opt, masks, _ = carry
       grads = jax.grad(loss_fn)(params, x[idx], y[idx])
       updates, opt = tx.update(grads, opt, params, masks=masks)
-      return (optax.apply_updates(params, updates), opt, masks), grads
+      return (optax.apply_updates(params, updates), opt, masks, grads), None
 
     def epoch(carry, inputs):
       e, s, r = inputs
       order = jax.random.permutation(jax.random.fold_in(key, e), x.shape[0])[:per_epoch * config.batch_size]
-      (params, opt, masks), grads = jax.lax.scan(step, carry, order.reshape(per_epoch, config.batch_size))
-      last = jax.tree.map(lambda g: g[-1], grads)  # dense gradient of the epoch's last batch
+      zeros = jax.tree.map(jnp.zeros_like, carry[0])
+      (params, opt, masks, last), _ = jax.lax.scan(step, (*carry, zeros), order.reshape(per_epoch, config.batch_size))
+      # ``last``: the dense gradient of the epoch's last batch, which ranks the regrowth
 
       def update(args):
         p, m = args

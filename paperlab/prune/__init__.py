@@ -5,7 +5,8 @@ from paperlab.prune.masks import *  # noqa: F401,F403
 from paperlab.prune.schedules import *  # noqa: F401,F403
 from paperlab.prune.regrow import *  # noqa: F401,F403
 from paperlab.prune.perp import *  # noqa: F401,F403
+from paperlab.prune.regularizers import *  # noqa: F401,F403
 
-from paperlab.prune import masks, schedules, regrow, perp  # noqa: E402
+from paperlab.prune import masks, schedules, regrow, perp, regularizers  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (masks, schedules, regrow, perp))))
+__all__ = sorted(set().union(*(m.__all__ for m in (masks, schedules, regrow, perp, regularizers))))
