@@ -1,0 +1,9 @@
+"""Scaling laws: law forms (Kaplan, Chinchilla, power law), robust fits with bootstrap intervals, compute-optimal
+allocation, and the learning-rate-annealing law."""
+
+from paperlab.scaling.laws import *  # noqa: F401,F403
+from paperlab.scaling.fit import *  # noqa: F401,F403
+
+from paperlab.scaling import laws, fit  # noqa: E402
+
+__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit))))
