@@ -41,7 +41,10 @@ def layer_outputs(model: nnx.Module, *inputs: Any) -> dict[str, jax.Array]:
   return {_layer_name(path): x for path, x in leaves if hasattr(x, "shape")}
 
 
-def _run_one(graphdef, params, rest, p, tx, loss_fn, batch, inputs, steps, key) -> dict:
+_STATISTICS = {"l1": lambda v: jnp.mean(jnp.abs(v)), "rms": lambda v: jnp.sqrt(jnp.mean(jnp.square(v)))}
+
+
+def _run_one(graphdef, params, rest, p, tx, loss_fn, batch, inputs, steps, key, statistic) -> dict:
   """One width as one compiled program: (re-)initialization, ``steps`` steps and the statistics of every step."""
 
   def effective(params):
@@ -50,7 +53,7 @@ def _run_one(graphdef, params, rest, p, tx, loss_fn, batch, inputs, steps, key) 
 
   def stats(params):
     outs = layer_outputs(effective(params), *inputs(batch))
-    return {k: jnp.mean(jnp.abs(v.astype(jnp.float32))) for k, v in outs.items()}
+    return {k: _STATISTICS[statistic](v.astype(jnp.float32)) for k, v in outs.items()}
 
   def body(carry, _):
     params, opt_state = carry
@@ -75,8 +78,9 @@ def coord_check(make_model: Callable[[int], nnx.Module], make_parametrization: C
                 Parametrization] | None, make_optimizer: Callable[[Parametrization | None],
                 optax.GradientTransformation], loss_fn: Callable[[nnx.Module, Any], jax.Array], batch: Any, *,
                 widths: Sequence[int], steps: int = 3, key: jax.Array | None = None,
-                inputs: Callable[[Any], tuple] = lambda batch: (batch[0],)) -> dict[str, np.ndarray]:
-  """Mean ``|output|`` of every layer, per width and step: ``{layer: (len(widths), steps + 1)}``.
+                inputs: Callable[[Any], tuple] = lambda batch: (batch[0],), statistic: str = "l1"
+                ) -> dict[str, np.ndarray]:
+  """Mean ``|output|`` (or RMS) of every layer, per width and step: ``{layer: (len(widths), steps + 1)}``.
 
   Entry ``[i, t]`` is measured on ``batch`` after ``t`` optimizer steps on the same batch (``t = 0`` is the
   initialization), at width ``widths[i]`` -- the coordinate check of TP5 (arXiv:2203.03466, Fig. 5).
@@ -93,6 +97,7 @@ def coord_check(make_model: Callable[[int], nnx.Module], make_parametrization: C
     steps: optimizer steps (TP5 and ``mup`` use 3-5).
     key: PRNG key of the parametrization's init (default ``PRNGKey(0)``).
     inputs: ``batch -> model inputs`` (default ``(batch[0],)``).
+    statistic: ``"l1"`` (mean absolute value, ``mup``'s default) or ``"rms"``.
 
   Returns:
     ``{layer path: float64 array (len(widths), steps + 1)}``; layers are the module paths of
@@ -100,6 +105,8 @@ def coord_check(make_model: Callable[[int], nnx.Module], make_parametrization: C
   """
   if not widths:
     raise ValueError("widths must hold at least one width, got an empty sequence.")
+  if statistic not in _STATISTICS:
+    raise ValueError(f"statistic must be one of {sorted(_STATISTICS)}, got {statistic!r}.")
   if int(steps) != steps or steps < 0:
     raise ValueError(f"steps must be a non-negative integer, got {steps!r}.")
   key = jax.random.PRNGKey(0) if key is None else key
@@ -111,7 +118,7 @@ def coord_check(make_model: Callable[[int], nnx.Module], make_parametrization: C
     p = make_parametrization(model) if make_parametrization is not None else None
     tx = make_optimizer(p)
     per_width.append(jax.tree.map(np.asarray, _run_one(graphdef, params, rest, p, tx, loss_fn, batch, inputs,
-                                                       int(steps), key)))
+                                                       int(steps), key, statistic)))
   return {k: np.stack([w[k] for w in per_width]) for k in per_width[0]}
 
 

@@ -507,13 +507,21 @@ def init_params(key: jax.Array, params: PyTree, parametrization: Parametrization
   return jax.tree.unflatten(treedef, out)
 
 
+def _times(x, m):
+  """``m * x`` in ``x``'s dtype; a Python 1.0 is skipped (no op in the graph); ``m`` may be traced."""
+  if isinstance(m, (int, float)) and m == 1.0:
+    return x
+  return x * jnp.asarray(m).astype(jnp.result_type(x))
+
+
 def apply_multipliers(params: PyTree, multipliers: Parametrization | PyTree) -> PyTree:
   """``multiplier * w`` per leaf: the parameters the model computes with (a forward multiplier on a layer's kernel
   scales its output; on a readout kernel it is ``MuReadout``'s ``output_mult / width_mult``). Pure and
-  differentiable: the gradient w.r.t. the stored ``w`` is ``multiplier * grad``, as in the papers. Dtypes kept."""
+  differentiable: the gradient w.r.t. the stored ``w`` is ``multiplier * grad``, as in the papers. Dtypes kept.
+  ``multipliers`` is a :class:`Parametrization` or a pytree of scalars with the parameters' paths (arrays work:
+  vmap over stacked multipliers to run several parametrizations of one shape in one program)."""
   table = _table(multipliers, "multiplier")
-  return _map_by_path(lambda x, m: x if m == 1.0 else x * jnp.asarray(m, jnp.result_type(x)), params, table,
-                      "apply_multipliers")
+  return _map_by_path(_times, params, table, "apply_multipliers")
 
 
 def multiplied(model: nnx.Module, multipliers: Parametrization | PyTree) -> nnx.Module:
@@ -543,17 +551,18 @@ def scale_by_param_lr(lr_multipliers: Parametrization | PyTree) -> optax.Gradien
   learning rate, e.g. ``optax.chain(optax.scale_by_adam(), scale_by_param_lr(p), optax.add_decayed_weights(wd),
   optax.scale_by_learning_rate(lr))``: decoupled weight decay after it stays width-independent, as ``MuAdamW``
   keeps ``lr * weight_decay``. Leaves are matched by ``/``-joined path, so updates may be plain dicts or
-  ``nnx.State``. Multipliers are constants: the transform works under ``jit`` and inside
-  ``optax.inject_hyperparams``.
+  ``nnx.State``. Multipliers are constants (or arrays, e.g. traced when vmapping over parametrizations): the
+  transform works under ``jit``, ``vmap`` and inside ``optax.inject_hyperparams``.
 
   Args:
     lr_multipliers: a :class:`Parametrization` or a pytree of multipliers with the parameters' paths.
   """
   table = _table(lr_multipliers, "lr_multiplier")
   for path, m in table.items():
-    m = float(m)
-    if not math.isfinite(m) or m < 0:
-      raise ValueError(f"lr_multipliers[{path!r}] must be a finite non-negative number, got {m!r}.")
+    if isinstance(m, jax.core.Tracer):
+      continue  # traced (e.g. vmapped over parametrizations): checked where it was made
+    if np.ndim(m) != 0 or not math.isfinite(float(m)) or float(m) < 0:
+      raise ValueError(f"lr_multipliers[{path!r}] must be a finite non-negative scalar, got {m!r}.")
 
   def init_fn(params):
     del params
@@ -561,8 +570,7 @@ def scale_by_param_lr(lr_multipliers: Parametrization | PyTree) -> optax.Gradien
 
   def update_fn(updates, state, params=None):
     del params
-    return _map_by_path(lambda u, m: u if m == 1.0 else u * jnp.asarray(m, jnp.result_type(u)), updates, table,
-                        "scale_by_param_lr"), state
+    return _map_by_path(_times, updates, table, "scale_by_param_lr"), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
