@@ -25,7 +25,13 @@ def _concrete(value: Any) -> float | None:
 
 def check_range(name: str, value: Any, low: float | None = None, high: float | None = None, *,
                 low_inclusive: bool = True, high_inclusive: bool = True) -> Any:
-  """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the given interval (if it is concrete)."""
+  """Raise ``ValueError`` naming ``name`` unless ``value`` lies in the given interval (if it is concrete).
+
+  A string where a number is expected is a ``TypeError`` naming ``name`` (``"0.1"`` would otherwise fail deep
+  inside JAX with an unrelated message).
+  """
+  if isinstance(value, (str, bytes)):
+    raise TypeError(f"{name} must be a number (or an array / schedule where accepted), got {value!r}.")
   v = _concrete(value)
   if v is None:
     return value
@@ -38,6 +44,15 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
     lo = "(-inf" if low is None else ("[" if low_inclusive else "(") + f"{low:g}"
     hi = "inf)" if high is None else f"{high:g}" + ("]" if high_inclusive else ")")
     raise ValueError(f"{name} must lie in {lo}, {hi}, got {value!r}.")
+  return value
+
+
+def check_finite(name: str, value: Any) -> Any:
+  """``value`` is a finite number (when concrete): NaN and +-Inf are errors."""
+  check_range(name, value)
+  v = _concrete(value)
+  if v is not None and v in (float("inf"), float("-inf")):
+    raise ValueError(f"{name} must be finite, got {value!r}.")
   return value
 
 

@@ -531,7 +531,7 @@ def task_arithmetic(base: PyTree, finetuned: Sequence[PyTree], lam: float | jax.
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
-  lam_a = jnp.asarray(lam, jnp.float32)
+  lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
   return _finish(treedef, b, sel, lambda i: _ta_leaf(b[i], tuple(m[i] for m in ms), w, lam_a))
 
 
@@ -644,7 +644,7 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
-  lam_a = jnp.asarray(lam, jnp.float32)
+  lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
   keep_all = jnp.full((len(ms),), -jnp.inf)
   if density < 1 and scope == "global" and any(sel):
     idx = [i for i, s in enumerate(sel) if s]
@@ -776,7 +776,7 @@ def dare_merge(key: jax.Array, base: PyTree, finetuned: Sequence[PyTree], densit
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   model_keys = [jax.random.fold_in(key, t) for t in range(len(ms))]
   dens = jnp.asarray(density, jnp.float32)
-  lam_a = jnp.asarray(lam, jnp.float32)
+  lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
   if rescale is None or rescale == "l1":
     mode, factor = rescale, jnp.ones(())
   else:
@@ -887,7 +887,7 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
-  lam_a = jnp.asarray(lam, jnp.float32)
+  lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
 
   def band(deltas, n):
     lo_r, hi_r, n_keep = _band_ranks(n, density, gamma)
@@ -972,7 +972,7 @@ def pcb(base: PyTree, finetuned: Sequence[PyTree], ratio: float = 0.1, lam: floa
   _checks.check_range("clamp_q", clamp_q, 0.0, 0.5, high_inclusive=False)
   _checks.check_choice("scope", scope, _SCOPES)
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
-  lam_a = jnp.asarray(lam, jnp.float32)
+  lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
 
   def tau_of(i):
     return jnp.stack([(m[i].astype(jnp.float32) - b[i].astype(jnp.float32)).reshape(-1) for m in ms])

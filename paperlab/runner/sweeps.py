@@ -16,6 +16,11 @@ from typing import Any, Sequence
 Sweep = list[dict[str, Any]]
 
 
+def _check_count(n: int) -> None:
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ValueError(f"n must be an integer >= 1 (the number of points to draw), got {n!r}.")
+
+
 def grid(**axes: Sequence[Any]) -> Sweep:
   """Cartesian product of the axes (keys may be dotted: pass them with ``**{"optim.lr": [...]}``)."""
   for name, values in axes.items():
@@ -36,8 +41,7 @@ def zipped(**axes: Sequence[Any]) -> Sweep:
 
 def seeds(n: int, key: str = "seed", start: int = 0) -> Sweep:
   """``n`` seeds ``start, ..., start + n - 1`` under ``key``."""
-  if n < 1:
-    raise ValueError(f"n must be >= 1, got {n}.")
+  _check_count(n)
   return [{key: start + i} for i in range(n)]
 
 
@@ -45,6 +49,7 @@ def log_uniform(key: str, low: float, high: float, n: int, *, seed: int = 0) -> 
   """``n`` values drawn log-uniformly from ``[low, high]`` (random search), reproducible from ``seed``."""
   if not 0 < low <= high:
     raise ValueError(f"log_uniform needs 0 < low <= high, got low={low}, high={high}.")
+  _check_count(n)
   rng = random.Random(seed)
   return [{key: math.exp(rng.uniform(math.log(low), math.log(high)))} for _ in range(n)]
 
@@ -53,6 +58,7 @@ def uniform(key: str, low: float, high: float, n: int, *, seed: int = 0) -> Swee
   """``n`` values drawn uniformly from ``[low, high]``, reproducible from ``seed``."""
   if not low <= high:
     raise ValueError(f"uniform needs low <= high, got low={low}, high={high}.")
+  _check_count(n)
   rng = random.Random(seed)
   return [{key: rng.uniform(low, high)} for _ in range(n)]
 
