@@ -43,19 +43,33 @@ KINDS = ("dense", "fastfood", "identity")
 
 def fast_walsh_hadamard(x: jax.Array) -> jax.Array:
   """Unnormalised fast Walsh-Hadamard transform ``H x`` over the last axis (Sylvester order, ``H_1 = [1]``,
-  ``H_2n = [[H_n, H_n], [H_n, -H_n]]``, equal to ``scipy.linalg.hadamard(L) @ x``), in ``O(L log L)``; the last
-  axis' length ``L`` must be a power of two."""
+  ``H_2n = [[H_n, H_n], [H_n, -H_n]]``, equal to ``scipy.linalg.hadamard(L) @ x``); ``L`` must be a power of two.
+
+  ``H_L = H_{2^a} (x) H_{2^b} (x) ...`` (Kronecker), so ``x`` is reshaped to ``(2^a, 2^b, ...)`` with factors of at
+  most 64 and each axis is multiplied by its small Hadamard matrix: ``O(L log L)`` work as dense BLAS products,
+  several times faster on CPU than the ``log2 L`` butterfly passes.
+  """
   x = jnp.asarray(x)
   n = x.shape[-1]
   if n < 1 or n & (n - 1):
     raise ValueError(f"x's last axis must have a power-of-two length, got {n}.")
-  lead, h = x.shape[:-1], 1
-  while h < n:
-    y = x.reshape(lead + (n // (2 * h), 2, h))
-    a, b = y[..., 0, :], y[..., 1, :]
-    x = jnp.stack([a + b, a - b], axis=-2).reshape(lead + (n,))
-    h *= 2
-  return x
+  lead, bits, dims = x.shape[:-1], n.bit_length() - 1, []
+  while bits > 0:
+    dims.append(1 << min(6, bits))
+    bits -= min(6, bits)
+  y = x.reshape(lead + tuple(dims))
+  for i, d in enumerate(dims):
+    axis = len(lead) + i
+    y = jnp.moveaxis(jnp.tensordot(y, jnp.asarray(_hadamard(d), x.dtype), axes=[[axis], [1]]), -1, axis)
+  return y.reshape(lead + (n,))
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard(d: int) -> np.ndarray:
+  h = np.ones((1, 1), np.int8)
+  while h.shape[0] < d:
+    h = np.block([[h, h], [h, -h]])
+  return h
 
 
 def _dense_full(unravel, theta0, proj, theta_d):
