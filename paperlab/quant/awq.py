@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from paperlab.quant.rtn import (QuantizedWeight, check_bits, check_finite, check_group_size, check_kernel,
-                                quantize_rtn)
+                                grouped_rtn, quantize_rtn)
 
 __all__ = ["AWQWeight", "awq_search_scale", "awq_clip", "awq_layer", "awq_model", "fold_scale"]
 
@@ -77,15 +77,15 @@ def _ratio_scales(x_mean: jax.Array, ratio: jax.Array) -> jax.Array:
   return s / jnp.sqrt(jnp.max(s) * jnp.min(s))
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "group_size", "symmetric", "n_grid", "block_fn"))
-def _search(w, x, *, bits, group_size, symmetric, n_grid, block_fn):
+@functools.partial(jax.jit, static_argnames=("group_size", "symmetric", "n_grid", "block_fn"))
+def _search(w, x, bits, *, group_size, symmetric, n_grid, block_fn):
   x_mean = jnp.mean(jnp.abs(x), axis=0)
   fn = block_fn if block_fn is not None else (lambda kernel, inputs: inputs @ kernel)
   ref = fn(w, x)
 
   def loss(ratio):
     s = _ratio_scales(x_mean, ratio)
-    q = quantize_rtn(w * s[:, None], bits=bits, group_size=group_size, symmetric=symmetric).w_hat
+    q = grouped_rtn(w * s[:, None], bits, group_size, symmetric).w_hat
     return jnp.mean(jnp.square(ref - fn(q / s[:, None], x)))
 
   ratios = jnp.arange(n_grid, dtype=jnp.float32) / n_grid
@@ -114,12 +114,12 @@ def awq_search_scale(w: jax.Array, x: jax.Array, *, bits: int = 4, group_size: i
   w = check_kernel("w", w)
   x = _tokens("x", x, w)
   g = check_group_size(group_size, w.shape[0])
-  return _search(w.astype(jnp.float32), x, bits=check_bits(bits), group_size=g, symmetric=bool(symmetric),
+  return _search(w.astype(jnp.float32), x, jnp.float32(check_bits(bits)), group_size=g, symmetric=bool(symmetric),
                  n_grid=_check_grid(n_grid), block_fn=block_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "group_size", "symmetric", "n_grid", "max_shrink", "step"))
-def _clip(w, x, *, bits, group_size, symmetric, n_grid, max_shrink, step):
+@functools.partial(jax.jit, static_argnames=("group_size", "symmetric", "n_grid", "max_shrink", "step"))
+def _clip(w, x, bits, *, group_size, symmetric, n_grid, max_shrink, step):
   x = x[::step]
   ng = w.shape[0] // group_size
   wg = w.reshape(ng, group_size, w.shape[1])
@@ -130,7 +130,7 @@ def _clip(w, x, *, bits, group_size, symmetric, n_grid, max_shrink, step):
   def body(carry, i):
     best_err, best_max = carry
     max_val = org_max * (1.0 - i / n_grid)
-    q = quantize_rtn(w, bits=bits, group_size=group_size, symmetric=symmetric, clip_max=max_val).w_hat
+    q = grouped_rtn(w, bits, group_size, symmetric, max_val).w_hat
     cur_out = jnp.einsum("tng,ngo->tno", xg, q.reshape(wg.shape))
     err = jnp.mean(jnp.square(cur_out - org_out), axis=0)
     better = err < best_err
@@ -158,7 +158,7 @@ def awq_clip(w: jax.Array, x: jax.Array, *, bits: int = 4, group_size: int | Non
   if isinstance(n_sample_token, bool) or not isinstance(n_sample_token, int) or n_sample_token < 1:
     raise ValueError(f"n_sample_token must be a positive int, got {n_sample_token!r}.")
   step = max(1, x.shape[0] // n_sample_token)
-  return _clip(w.astype(jnp.float32), x, bits=check_bits(bits), group_size=g, symmetric=bool(symmetric),
+  return _clip(w.astype(jnp.float32), x, jnp.float32(check_bits(bits)), group_size=g, symmetric=bool(symmetric),
                n_grid=_check_grid(n_grid), max_shrink=float(max_shrink), step=step)
 
 
@@ -219,8 +219,12 @@ def awq_model(model, batches: Iterable[Any], *, bits: int = 4, group_size: int |
 
   def solve(path, kernel, x):
     clip = no_clip is None or re.search(no_clip, path) is None
-    return awq_layer(kernel, x, bits=bits, group_size=group_size, symmetric=symmetric, n_grid=n_grid,
-                     max_shrink=max_shrink, n_sample_token=n_sample_token, clip=clip)
+    out = kernel.shape[1]  # zero output columns add zero loss: pad so layers share a compiled search
+    a = awq_layer(calibration.pad_outputs(kernel), x, bits=bits, group_size=group_size, symmetric=symmetric,
+                  n_grid=n_grid, max_shrink=max_shrink, n_sample_token=n_sample_token, clip=clip)
+    q = a.quantized
+    q = QuantizedWeight(q.w_hat[:, :out], q.codes[:, :out], q.scale[:, :out], q.zero[:, :out], q.g_idx)
+    return AWQWeight(q, a.input_scale, a.alpha, a.clip_max[:, :out])
 
   return calibration.sequential(model, batches, solve, statistic="inputs", include=include, exclude=exclude,
                                 true_sequential=False)

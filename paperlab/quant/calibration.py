@@ -15,6 +15,7 @@ the forward pass calls them and measures each layer on the model whose earlier l
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable, Iterable, Sequence
 
@@ -26,7 +27,7 @@ from flax import nnx
 from paperlab.quant.rtn import check_finite
 
 __all__ = ["linear_paths", "layer_order", "capture_inputs", "capture_hessians", "capture", "sequential",
-           "replace_kernels"]
+           "replace_kernels", "pad_outputs"]
 
 _STATISTICS = ("inputs", "hessian")
 _ORDER: list | None = None  # the trace-time recorder of layer_order
@@ -44,6 +45,19 @@ class _Tap(nnx.Module):
       _ORDER.append(self.path)
     self.sow(nnx.Intermediate, "inputs", x.reshape(-1, x.shape[-1]).astype(jnp.float32))
     return self.layer(x, *args, **kwargs)
+
+
+def pad_outputs(kernel: jax.Array, multiple: int = 256, limit: int = 1024) -> jax.Array:
+  """Zero-pad a kernel's output columns (below ``limit``) to a multiple of ``multiple``.
+
+  GPTQ and AWQ treat output channels independently (AWQ's loss only gains zero terms, a constant factor), so the
+  layer-wise solvers may run on the padded kernel and slice the result: layers of a model that share an input
+  width then share one compiled program. Wide layers are left alone.
+  """
+  out = kernel.shape[1]
+  if out >= limit or out % multiple == 0:
+    return kernel
+  return jnp.pad(kernel, ((0, 0), (0, -(-out // multiple) * multiple - out)))
 
 
 def _path_str(path: Sequence[Any]) -> str:
@@ -110,7 +124,10 @@ def layer_order(model: nnx.Module, batch: Any, *, include: str | None = None, ex
   return order
 
 
+@functools.lru_cache(maxsize=32)
 def _make_capture_fn(graphdef, statistic: str):
+  """One jitted capture program per (tapped graphdef, statistic): models of one architecture share it."""
+
   @jax.jit
   def run(state, batch):
     _, inter = nnx.capture(nnx.merge(graphdef, state), nnx.Intermediate)(batch)

@@ -71,9 +71,9 @@ def _row_params(slab: jax.Array, bits: int, symmetric: bool) -> tuple[jax.Array,
   return grid_params(slab.min(axis=1), slab.max(axis=1), bits, symmetric)
 
 
-@functools.partial(jax.jit, static_argnames=("bits", "group_size", "symmetric", "act_order", "static_groups",
+@functools.partial(jax.jit, static_argnames=("group_size", "symmetric", "act_order", "static_groups",
                                              "blocksize"))
-def _gptq(w: jax.Array, h: jax.Array, percdamp: jax.Array, *, bits: int, group_size: int, symmetric: bool,
+def _gptq(w: jax.Array, h: jax.Array, percdamp: jax.Array, bits: jax.Array, *, group_size: int, symmetric: bool,
           act_order: bool, static_groups: bool, blocksize: int):
   """The official loop on ``w`` in PyTorch layout ``(rows=out, columns=in)``."""
   rows, cols = w.shape
@@ -218,7 +218,7 @@ def gptq_layer(w: jax.Array, h: jax.Array, *, bits: int = 4, group_size: int | N
   _checks.check_non_negative("percdamp", percdamp)
   if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize <= 0:
     raise ValueError(f"blocksize must be a positive int, got {blocksize!r}.")
-  q, codes, scale, zero, g_idx = _gptq(w.T, jnp.asarray(h), jnp.asarray(percdamp, jnp.float32), bits=bits,
+  q, codes, scale, zero, g_idx = _gptq(w.T, jnp.asarray(h), jnp.asarray(percdamp, jnp.float32), jnp.float32(bits),
                                        group_size=g, symmetric=bool(symmetric), act_order=bool(act_order),
                                        static_groups=bool(static_groups), blocksize=blocksize)
   return QuantizedWeight(q.T.astype(w.dtype), codes.T.astype(jnp.uint8), scale.T, zero.T, g_idx)
@@ -255,7 +255,9 @@ def gptq_model(model, batches: Iterable[Any], *, bits: int = 4, group_size: int 
   from paperlab.quant import calibration  # pylint: disable=g-import-not-at-top
 
   def solve(path, kernel, h):
-    return gptq_layer(kernel, h, bits=bits, group_size=group_size, symmetric=symmetric, act_order=act_order,
-                      static_groups=static_groups, percdamp=percdamp, blocksize=blocksize)
+    out = kernel.shape[1]  # output channels are independent: pad them so layers share a compiled solve
+    q = gptq_layer(calibration.pad_outputs(kernel), h, bits=bits, group_size=group_size, symmetric=symmetric,
+                   act_order=act_order, static_groups=static_groups, percdamp=percdamp, blocksize=blocksize)
+    return QuantizedWeight(q.w_hat[:, :out], q.codes[:, :out], q.scale[:, :out], q.zero[:, :out], q.g_idx)
 
   return calibration.sequential(model, batches, solve, statistic="hessian", include=include, exclude=exclude)

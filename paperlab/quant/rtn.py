@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["QuantizedWeight", "SUPPORTED_BITS", "grid_params", "quantize_to_grid", "dequantize_codes",
-           "quantize_rtn", "fake_quantize_rtn", "layer_output_error", "to_qarray"]
+           "quantize_rtn", "grouped_rtn", "fake_quantize_rtn", "layer_output_error", "to_qarray"]
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 7, 8)
 
@@ -158,12 +158,21 @@ def quantize_rtn(w: jax.Array, *, bits: int = 4, group_size: int | None = None, 
   w = check_kernel("w", w)
   bits = check_bits(bits)
   g = check_group_size(group_size, w.shape[0])
-  wg = _grouped(w.astype(jnp.float32), g)
   if clip_max is not None:
     clip_max = jnp.asarray(clip_max, jnp.float32)
     if clip_max.shape != (w.shape[0] // g, w.shape[1]):
       raise ValueError(f"clip_max must have shape (num_groups, out) = {(w.shape[0] // g, w.shape[1])}, "
                        f"got {clip_max.shape}.")
+  return grouped_rtn(w, bits, g, symmetric, clip_max)
+
+
+def grouped_rtn(w: jax.Array, bits: int | jax.Array, group_size: int, symmetric: bool = False,
+                clip_max: jax.Array | None = None) -> QuantizedWeight:
+  """:func:`quantize_rtn` without validation, for use inside other jitted solvers: ``bits`` may be a traced
+  scalar (so one compiled program serves every bit width), ``group_size`` must divide ``w.shape[0]``."""
+  g = group_size
+  wg = _grouped(w.astype(jnp.float32), g)
+  if clip_max is not None:
     wg = jnp.clip(wg, -clip_max[:, None], clip_max[:, None])
   scale, zero = grid_params(wg.min(axis=1), wg.max(axis=1), bits, symmetric)
   codes = quantize_to_grid(wg, scale[:, None], zero[:, None], bits)
