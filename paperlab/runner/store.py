@@ -492,7 +492,8 @@ class TrialDir:
       raise DamagedFile(self.status_path, status["reason"].split(": ", 1)[-1])
     sha = status.get("result_sha256")
     if not isinstance(sha, str):
-      raise DamagedFile(self.status_path, "holds no checksum of result.json")
+      raise DamagedFile(self.status_path, "holds no checksum of result.json (written before results were "
+                        "checksummed, or edited); running the trial again writes one")
     return read_json_checked(self.result_path, sha256=sha)
 
   def result_problem(self) -> str | None:

@@ -71,9 +71,21 @@ def finished(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished_trainer(tmp_path_factory):
-  """A finished 4-trial default-trainer sweep (2 learning rates x 2 seeds, one vmapped group)."""
-  return _finished_store(tmp_path_factory.mktemp("finished_trainer"), default_trainer_source(
-      num_steps=NUM_STEPS, checkpoint_every=EVERY, log_every=5, widths=(8,), lrs=(1e-3, 3e-3), seeds=2))
+  """A finished 4-trial default-trainer sweep (2 learning rates x 2 seeds, one vmapped group).
+
+  Run as a large group is (``KEEP_OPEN_TRIALS = 0``: every trial's files are closed between chunks), so the tests
+  below also check that this loses no metric line."""
+  from paperlab.runner import execute  # pylint: disable=g-import-not-at-top
+  keep, execute.KEEP_OPEN_TRIALS = execute.KEEP_OPEN_TRIALS, 0
+  try:
+    finished = _finished_store(tmp_path_factory.mktemp("finished_trainer"), default_trainer_source(
+        num_steps=NUM_STEPS, checkpoint_every=EVERY, log_every=5, widths=(8,), lrs=(1e-3, 3e-3), seeds=2))
+  finally:
+    execute.KEEP_OPEN_TRIALS = keep
+  for s in finished[2]:
+    steps = [r["step"] for r in store.metric_records(pathlib.Path(s["dir"]) / "metrics.jsonl")[0]]
+    assert steps == list(range(5, NUM_STEPS + 1, 5))
+  return finished
 
 
 def _copy(finished, tmp_path, name="runs"):
