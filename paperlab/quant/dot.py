@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from paperlab.quant import formats as _f
 from paperlab.quant.qarray import QArray, quantize
 
-__all__ = ["dot"]
+__all__ = ["dot", "mx_dot"]
 
 
 def dot(x: jax.Array, qw: QArray | jax.Array, *, act_fmt: str | None = None, precision: Any = None,
@@ -55,3 +57,66 @@ def dot(x: jax.Array, qw: QArray | jax.Array, *, act_fmt: str | None = None, pre
   w = qw.dequantize(x.dtype) if isinstance(qw, QArray) else jnp.asarray(qw, x.dtype)
   return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision,
                              preferred_element_type=preferred_element_type)
+
+
+def _mx_cast(a: jax.Array, fmt: str, axis: int) -> jax.Array:
+  """``a`` direct-cast to MX ``fmt`` in blocks of 32 along ``axis`` (zero-padded to a multiple of 32: padding
+  zeros leave every block maximum, and so every scale, unchanged), returned in float32."""
+  n = a.shape[axis]
+  pad = -n % 32
+  if pad:
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, pad)
+    a = jnp.pad(a, widths)
+  out = quantize(a, fmt, axis=axis).dequantize(jnp.float32)
+  return jax.lax.slice_in_dim(out, 0, n, axis=axis)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _mx_matmul(x, w, fmt_x, fmt_w, fmt_g):
+  return _mx_cast(x, fmt_x, 1) @ _mx_cast(w, fmt_w, 0)
+
+
+def _mx_matmul_fwd(x, w, fmt_x, fmt_w, fmt_g):
+  return _mx_matmul(x, w, fmt_x, fmt_w, fmt_g), (x, w)
+
+
+def _mx_matmul_bwd(fmt_x, fmt_w, fmt_g, res, g):
+  x, w = res
+  dx = _mx_cast(g, fmt_g, 1) @ _mx_cast(w, fmt_w, 1).T  # reduction over the output features
+  dw = _mx_cast(x, fmt_x, 0).T @ _mx_cast(g, fmt_g, 0)  # reduction over the batch
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_mx_matmul.defvjp(_mx_matmul_fwd, _mx_matmul_bwd)
+
+
+def mx_dot(x: jax.Array, w: jax.Array, fmt: str = "mxfp6_e3m2", *, fmt_w: str | None = None,
+           fmt_grad: str | None = None) -> jax.Array:
+  """``x @ w`` for MX training: the forward and both backward matmuls quantize their operands to MX along their
+  own reduction axes (Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv:2310.10537, section 6:
+  weights, activations and gradients in MX; ``W`` and ``W^T`` get different MX copies because their blocks run
+  along different axes). Master weights and the optimizer stay in float32.
+
+  Forward ``y = Q(x, K) @ Q(w, K)``; backward ``dx = Q(g, N) @ Q(w, N)^T`` and ``dw = Q(x, M)^T @ Q(g, M)``, where
+  ``Q(a, D)`` direct-casts blocks of 32 along the axis of size D (zero-padded when D is not a multiple of 32).
+
+  Args:
+    x: ``(..., K)`` activations (leading axes are flattened into the batch ``M``).
+    w: ``(K, N)`` weight (a Flax ``kernel``).
+    fmt: MX format of the activations (and of ``w`` and the gradients unless given), default MXFP6 E3M2.
+    fmt_w, fmt_grad: MX formats of the weight and of the output gradient.
+
+  Returns:
+    ``(..., N)`` float32 output.
+  """
+  fmts = {"fmt": fmt, "fmt_w": fmt if fmt_w is None else fmt_w, "fmt_grad": fmt if fmt_grad is None else fmt_grad}
+  for name, f in fmts.items():
+    if _f.get_format(f).kind not in ("mx", "mxint"):
+      raise ValueError(f"{name} must be an MX format ({[n for n in _f.FORMAT_NAMES if n.startswith('mx')]}), "
+                       f"got {f!r}.")
+  x, w = jnp.asarray(x), jnp.asarray(w)
+  if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
+    raise ValueError(f"mx_dot needs x (..., K) and w (K, N); got x of shape {x.shape} and w of shape {w.shape}.")
+  y = _mx_matmul(x.reshape(-1, x.shape[-1]), w, fmts["fmt"], fmts["fmt_w"], fmts["fmt_grad"])
+  return y.reshape(x.shape[:-1] + (w.shape[1],))

@@ -161,3 +161,26 @@ def test_non_finite_values_under_jit_poison_their_group_instead_of_a_finite_gues
   w = jnp.ones((64, 2)).at[3, 0].set(jnp.inf)
   d = jax.jit(lambda a: quant.quantize(a, "int4", axis=0, scale_dtype=jnp.float32).dequantize())(w)
   assert bool(jnp.isnan(d[:, 0]).any()) and bool(jnp.all(d[:, 1] == 1.0))
+
+
+def test_mx_dot_quantizes_forward_and_both_backward_matmuls_along_their_reduction_axes():
+  kx, kw, kg = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (40, 64))  # batch 40: padded to 64 for the dw blocks
+  w = jax.random.normal(kw, (64, 24)) * 0.1  # N = 24: padded to 32 for the dx blocks
+  g = jax.random.normal(kg, (40, 24))
+
+  def cast(a, axis):  # reference: pad along axis, quantize, dequantize, slice
+    n = a.shape[axis]
+    widths = [(0, 0)] * 2
+    widths[axis] = (0, -n % 32)
+    q = quant.quantize(jnp.pad(a, widths), "mxfp6_e3m2", axis=axis).dequantize()
+    return jax.lax.slice_in_dim(q, 0, n, axis=axis)
+
+  y, vjp = jax.vjp(lambda x, w: quant.mx_dot(x, w), x, w)
+  dx, dw = vjp(g)
+  np.testing.assert_allclose(np.asarray(y), np.asarray(cast(x, 1) @ cast(w, 0)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dx), np.asarray(cast(g, 1) @ cast(w, 1).T), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dw), np.asarray(cast(x, 0).T @ cast(g, 0)), rtol=1e-6, atol=1e-6)
+  assert not np.allclose(np.asarray(dw), np.asarray(x.T @ g), rtol=1e-3)  # the gradient really is quantized
+  with pytest.raises(ValueError, match="fmt_grad must be an MX format"):
+    quant.mx_dot(x, w, fmt_grad="int8")
