@@ -94,8 +94,8 @@ def write_models(root: str, params: float) -> list[str]:
 
 def _config(paths: list[str]) -> str:
   lines = ["models:"]
-  for p, d in zip(paths[1:], (0.5, 0.3, 0.7)):
-    lines += [f"  - model: {p}", f"    parameters: {{weight: 1.0, density: {d}}}"]
+  for p in paths[1:]:  # mergekit's README TIES example: one density for every model
+    lines += [f"  - model: {p}", "    parameters: {weight: 1.0, density: 0.5}"]
   lines += [f"base_model: {paths[0]}", "merge_method: ties", ""]
   return "\n".join(lines)
 

@@ -124,6 +124,7 @@ def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dic
   n = base.size
   lo = np.full(len(ms), -np.inf, np.float32)
   hi = np.full(len(ms), np.inf, np.float32)
+  by_k: dict[int, list[int]] = {}  # models trimmed to the same count share one selection pass
   for j, (m, p) in enumerate(zip(ms, ps)):
     density = p.get("density", 1.0)
     if kind not in ("magnitude", "outliers") or density >= 1:
@@ -131,8 +132,7 @@ def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dic
     if density <= 0:
       lo[j], hi[j] = np.inf, -np.inf
     elif kind == "magnitude":
-      k = max(1, int(density * n))
-      lo[j] = float(task_vectors._kth_largest_deltas((base,), [(m,)], k)[0])
+      by_k.setdefault(max(1, int(density * n)), []).append(j)
     else:
       lo_r, hi_r, n_keep = task_vectors._band_ranks(n, density, p.get("gamma", 0.01))
       if n_keep <= 0:
@@ -140,6 +140,8 @@ def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dic
       else:
         d = m.astype(jnp.float32) - base.astype(jnp.float32)
         lo[j], hi[j] = np.asarray(task_vectors._order_stats((d,), jnp.array([lo_r, hi_r]), "exact", 1))
+  for k, js in by_k.items():
+    lo[js] = np.asarray(task_vectors._kth_largest_deltas((base,), [(ms[j],) for j in js], k))
   return lo, hi
 
 
@@ -372,7 +374,7 @@ def _global_thresholds(plan: MergePlan, load: Callable[[TensorJob], list]) -> li
 
 def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: int | str = "5GB",
               device: str | None = None, seed: int = 0, dry_run: bool = False, overwrite: bool = False,
-              progress: Callable[[int, int, str], None] | None = None, prefetch: int = 2) -> MergeSummary:
+              progress: Callable[[int, int, str], None] | None = None, prefetch: int = 1) -> MergeSummary:
   """Run ``config`` tensor by tensor into ``out_dir`` (sharded safetensors + index, ``config.json`` from the base
   model or the first model with ``torch_dtype`` and, for slices, the layer count updated, and the tokenizer
   files of ``tokenizer_source`` / the base / the first model). Atomic: nothing appears at ``out_dir`` unless the
