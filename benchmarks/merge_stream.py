@@ -4,9 +4,11 @@ write of the output, and against ``mergekit-yaml`` on the same files and YAML, t
 Four synthetic Llama-shaped bf16 checkpoints (a base and three fine-tunes; TinyLlama-like shapes scaled to
 ``--params`` per model, sharded at 1 GB, ``config.json`` included) are written to a temporary directory. Each
 contender runs in its own subprocess, which reports its peak resident memory (``VmHWM``): paperlab through
-``paperlab.merge.run_merge``, mergekit through its ``mergekit-yaml`` entry point (``--lazy-unpickle --async-write``,
-shards of 500M parameters = 1 GB, no model card, no tokenizer). The read+write baseline reads every input tensor once and writes one output checkpoint of the
-same layout, in a subprocess too. Inputs stay in the page cache for every contender (the baseline runs first).
+``paperlab.merge.run_merge``, mergekit through its ``mergekit-yaml`` entry point (``--lazy-unpickle
+--async-write``, shards of 500M parameters = 1 GB, no model card, no tokenizer). The read+write baseline reads
+every input tensor once and writes one output checkpoint of the same layout, in a subprocess too. Times exclude
+interpreter start-up and imports (``*_process_seconds`` include them). Inputs stay in the page cache for every
+contender (the baseline runs first).
 
 Targets from issue 14: TIES >= 5x faster than mergekit, <= 2x the read+write time, peak memory < 3 GB for
 4 x 1B parameters.
@@ -162,7 +164,8 @@ def measure(params: float, *, mergekit: bool = True, workdir: str | None = None,
     with open(cfg, "w") as f:
       f.write(_config(paths))
     n_params = sum(int(np.prod(s)) for s in _shapes(params)[0].values())
-    rec = {"name": "merge_stream_ties", "op": "paperlab merge (ties, streaming)", "baseline": "read inputs + write output",
+    rec = {"name": "merge_stream_ties", "op": "paperlab merge (ties, streaming)",
+           "baseline": "read inputs + write output",
            "sizes": {"params_per_model": n_params, "models": N_MODELS, "bytes_per_model": 2 * n_params,
                      "write_inputs_seconds": write_s},
            "device": device_info()}

@@ -158,6 +158,9 @@ def _check_keys(d: Mapping, allowed: Sequence[str], where: str) -> None:
 
 @dataclasses.dataclass
 class InputSlice:
+  """One input of a slice: a model directory, its ``[start, end)`` layer range (``None``: all layers, from
+  ``models:``) and its own ``parameters``."""
+
   model: str
   layer_range: tuple[int, int] | None
   parameters: dict | None = None
@@ -165,6 +168,8 @@ class InputSlice:
 
 @dataclasses.dataclass
 class OutputSlice:
+  """A block of output layers merged from ``sources`` (``models:`` is one slice over all layers)."""
+
   sources: list[InputSlice]
   base_model: str | None = None
   parameters: dict | None = None
@@ -424,6 +429,9 @@ class TensorJob:
 
 @dataclasses.dataclass
 class MergePlan:
+  """The per-tensor jobs of a configuration, the model whose ``config.json`` is copied (``donor``) and the output's
+  layer count when slices change it."""
+
   config: MergeConfig
   jobs: list[TensorJob]
   donor: str  # config.json (and tokenizer files by default) come from here
