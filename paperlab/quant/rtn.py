@@ -181,7 +181,8 @@ def grouped_rtn(w: jax.Array, bits: int | jax.Array, group_size: int, symmetric:
   return QuantizedWeight(w_hat, codes.reshape(w.shape).astype(jnp.uint8), scale, zero, g_idx)
 
 
-def fake_quantize_rtn(w: jax.Array, *, bits: int = 4, group_size: int | None = None, symmetric: bool = False) -> jax.Array:
+def fake_quantize_rtn(w: jax.Array, *, bits: int = 4, group_size: int | None = None,
+                      symmetric: bool = False) -> jax.Array:
   """The dequantized RTN kernel only (``quantize_rtn(...).w_hat``); see :func:`quantize_rtn`."""
   return quantize_rtn(w, bits=bits, group_size=group_size, symmetric=symmetric).w_hat
 

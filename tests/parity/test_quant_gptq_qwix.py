@@ -4,7 +4,8 @@ Same kernel, same Hessian, same grid: qwix's ``absmax`` symmetric grid uses ``ab
 official GPTQ ``2 absmax / (2^b - 1)`` with zero ``2^(b-1)``), so the dequantized weights must agree. qwix has no
 act-order (background anchors §4). Only the symmetric grid is compared: qwix 0.1.8's asymmetric GPTQ fails before
 it starts (``zero_points.append(zero_point and zero_point.squeeze(1))`` takes the truth value of an array); the
-asymmetric grid is covered by the official-code parity in ``test_quant_gptq_official.py``. Tolerance: 1e-4 absolute on the dequantized weight (both
+asymmetric grid is covered by the official-code parity in ``test_quant_gptq_official.py``.
+Tolerance: 1e-4 absolute on the dequantized weight (both
 float32; the Cholesky kernels are the same XLA ones, differences come from the order of the lazy updates).
 """
 
