@@ -19,7 +19,10 @@ RMS stays within 2x across widths 64..1024 under muP, and the SP logits' RMS gro
 1024. Control (the protocol's rule): the claim with SP's best learning rates and SP's coordinates in muP's place
 must fail. A PNG of training loss vs learning rate per width (both parametrizations) goes to the workdir.
 
-Measured: see the record (experiments/records/359.json) and the module's DEVIATIONS.
+Measured (seeds 0-2, widths 16/64/256, 300 steps of batch 32): best log2 learning rate muP -6/-6/-6 (shift 1x),
+SP -6/-8/-9 (shift 8x); coordinate check after 3 steps (lr 1e-2) over widths 64/256/1024: every muP layer's RMS
+within 1.29x, SP logits' RMS 13.6x from 64 to 1024 (SP in muP's place fails: control off). Test accuracy at the
+chosen points 0.959-0.977 for both. Reproduced with the deviations below (mainly the 4x narrower widths).
 """
 
 from __future__ import annotations
