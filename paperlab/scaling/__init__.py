@@ -3,7 +3,8 @@ allocation, and the learning-rate-annealing law."""
 
 from paperlab.scaling.laws import *  # noqa: F401,F403
 from paperlab.scaling.fit import *  # noqa: F401,F403
+from paperlab.scaling.lr_annealing import *  # noqa: F401,F403
 
-from paperlab.scaling import laws, fit  # noqa: E402
+from paperlab.scaling import laws, fit, lr_annealing  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit))))
+__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing))))
