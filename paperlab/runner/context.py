@@ -26,6 +26,14 @@ def to_jsonable(value: Any) -> Any:
   return value
 
 
+def _open_append(path: pathlib.Path):
+  """``open(path, "a")`` that refuses to follow a symbolic link planted at ``path`` (so that a crafted run
+  directory cannot make a trial write outside it)."""
+  import os  # pylint: disable=g-import-not-at-top
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+  return os.fdopen(fd, "a")
+
+
 def tensorboard_available() -> bool:
   import importlib.util  # pylint: disable=g-import-not-at-top
   return importlib.util.find_spec("tensorboardX") is not None
@@ -134,7 +142,7 @@ class Context:
       self._drop_metrics_after(-1)
     record = to_jsonable(metrics)
     if self._metrics_file is None:
-      self._metrics_file = open(self.metrics_path, "a")  # pylint: disable=consider-using-with
+      self._metrics_file = _open_append(self.metrics_path)
       weakref.finalize(self, self._metrics_file.close)
     # Flushed per line: the OS has it even if the process is killed right after.
     self._metrics_file.write(json.dumps({"step": int(step), **record}) + "\n")
@@ -235,7 +243,7 @@ class Context:
     if not self.quiet:
       print(text)
     try:
-      with open(self.workdir / "output.txt", "a") as f:
+      with _open_append(self.workdir / "output.txt") as f:
         f.write(text + "\n")
     except OSError:
       pass

@@ -77,7 +77,8 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> str:
   text = json.dumps(to_jsonable(data), indent=2, sort_keys=True, allow_nan=False)
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    _remove(tmp)  # what a killed write of this process id left (or a planted link): never written through
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "w") as f:
       f.write(text)
       f.flush()
@@ -150,7 +151,10 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
   kept = [json.dumps(r) + "\n" for r in records if r["step"] <= last_step]
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   try:
-    tmp.write_text("".join(kept))
+    _remove(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w") as f:
+      f.write("".join(kept))
     os.replace(tmp, path)
   except BaseException:
     tmp.unlink(missing_ok=True)
@@ -456,7 +460,7 @@ class TrialDir:
       raise OSError(errno.EXDEV, "the trial directory leads out of the store (a symbolic link)", str(self.path))
     plain = to_jsonable(config.to_dict() if hasattr(config, "to_dict") else config)
     try:
-      if read_json_checked(self.config_path) == plain:
+      if not self.config_path.is_symlink() and read_json_checked(self.config_path) == plain:
         plain = None
     except DamagedFile:
       pass
@@ -543,6 +547,10 @@ class TrialDir:
       if p.name.startswith(".") and p.name.endswith(".tmp") and not _writer_alive(p.name):
         _remove(p)
         removed.append(p.name)
+    for name in ("metrics.jsonl", "output.txt", "tb", "wandb", "status.json", "result.json"):
+      if (self.path / name).is_symlink():  # a link planted to make this trial write (or read) elsewhere
+        _remove(self.path / name)
+        removed.append(name)
     root = self.checkpoint_root
     if root.is_dir() and not root.is_symlink():
       complete = set(checkpoint_steps(root))

@@ -268,6 +268,23 @@ def test_orphans_of_killed_writers_are_cleaned_and_stale_running_trials_resume(d
   assert not any(p.exists() for p in orphans) and not unfinished.exists()
 
 
+def test_links_planted_in_a_trial_directory_are_not_written_through(damaged, tmp_path):
+  runs, trials, reference, rerun = damaged
+  _interrupt(trials[0])
+  victims = {}
+  for name in ("metrics.jsonl", "output.txt", "config.json", "status.json"):
+    victim = tmp_path / f"victim-{name}"
+    victim.write_text("untouched")
+    (trials[0] / name).unlink(missing_ok=True)
+    (trials[0] / name).symlink_to(victim)
+    victims[name] = victim
+  (trials[0] / f".status.json.{os.getpid()}.tmp").symlink_to(tmp_path / "victim-tmp")
+  summaries = rerun()
+  assert summaries[0]["status"] == "done" and summaries[0]["result"]["loss"] == reference[0]["result"]["loss"]
+  assert all(v.read_text() == "untouched" for v in victims.values()) and not (tmp_path / "victim-tmp").exists()
+  assert not any((trials[0] / name).is_symlink() for name in victims)
+
+
 def test_a_lock_path_that_is_a_directory_or_a_link_is_moved_aside(damaged, tmp_path):
   runs, trials, reference, rerun = damaged
   for trial in trials:
