@@ -4,7 +4,8 @@ adapters saved and loaded in Hugging Face ``peft``'s format."""
 from paperlab.peft.adapters import *  # noqa: F401,F403
 from paperlab.peft.training import *  # noqa: F401,F403
 from paperlab.peft.io import *  # noqa: F401,F403
+from paperlab.peft.adalora import *  # noqa: F401,F403
 
-from paperlab.peft import adapters, training, io  # noqa: E402
+from paperlab.peft import adapters, training, io, adalora  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (adapters, training, io))))
+__all__ = sorted(set().union(*(m.__all__ for m in (adapters, training, io, adalora))))

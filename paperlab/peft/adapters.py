@@ -9,6 +9,7 @@ kind       arrays (torch layout, ``out`` x ``in`` weights)                      
 =========  ==================================================================  ======================================
 LoRA       ``lora_A (r, in)``, ``lora_B (out, r)``                              ``W + s A^T B^T``, ``s = alpha / r``
 DoRA       LoRA + ``lora_magnitude_vector (out,)``                              ``m * V / ||V||_col``, ``V`` = LoRA's
+AdaLoRA    LoRA + ``lora_E (r, 1)`` (see :mod:`paperlab.peft.adalora`)        ``W + a/(r+1e-5) (A*E)^T B^T``
 LoHa       ``hada_w1_a (out, r)``, ``hada_w1_b (r, in)``, ``hada_w2_*``        ``W + s ((w1a w1b) * (w2a w2b))^T``
 Bone       ``miss_block (r, out)``                                              ``W + tile_in(b)`` (blocks of ``r``)
 Bat        ``miss_block (out/r, r, r)``                                         ``W + W_blk b + b`` per ``r x r`` block
@@ -45,7 +46,7 @@ Adapters = dict[str, dict[str, jax.Array]]
 __all__ = [
     "DEFAULT_ALPHA", "A_INITS", "select_kernels", "adapter_kind", "lora_init", "dora_init", "loha_init",
     "bone_init", "lora_delta", "dora_kernel", "hadamard_lowrank", "loha_delta", "pfedpara", "bone_kernel",
-    "adapted_kernel", "apply_adapters", "merge_adapters", "unmerge_adapters", "count_params",
+    "adalora_delta", "adapted_kernel", "apply_adapters", "merge_adapters", "unmerge_adapters", "count_params",
 ]
 
 DEFAULT_ALPHA = 8.0  # peft's LoraConfig.lora_alpha and LoHaConfig.alpha default
@@ -53,6 +54,7 @@ A_INITS = ("kaiming_uniform", "gaussian", "orthogonal")
 
 _LORA = frozenset({"lora_A", "lora_B"})
 _DORA = _LORA | {"lora_magnitude_vector"}
+_ADALORA = _LORA | {"lora_E"}
 _LOHA = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"})
 _BONE = frozenset({"miss_block"})
 
@@ -89,17 +91,21 @@ def _check_rank(r: int, path: str, shape: tuple[int, ...]) -> int:
 
 
 def adapter_kind(adapter: Mapping[str, jax.Array]) -> str:
-  """``"lora"``, ``"dora"``, ``"loha"``, ``"bone"`` or ``"bat"``, read from the adapter's peft names."""
+  """``"lora"``, ``"dora"``, ``"adalora"``, ``"loha"``, ``"bone"`` or ``"bat"``, read from the adapter's peft
+  names."""
   names = frozenset(adapter)
   if names == _LORA:
     return "lora"
   if names == _DORA:
     return "dora"
+  if names == _ADALORA:
+    return "adalora"
   if names == _LOHA:
     return "loha"
   if names == _BONE:
     return "bat" if jnp.ndim(adapter["miss_block"]) == 3 else "bone"
   raise ValueError(f"adapter names {sorted(names)} are none of LoRA {sorted(_LORA)}, DoRA {sorted(_DORA)}, "
+                   f"AdaLoRA {sorted(_ADALORA)}, "
                    f"LoHa {sorted(_LOHA)} or Bone {sorted(_BONE)}.")
 
 
@@ -260,6 +266,13 @@ def bone_kernel(w: jax.Array, miss_block: jax.Array) -> jax.Array:
   return w32 + delta.reshape(d_in, d_out)
 
 
+def adalora_delta(lora_A: jax.Array, lora_B: jax.Array, lora_E: jax.Array, alpha: float) -> jax.Array:
+  """AdaLoRA's update in Flax layout: ``(B (A * E))^T * alpha / (r + 1e-5)`` (peft's ``get_delta_weight``), float32."""
+  r = lora_A.shape[0]
+  f = lambda a: a.astype(jnp.float32)
+  return (f(lora_B) @ (f(lora_A) * f(lora_E))).T * (alpha / (r + 1e-5))
+
+
 def adapted_kernel(w: jax.Array, adapter: Mapping[str, jax.Array], alpha: float = DEFAULT_ALPHA) -> jax.Array:
   """The kernel ``w (in, out)`` with one adapter applied (any kind, see the module table), in ``w``'s dtype."""
   kind = adapter_kind(adapter)
@@ -268,6 +281,8 @@ def adapted_kernel(w: jax.Array, adapter: Mapping[str, jax.Array], alpha: float 
     new = w.astype(jnp.float32) + lora_delta(a["lora_A"], a["lora_B"], alpha)
   elif kind == "dora":
     new = dora_kernel(w, a["lora_A"], a["lora_B"], a["lora_magnitude_vector"], alpha)
+  elif kind == "adalora":
+    new = w.astype(jnp.float32) + adalora_delta(a["lora_A"], a["lora_B"], a["lora_E"], alpha)
   elif kind == "loha":
     new = w.astype(jnp.float32) + loha_delta(a["hada_w1_a"], a["hada_w1_b"], a["hada_w2_a"], a["hada_w2_b"], alpha)
   else:
@@ -278,9 +293,9 @@ def adapted_kernel(w: jax.Array, adapter: Mapping[str, jax.Array], alpha: float 
 def _check_shapes(path: str, w: jax.Array, adapter: Mapping[str, jax.Array]) -> None:
   d_in, d_out = w.shape
   kind = adapter_kind(adapter)
-  if kind in ("lora", "dora"):
+  if kind in ("lora", "dora", "adalora"):
     r = adapter["lora_A"].shape[0]
-    want = {"lora_A": (r, d_in), "lora_B": (d_out, r), "lora_magnitude_vector": (d_out,)}
+    want = {"lora_A": (r, d_in), "lora_B": (d_out, r), "lora_magnitude_vector": (d_out,), "lora_E": (r, 1)}
   elif kind == "loha":
     r = adapter["hada_w1_b"].shape[0]
     want = {"hada_w1_a": (d_out, r), "hada_w1_b": (r, d_in), "hada_w2_a": (d_out, r), "hada_w2_b": (r, d_in)}
@@ -351,6 +366,8 @@ def unmerge_adapters(merged: PyTree, adapters: Adapters, *, alpha: float = DEFAU
     kind, x32 = adapter_kind(a), x.astype(jnp.float32)
     if kind == "lora":
       new = x32 - lora_delta(a["lora_A"], a["lora_B"], alpha)
+    elif kind == "adalora":
+      new = x32 - adalora_delta(a["lora_A"], a["lora_B"], a["lora_E"], alpha)
     elif kind == "loha":
       new = x32 - loha_delta(a["hada_w1_a"], a["hada_w1_b"], a["hada_w2_a"], a["hada_w2_b"], alpha)
     elif kind == "bone":

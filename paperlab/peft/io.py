@@ -43,9 +43,9 @@ def adapter_state_dict(adapters: Adapters, *, name_fn: Callable[[str], str] = mo
   """``{peft tensor name: host array}`` (as ``peft.get_peft_model_state_dict`` returns it)."""
   out = {}
   for path, adapter in adapters.items():
-    adapter_kind(adapter)  # validates the names
+    suffix = {} if adapter_kind(adapter) == "adalora" else _WEIGHT_SUFFIX  # AdaLoRA's are ParameterDicts
     for name, arr in adapter.items():
-      out[f"{PREFIX}{name_fn(path)}.{_WEIGHT_SUFFIX.get(name, name)}"] = np.ascontiguousarray(np.asarray(arr))
+      out[f"{PREFIX}{name_fn(path)}.{suffix.get(name, name)}"] = np.ascontiguousarray(np.asarray(arr))
   return out
 
 
@@ -57,7 +57,7 @@ def adapters_from_state_dict(state: Mapping[str, Any], *, path_fn: Callable[[str
   """
   out: dict[str, dict[str, Any]] = {}
   known = list(_FROM_SUFFIX) + ["lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
-                                "miss_block"]
+                                "miss_block", "lora_A", "lora_B", "lora_E"]
   for key, arr in state.items():
     if not key.startswith(PREFIX):
       raise ValueError(f"tensor {key!r} lacks the peft prefix {PREFIX!r}.")
@@ -89,7 +89,7 @@ def load_adapters(path: str | os.PathLike, *, path_fn: Callable[[str], str] = ke
 
 
 def _rank(adapter: Mapping[str, Any], kind: str) -> int:
-  if kind in ("lora", "dora"):
+  if kind in ("lora", "dora", "adalora"):
     return int(adapter["lora_A"].shape[0])
   if kind == "loha":
     return int(adapter["hada_w1_b"].shape[0])
@@ -115,7 +115,10 @@ def save_pretrained(directory: str | os.PathLike, adapters: Adapters, *, alpha: 
             "task_type": None}
   if pattern and kind in ("bone", "bat"):
     raise ValueError(f"save_pretrained: peft's MissConfig has one r for every module, got block sizes {ranks}.")
-  if kind in ("lora", "dora"):
+  if kind == "adalora":
+    config = {"peft_type": "ADALORA", "lora_alpha": alpha, "init_r": r, "target_r": r, "lora_dropout": 0.0,
+              "bias": "none", "rank_pattern": None, "total_step": 1, **common}
+  elif kind in ("lora", "dora"):
     config = {"peft_type": "LORA", "lora_alpha": alpha, "use_dora": kind == "dora", "lora_dropout": 0.0,
               "bias": "none", "rank_pattern": pattern, **common}
   elif kind == "loha":
