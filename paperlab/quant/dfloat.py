@@ -26,7 +26,6 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from paperlab.quant.packing import pack_bits, unpack_bits
 
 __all__ = ["DF11", "df11_encode", "df11_decode", "exponent_entropy", "huffman_code_lengths",
            "df11_compress_params", "df11_decompress_params"]
@@ -69,6 +68,18 @@ class DF11:
     """Stored bytes: sign/mantissa bytes, the exponent stream, the code-length table, gaps and block starts."""
     return sum(int(a.nbytes) for a in (self.sign_mantissa, self.bitstream, self.code_lengths, self.gaps,
                                        self.block_starts))
+
+
+def _pack_gaps(gaps: np.ndarray) -> np.ndarray:
+  """5-bit gaps densely packed, in :func:`paperlab.quant.packing.pack_bits`'s layout (little-endian bit stream),
+  with NumPy so the host codec needs no XLA compilation."""
+  bits = ((gaps[:, None].astype(np.uint8) >> np.arange(_GAP_BITS, dtype=np.uint8)) & 1).reshape(-1)
+  return np.packbits(bits, bitorder="little")
+
+
+def _unpack_gaps(packed: np.ndarray, n: int) -> np.ndarray:
+  bits = np.unpackbits(packed, bitorder="little")[:n * _GAP_BITS].reshape(n, _GAP_BITS).astype(np.int64)
+  return (bits << np.arange(_GAP_BITS)).sum(1)
 
 
 def _as_bf16_bits(x: Any) -> np.ndarray:
@@ -177,7 +188,7 @@ def df11_encode(x: Any, *, bytes_per_chunk: int = 8, chunks_per_block: int = 256
   gaps = (first_start - np.arange(n_chunks) * chunk_bits).astype(np.uint8)
   block_starts = first[::chunks_per_block].astype(np.uint32)
   return DF11(sign_mantissa=sign_mant, bitstream=bitstream, code_lengths=lengths,
-              gaps=np.asarray(pack_bits(gaps, _GAP_BITS)), block_starts=block_starts, shape=shape,
+              gaps=_pack_gaps(gaps), block_starts=block_starts, shape=shape,
               total_bits=total_bits, bytes_per_chunk=bytes_per_chunk, chunks_per_block=chunks_per_block)
 
 
@@ -200,9 +211,17 @@ def df11_decode(d: DF11) -> np.ndarray:
     sl = syms[lengths[syms] == l]
     first[l] = codes[sl[0]] if sl.size else 0
     offset[l] = np.searchsorted(lengths[syms], l, side="left")
+  lut_bits = min(max_len, 12)
+  lut_sym = np.zeros(1 << lut_bits, np.int64)
+  lut_len = np.zeros(1 << lut_bits, np.int64)
+  for s, l in enumerate(lengths):
+    if 0 < l <= lut_bits:
+      lo = int(codes[s]) << (lut_bits - l)
+      lut_sym[lo:lo + (1 << (lut_bits - l))] = s
+      lut_len[lo:lo + (1 << (lut_bits - l))] = l
   chunk_bits = 8 * d.bytes_per_chunk
   n_chunks = max(1, -(-d.total_bits // chunk_bits))
-  gaps = np.asarray(unpack_bits(jax.numpy.asarray(d.gaps), _GAP_BITS, n_chunks)).astype(np.int64)
+  gaps = _unpack_gaps(d.gaps, n_chunks)
   stream = np.concatenate([d.bitstream, np.zeros(8, np.uint8)]).astype(np.uint64)
   pos = np.arange(n_chunks, dtype=np.int64) * chunk_bits + gaps
   end = np.minimum((np.arange(n_chunks, dtype=np.int64) + 1) * chunk_bits, d.total_bits)
@@ -217,15 +236,24 @@ def df11_decode(d: DF11) -> np.ndarray:
       window = (window << np.uint64(8)) | stream[np.minimum(byte + k, stream.size - 1)]
     window = (window >> (np.uint64(40 - max_len) - (pos & 7).astype(np.uint64))) & np.uint64((1 << max_len) - 1)
     w = window.astype(np.int64)
-    length = np.zeros(n_chunks, np.int64)
-    sym = np.zeros(n_chunks, np.int64)
-    for l in range(max_len, 0, -1):  # the shortest matching length wins
-      if count[l] == 0:
-        continue
-      c = w >> (max_len - l)
-      hit = (c >= first[l]) & (c < first[l] + count[l])
-      length = np.where(hit, l, length)
-      sym = np.where(hit, syms[np.clip(offset[l] + c - first[l], 0, syms.size - 1)], sym)
+    # first level: a table over the leading lut_bits bits resolves every code that short (nearly all of them);
+    # the rare longer codes are resolved by the canonical per-length ranges (the paper's hierarchical LUTs)
+    sym = lut_sym[w >> (max_len - lut_bits)]
+    length = lut_len[w >> (max_len - lut_bits)]
+    miss = np.nonzero(length == 0)[0]
+    if miss.size:
+      wm = w[miss]
+      lm = np.zeros(miss.size, np.int64)
+      sm = np.zeros(miss.size, np.int64)
+      for l in range(max_len, lut_bits, -1):  # the shortest matching length wins
+        if count[l] == 0:
+          continue
+        c = wm >> (max_len - l)
+        hit = (c >= first[l]) & (c < first[l] + count[l])
+        lm = np.where(hit, l, lm)
+        sm = np.where(hit, syms[np.clip(offset[l] + c - first[l], 0, syms.size - 1)], sm)
+      sym, length = sym.copy(), length.copy()
+      sym[miss], length[miss] = sm, lm
     out_sym.append(sym)
     out_valid.append(active)
     pos = np.where(active, pos + length, pos)
