@@ -2,7 +2,9 @@
 
 from paperlab.param.parametrization import *  # noqa: F401,F403
 from paperlab.param.coordinates import *  # noqa: F401,F403
+from paperlab.param.inits import *  # noqa: F401,F403
+from paperlab.param.reparam import *  # noqa: F401,F403
 
-from paperlab.param import coordinates, parametrization  # noqa: E402
+from paperlab.param import coordinates, inits, parametrization, reparam  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (coordinates, parametrization))))
+__all__ = sorted(set().union(*(m.__all__ for m in (coordinates, inits, parametrization, reparam))))

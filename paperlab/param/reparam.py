@@ -1,0 +1,125 @@
+"""Weight normalization as a reparametrization of parameter pytrees, with its data-dependent init.
+
+Salimans & Kingma, "Weight Normalization: A Simple Reparameterization to Accelerate Training of Deep Neural
+Networks", arXiv:1602.07868, Eq. 2 and Sec. 2.2. A kernel ``w`` (Flax layout: last axis = output unit) is
+trained as ``(v, g)`` with ``w = g * v / ||v||``, the norm per output unit (over every other axis). The trainable
+pytree replaces each selected kernel leaf by ``{"v": ..., "g": ...}``; :func:`from_weight_norm` composes the
+kernels back inside the loss, so any optimizer and any NNX model work unchanged::
+
+    wn = to_weight_norm(params)                         # trainable
+    loss = lambda wn: model_loss(from_weight_norm(wn))  # gradients flow to v and g
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from paperlab._checks import check_positive
+from paperlab._tree import path_str
+from paperlab.param.coordinates import layer_outputs
+
+PyTree = Any
+
+__all__ = ["weight_norm", "to_weight_norm", "from_weight_norm", "weight_norm_init"]
+
+
+def _norm(v: jax.Array) -> jax.Array:
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(v.ndim - 1))))
+
+
+def weight_norm(v: jax.Array, g: jax.Array) -> jax.Array:
+  """``w = g * v / ||v||`` per output unit (Salimans & Kingma, arXiv:1602.07868, Eq. 2); ``v``'s last axis is the
+  output unit (Flax kernels), ``g`` has shape ``(v.shape[-1],)``. Jittable, differentiable, dtype of ``v``."""
+  if jnp.ndim(v) < 2:
+    raise ValueError(f"v must be a kernel with ndim >= 2 (last axis = output units), got shape {jnp.shape(v)}.")
+  if jnp.shape(g) != (v.shape[-1],):
+    raise ValueError(f"g must have shape ({v.shape[-1]},) (one gain per output unit), got {jnp.shape(g)}.")
+  return (g / _norm(v)).astype(v.dtype) * v
+
+
+def _is_wn(x) -> bool:
+  return isinstance(x, dict) and set(x) == {"v", "g"}
+
+
+def to_weight_norm(params: PyTree, *, include: str = r"kernel$") -> PyTree:
+  """Replace each selected kernel ``w`` (regex on the ``/``-joined path, ``ndim >= 2``) by ``{"v": w, "g":
+  ||w||}``, so that :func:`from_weight_norm` gives back ``w`` exactly (up to rounding). Plain nested dicts."""
+  rx = re.compile(include)
+  found = []
+
+  def convert(path, x):
+    if rx.search(path_str(path)) and jnp.ndim(x) >= 2:
+      found.append(path_str(path))
+      return {"v": x, "g": _norm(jnp.asarray(x)).astype(jnp.result_type(x))}
+    return x
+
+  out = jax.tree_util.tree_map_with_path(convert, params)
+  if not found:
+    raise ValueError(f"include={include!r} selects no kernel (ndim >= 2).")
+  return out
+
+
+def from_weight_norm(wn_params: PyTree) -> PyTree:
+  """The plain parameters: every ``{"v", "g"}`` node becomes ``weight_norm(v, g)``. Pure, differentiable."""
+  return jax.tree.map(lambda x: weight_norm(x["v"], x["g"]) if _is_wn(x) else x, wn_params, is_leaf=_is_wn)
+
+
+def weight_norm_init(key: jax.Array, model: nnx.Module, x: jax.Array, *, include: str = r"kernel$",
+                     v_std: float = 0.05) -> PyTree:
+  """Data-dependent init of a weight-normalized model (Salimans & Kingma, arXiv:1602.07868, Sec. 2.2).
+
+  ``v ~ N(0, v_std^2)`` (paper: 0.05); then for each layer, with ``t = x . v / ||v||`` its normalized
+  pre-activation on the batch ``x``, ``g <- 1 / sigma[t]`` and the layer's bias ``b <- -mu[t] / sigma[t]`` (per
+  output unit), so every pre-activation starts with mean 0 and variance 1 on the batch. Layers are found as the
+  modules owning the selected kernels (``a/b/kernel`` -> module ``a/b``, bias ``a/b/bias``); their order is not
+  read from the model: every pass initializes all layers from one forward pass, and ``num_layers`` passes give the
+  sequential result (after pass ``k`` the first ``k`` layers are final). Each pass is jitted.
+
+  Returns:
+    Weight-normalized parameters (:func:`to_weight_norm`'s form).
+  """
+  check_positive("v_std", v_std)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params = jax.tree.map(jnp.asarray, nnx.to_pure_dict(params))
+  wn = to_weight_norm(params, include=include)
+  layers = []
+
+  def draw(path, node):
+    p = path_str(path)
+    layers.append(p)
+    v = jax.random.normal(jax.random.fold_in(key, len(layers)), node["v"].shape, jnp.float32) * v_std
+    return {"v": v.astype(node["v"].dtype), "g": jnp.ones_like(node["g"])}
+
+  wn = jax.tree_util.tree_map_with_path(lambda p, n: draw(p, n) if _is_wn(n) else n, wn, is_leaf=_is_wn)
+  modules = [p.rsplit("/", 1)[0] for p in layers]
+
+  @jax.jit
+  def one_pass(wn):
+    outs = layer_outputs(nnx.merge(graphdef, from_weight_norm(wn), rest), x)
+    return {m: outs[m] for m in set(modules) if m in outs}
+
+  def get(tree, path):
+    for k in path.split("/"):
+      tree = tree[k if k in tree else int(k)]
+    return tree
+
+  for _ in range(len(layers)):
+    outs = one_pass(wn)
+    for layer, module in zip(layers, modules):
+      if module not in outs:
+        raise ValueError(f"weight_norm_init: the output of module {module!r} (owning {layer!r}) is not captured.")
+      node = get(wn, layer)
+      parent = get(wn, module) if module else wn
+      b = parent.get("bias") if isinstance(parent, dict) else None
+      y = outs[module].reshape(-1, node["g"].shape[0]).astype(jnp.float32)
+      t = (y - (0.0 if b is None else b)) / node["g"]
+      mu, sigma = jnp.mean(t, 0), jnp.std(t, 0)
+      node["g"] = (1.0 / sigma).astype(node["g"].dtype)
+      if b is not None:
+        parent["bias"] = (-mu / sigma).astype(b.dtype)
+  return wn
