@@ -13,7 +13,7 @@ def test_quant_benchmark_records(tmp_path):
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-2000:]
   records = {r["name"]: r for r in json.loads((tmp_path / "quant.json").read_text())}
-  for fmt in ("mxfp8_e4m3", "mxfp6_e3m2", "mxfp4_e2m1", "mxint8"):
+  for fmt in ("mxfp8_e4m3", "mxfp4_e2m1"):  # the quick run's formats
     assert records[f"mx_quantize_{fmt}_vs_read_write"]["baseline"] == "jit(x * 2) float32"
   for name in ("qdot_int4_g128_vs_bf16_matmul", "qdot_mxfp4_e2m1_vs_f32_matmul", "df11_decode_vs_copy"):
     r = records[name]

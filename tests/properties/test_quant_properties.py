@@ -17,8 +17,9 @@ from paperlab.quant import formats
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
-@SETTINGS
-@given(bits=st.integers(1, 8), n=st.integers(1, 70), seed=st.integers(0, 2 ** 16), signed=st.booleans())
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(bits=st.integers(1, 8), n=st.sampled_from([1, 2, 3, 5, 7, 8, 9, 13, 31, 33, 67]), seed=st.integers(0, 2 ** 16),
+       signed=st.booleans())
 def test_pack_unpack_round_trip_for_every_width_and_length(bits, n, seed, signed):
   rng = np.random.default_rng(seed)
   if signed:
@@ -36,7 +37,7 @@ def _wide(draw, shape, lo=-12, hi=12):
   return (mant * np.exp2(exps)).astype(np.float32)
 
 
-@SETTINGS
+@settings(max_examples=15, deadline=None, derandomize=True)
 @given(data=st.data(), bits=st.integers(2, 8), symmetric=st.booleans(), group=st.sampled_from([8, 32]),
        scale_dtype=st.sampled_from([jnp.bfloat16, jnp.float32]))
 def test_rtn_error_is_within_half_a_step_elementwise(data, bits, symmetric, group, scale_dtype):
