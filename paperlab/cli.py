@@ -186,11 +186,24 @@ def _cmd_run(args, overrides: list[str]) -> int:
                              backend=args.backend, max_parallel=args.max_parallel, fresh=args.fresh,
                              quiet=args.quiet, ray_address=args.ray_address)
   _print_run_summary(summaries)
+  if not args.quiet and len(summaries) > 1:
+    _print_sweep_table(summaries)
   failed = [s for s in summaries if s.get("status") != "done"]
   if failed:
     print(f"{len(failed)} of {len(summaries)} trials did not finish (see status.json in their directories)",
           file=sys.stderr)
   return 1 if failed else 0
+
+
+def _print_sweep_table(summaries: list[dict]) -> None:
+  """The sweep's table (mean ± std over seeds per setting), as ``paperlab report`` prints it, for this run's
+  trials only; printed again whenever the finished sweep is run again."""
+  from paperlab.runner.report import load_trials, summarize, table  # pylint: disable=g-import-not-at-top
+  ours = {s["trial_id"] for s in summaries}
+  directory = pathlib.Path(summaries[0]["dir"]).parent
+  trials = [t for t in load_trials(directory).get(directory.name, []) if t["id"] in ours]
+  if trials:
+    print(table(*summarize(trials)))
 
 
 def _cmd_report(args) -> int:

@@ -192,3 +192,23 @@ def test_a_finished_experiment_prints_its_table_again(write_experiment, tmp_path
   assert "arm     score\nmethod  2.00\n" in first[1] and "arm     score\nmethod  2.00\n" in again[1]
   quiet = _cli(capsys, "run", str(exp), "--workdir", str(tmp_path / "runs"), "--quiet")
   assert "method  2.00" not in quiet[1]
+
+
+def test_a_finished_sweep_prints_its_table_again(write_experiment, tmp_path, capsys):
+  exp = write_experiment("""
+      import ml_collections
+      def get_config():
+        c = ml_collections.ConfigDict()
+        c.seed = 0
+        c.lr = 0.1
+        return c
+      def get_sweep():
+        return [{"lr": lr, "seed": s} for lr in (0.1, 0.2) for s in (0, 1)]
+      def run(config, ctx):
+        return {"score": config.lr * 10 + config.seed}
+      """, name="sweep_table")
+  outputs = [_cli(capsys, "run", str(exp), "--sweep", "--workdir", str(tmp_path / "runs"))[1] for _ in range(2)]
+  for out in outputs:
+    header, *rows = [line for line in out.splitlines() if line.startswith(("lr", "0."))]
+    assert header.split()[:4] == ["lr", "n", "failed", "score"]
+    assert [r.split()[:4] for r in rows] == [["0.1", "2", "0", "1.5"], ["0.2", "2", "0", "2.5"]]
