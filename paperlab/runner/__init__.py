@@ -12,6 +12,11 @@ the config sections and runs trials that differ only in traced hyperparameters a
 
 From Python: ``run_experiment(path, ["optim.learning_rate=3e-4"], sweep=True, workdir="runs")``.
 Importing this package does not import JAX; the executors import it when they train.
+
+Under damage: checkpoints carry SHA-256 manifests and results a checksum in ``status.json``, both verified
+before use; a trial whose files are damaged falls back to its newest intact checkpoint, starts over, or fails
+with a reason naming the file, and the other trials go on (see :mod:`.store`). Every config is validated
+before anything runs (:func:`.config.validate_config`).
 """
 
 from paperlab.runner.config import ConfigError, apply_overrides, load_experiment, trial_id
@@ -19,12 +24,12 @@ from paperlab.runner.context import Context, to_jsonable
 from paperlab.runner.execute import plan, run_experiment
 from paperlab.runner.progress import Progress
 from paperlab.runner.report import report
-from paperlab.runner.store import TrialDir
+from paperlab.runner.store import DamagedFile, TrialDir
 from paperlab.runner.sweeps import grid, log_uniform, product, seeds, uniform, zipped
 from paperlab.runner.trainer import NonFiniteLoss, group_trials, traced_keys
 
 __all__ = [
-    "ConfigError", "Context", "NonFiniteLoss", "Progress", "TrialDir", "apply_overrides", "grid", "group_trials",
+    "ConfigError", "Context", "DamagedFile", "NonFiniteLoss", "Progress", "TrialDir", "apply_overrides", "grid", "group_trials",
     "load_experiment", "log_uniform", "plan", "product", "report", "run_experiment", "seeds", "to_jsonable",
     "traced_keys", "trial_id", "uniform", "zipped",
 ]

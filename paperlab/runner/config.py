@@ -44,6 +44,9 @@ def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
   sys.modules[name] = module  # dataclasses and pickling look modules up by name
   try:
     spec.loader.exec_module(module)
+  except Exception as e:  # a broken experiment file: one line naming the file, the line and the error
+    del sys.modules[name]
+    raise ConfigError(f"cannot import experiment {str(path)!r}: {describe_error(e, path)}") from e
   except BaseException:
     del sys.modules[name]
     raise
@@ -51,6 +54,33 @@ def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
     del sys.modules[name]
     raise ConfigError(f"experiment {str(path)!r} defines no get_config() function")
   return module
+
+
+def describe_error(e: BaseException, path: str | pathlib.Path | None = None) -> str:
+  """``"TypeError: message (file.py, line 12)"``: one line, at the innermost frame in ``path`` if given."""
+  import traceback  # pylint: disable=g-import-not-at-top
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  where = ""
+  if isinstance(e, SyntaxError) and e.lineno:
+    where = f" ({pathlib.Path(e.filename or str(path)).name}, line {e.lineno})"
+  else:
+    frames = traceback.extract_tb(e.__traceback__)
+    if path is not None:
+      mine = [f for f in frames if pathlib.Path(f.filename).resolve() == pathlib.Path(path).resolve()]
+      frames = mine or frames
+    if frames:
+      where = f" ({pathlib.Path(frames[-1].filename).name}, line {frames[-1].lineno})"
+  return f"{type(e).__name__}: {text}{where}"[:500]
+
+
+def call_experiment(module: types.ModuleType, function: str, path: str | pathlib.Path) -> Any:
+  """``module.<function>()`` with its errors as one-line :class:`ConfigError` (naming the file and line)."""
+  try:
+    return getattr(module, function)()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"{function}() of {str(path)!r} failed: {describe_error(e, path)}") from e
 
 
 def code_digest(path: str | pathlib.Path) -> str:

@@ -21,7 +21,8 @@ import traceback
 from typing import Any, Mapping, Sequence
 
 from paperlab.runner import trainer as trainer_lib
-from paperlab.runner.config import ConfigError, apply_overrides, load_experiment, trial_id, validate_config
+from paperlab.runner.config import (ConfigError, apply_overrides, call_experiment, load_experiment, trial_id,
+                                    validate_config)
 from paperlab.runner.context import Context, tensorboard_available, to_jsonable
 from paperlab.runner.progress import Progress
 from paperlab.runner.store import DONE, FAILED, RUNNING, DamagedFile, TrialDir, TrialLocks
@@ -72,7 +73,7 @@ def _check_overrides(overrides: Any) -> None:
 
 
 def _sweep_points(module, path) -> list[dict]:
-  points = module.get_sweep()
+  points = call_experiment(module, "get_sweep", path)
   try:
     points = list(points)
   except TypeError:
@@ -105,7 +106,7 @@ def plan(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] =
   """
   _check_overrides(overrides)
   module = load_experiment(path)
-  config = module.get_config()
+  config = call_experiment(module, "get_config", path)
   import ml_collections  # pylint: disable=g-import-not-at-top
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"get_config() of {str(path)!r} must return an ml_collections.ConfigDict, got "

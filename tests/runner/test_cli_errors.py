@@ -101,6 +101,11 @@ def test_a_workdir_that_is_a_file_or_read_only(capsys, exp, tmp_path):
     ("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'x': 1})\n",
      ["--sweep"], "defines no get_sweep()"),
     ("x = 1\n", [], "defines no get_config()"),
+    ("import ml_collections\ndef get_config(:\n  pass\n", [], "SyntaxError: "),
+    ("import no_such_module_xyz\n", [], "ModuleNotFoundError: No module named 'no_such_module_xyz' (bad.py, line 1)"),
+    ("def get_config():\n  return 1 / 0\n", [], "get_config() of"),
+    ("import ml_collections\ndef get_config():\n  return ml_collections.ConfigDict({'x': 1})\n"
+     "def get_sweep():\n  raise KeyError('lr')\n", ["--sweep"], "get_sweep() of"),
 ])
 def test_malformed_experiments(capsys, write_experiment, tmp_path, source, argv, says):
   exp = write_experiment(source, name="bad")
