@@ -61,15 +61,23 @@ def dot(x: jax.Array, qw: QArray | jax.Array, *, act_fmt: str | None = None, pre
 
 def _mx_cast(a: jax.Array, fmt: str, axis: int) -> jax.Array:
   """``a`` direct-cast to MX ``fmt`` in blocks of 32 along ``axis`` (zero-padded to a multiple of 32: padding
-  zeros leave every block maximum, and so every scale, unchanged), returned in float32."""
+  zeros leave every block maximum, and so every scale, unchanged), returned in float32. The same arithmetic as
+  ``quantize(a, fmt, axis=axis).dequantize()`` without packing the codes (a fake-quant for training)."""
+  f = _f.get_format(fmt)
   n = a.shape[axis]
   pad = -n % 32
-  if pad:
-    widths = [(0, 0)] * a.ndim
-    widths[axis] = (0, pad)
-    a = jnp.pad(a, widths)
-  out = quantize(a, fmt, axis=axis).dequantize(jnp.float32)
-  return jax.lax.slice_in_dim(out, 0, n, axis=axis)
+  am = jnp.moveaxis(a.astype(jnp.float32), axis, -1)
+  am = jnp.pad(am, [(0, 0)] * (am.ndim - 1) + [(0, pad)])
+  blocks = am.reshape(am.shape[:-1] + (am.shape[-1] // 32, 32))
+  s = _f.mx_shared_exponent(jnp.max(jnp.abs(blocks), axis=-1), f).astype(jnp.int32)[..., None]
+  y = _f.mul_pow2(blocks, 127 - s)
+  if f.kind == "mx":
+    elem = _f.decode_float(_f.encode_float(y, f), f)
+  else:
+    elem = jnp.clip(jnp.round(y * 64.0), -127, 127) / 64.0
+  out = jnp.where(s == 255, jnp.float32(jnp.nan), _f.mul_pow2(elem, s - 127))
+  out = out.reshape(am.shape)[..., :n]
+  return jnp.moveaxis(out, -1, axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
