@@ -158,3 +158,17 @@ def test_errors_name_the_argument():
     pr.erk_densities({"a": (2, 2)}, 0.0)
   with pytest.raises(ValueError, match="r must be"):
     pr.mask_lora_init(jax.random.key(0), params, include="head", r=9)
+
+
+def test_find_knee_on_piecewise_curves_and_sweep_is_exact():
+  flat_then_drop = [(0.0, 0.97), (0.3, 0.968), (0.5, 0.962), (0.6, 0.95), (0.7, 0.80)]
+  assert pr.find_knee(flat_then_drop, tol=0.01) == 0.5
+  assert pr.find_knee(flat_then_drop, tol=0.1) == 0.6
+  assert pr.find_knee([(0.9, 0.1), (0.0, 0.5)], tol=0.01) == 0.0  # unsorted input, immediate drop
+  params = _params()
+  sel = pr.prunable(params)
+  curve = pr.sparsity_sweep(params, lambda p: 1.0 - float(jnp.mean(jnp.asarray(
+      [jnp.mean(x == 0) for x, c in zip(jax.tree.leaves(p), jax.tree.leaves(sel)) if c]))), [0.0, 0.5, 0.9])
+  assert [s for s, _ in curve] == [0.0, 0.5, 0.9]
+  with pytest.raises(ValueError, match="sparsity"):
+    pr.sparsity_sweep(params, lambda p: 0.0, [1.0])
