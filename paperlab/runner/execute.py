@@ -515,10 +515,9 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
     try:
       t.dir.create(t.config, t.point)
       pending.append(t)
-    except OSError as e:
-      if not t.dir.fail(f"cannot write the trial directory: {_failure_reason(e)}"):
-        pass
-      _warn(quiet, f"trial {t.id}: cannot write its directory ({_failure_reason(e)})")
+    except OSError as e:  # not written there: the directory may lead out of the store
+      t.dir.unwritten_failure = f"cannot write the trial directory: {_failure_reason(e)}"
+      _warn(quiet, f"trial {t.id}: {t.dir.unwritten_failure}")
   blocking = False
   on_log = None
   if progress is not None:

@@ -268,6 +268,19 @@ def test_orphans_of_killed_writers_are_cleaned_and_stale_running_trials_resume(d
   assert not any(p.exists() for p in orphans) and not unfinished.exists()
 
 
+def test_a_trial_directory_that_is_a_link_out_of_the_store_fails_alone(damaged, tmp_path):
+  runs, trials, reference, rerun = damaged
+  elsewhere = tmp_path / "elsewhere"
+  shutil.move(trials[1], elsewhere)
+  trials[1].symlink_to(elsewhere)
+  _interrupt(elsewhere)
+  before = sorted(p.name for p in elsewhere.iterdir())
+  summaries = rerun()
+  assert [s["status"] for s in summaries] == ["done", "failed", "done", "done"]
+  assert "leads out of the store" in summaries[1]["reason"]
+  assert sorted(p.name for p in elsewhere.iterdir()) == before  # nothing written there
+
+
 def test_links_planted_in_a_trial_directory_are_not_written_through(damaged, tmp_path):
   runs, trials, reference, rerun = damaged
   _interrupt(trials[0])
