@@ -217,3 +217,10 @@ def test_a_finished_sweep_prints_its_table_again(write_experiment, tmp_path, cap
     header, *rows = [line for line in out.splitlines() if line.startswith(("lr", "0."))]
     assert header.split()[:4] == ["lr", "n", "failed", "score"]
     assert [r.split()[:4] for r in rows] == [["0.1", "2", "0", "1.5"], ["0.2", "2", "0", "2.5"]]
+
+
+def test_merge_is_a_subcommand(capsys):
+  code, out, _ = _cli(capsys, "merge", "--help")
+  assert code == 0 and "usage: paperlab merge" in out and "--dry-run" in out
+  code, out, _ = _cli(capsys, "--help")
+  assert code == 0 and "merge" in out
