@@ -13,6 +13,7 @@ from paperlab.quant.calibration import *  # noqa: F401,F403
 from paperlab.quant.gptq import *  # noqa: F401,F403
 from paperlab.quant.awq import *  # noqa: F401,F403
 from paperlab.quant.lorc import *  # noqa: F401,F403
+from paperlab.quant.smoothquant import *  # noqa: F401,F403
 
 # Every paperlab.quant submodule imported above contributes its __all__ (one import line per module, so modules
 # can be added independently).
