@@ -36,6 +36,19 @@ def _flat(tree: PyTree) -> dict[str, Any]:
   return {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _execution_order(fn, params: PyTree, paths: list[str]) -> list[str]:
+  """``paths`` sorted by the first operation of ``fn(params)``'s jaxpr that reads each leaf (the forward order)."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  jaxpr = jax.make_jaxpr(fn)(params).jaxpr
+  first: dict = {}
+  for i, eqn in enumerate(jaxpr.eqns):
+    for v in eqn.invars:
+      if not hasattr(v, "val") and v not in first:  # a Var, not a Literal
+        first[v] = i
+  position = {path_str(p): first.get(v, len(jaxpr.eqns)) for (p, _), v in zip(leaves, jaxpr.invars)}
+  return sorted(paths, key=lambda p: (position[p], p))
+
+
 def lsuv(key: jax.Array, model: nnx.Module, x: jax.Array, *, include: str = r"kernel$", tol: float = 0.1,
          max_iter: int = 10, orthogonal: bool = True) -> PyTree:
   """Layer-sequential unit-variance init (Mishkin & Matas, "All you need is a good init", arXiv:1511.06422,
@@ -46,10 +59,9 @@ def lsuv(key: jax.Array, model: nnx.Module, x: jax.Array, *, include: str = r"ke
   of each layer on the batch ``x`` is measured and its kernel divided by ``sqrt(Var(B_l))``, until
   ``|Var(B_l) - 1| < tol`` or ``max_iter`` rescalings of that layer. Biases and other leaves are left as they are.
 
-  The layers' order is not read from the model: every pass rescales *all* unfinished layers from one forward pass,
-  and passes repeat until all are within ``tol`` (at most ``max_iter * num_layers`` passes). After ``k`` passes the
-  first ``k`` layers see the inputs they would see in the sequential algorithm, so the result meets the paper's
-  criterion at every layer. A host loop (the stopping rule is data-dependent); each pass is jitted.
+  The layers are visited in the order the forward pass first reads their kernels (from the jaxpr of
+  ``model(x)``), each rescaled up to ``max_iter`` times, one forward pass per rescaling. A host loop (the stopping
+  rule is data-dependent); the forward pass is jitted.
 
   Args:
     key: PRNG key for the orthonormal draws.
@@ -90,20 +102,15 @@ def lsuv(key: jax.Array, model: nnx.Module, x: jax.Array, *, include: str = r"ke
     outs = layer_outputs(nnx.merge(graphdef, params, rest), x)
     return {m: jnp.var(outs[m].astype(jnp.float32)) if m in outs else jnp.nan for m in set(modules.values())}
 
-  counts = {path: 0 for path in kernels}
-  for _ in range(int(max_iter) * len(kernels)):
-    var = variances(params)
-    missing = [p for p in kernels if not np.isfinite(float(var[modules[p]]))]
-    if missing:
-      raise ValueError(f"lsuv: the output of the module owning {missing[0]!r} was not captured (or is not finite).")
-    todo = [p for p in kernels if abs(float(var[modules[p]]) - 1.0) >= tol and counts[p] < max_iter]
-    if not todo:
-      break
-    flat = _flat(params)
-    for path in todo:
-      counts[path] += 1
-      w = flat[path]
-      _set(params, path, (w / jnp.sqrt(var[modules[path]])).astype(w.dtype))
+  for path in _execution_order(lambda p: nnx.merge(graphdef, p, rest)(x), params, kernels):
+    for _ in range(int(max_iter)):
+      var = float(variances(params)[modules[path]])
+      if not np.isfinite(var):
+        raise ValueError(f"lsuv: the output of the module owning {path!r} was not captured (or is not finite).")
+      if abs(var - 1.0) < tol or var == 0.0:  # 0: a dead layer, which no scale fixes
+        break
+      w = _flat(params)[path]
+      _set(params, path, (w / np.sqrt(var)).astype(w.dtype))
   return params
 
 

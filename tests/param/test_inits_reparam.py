@@ -96,7 +96,7 @@ def test_weight_norm_matches_torch_forward_and_gradients():
   out.backward()
   loss = lambda v, g: jnp.sum(jnp.sin(jnp.asarray(x) @ param.weight_norm(v, g)))
   ours, (gv, gg) = jax.value_and_grad(loss, (0, 1))(jnp.asarray(v), jnp.asarray(g))
-  np.testing.assert_allclose(float(ours), float(out), rtol=1e-5)
+  np.testing.assert_allclose(float(ours), float(out.detach()), rtol=1e-5)
   np.testing.assert_allclose(gv, lin.parametrizations.weight.original1.grad.numpy().T, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(gg, lin.parametrizations.weight.original0.grad.numpy()[:, 0], rtol=1e-4, atol=1e-6)
   # the v-gradient is orthogonal to v per unit (Salimans & Kingma Eq. 4)
