@@ -10,6 +10,12 @@ Projections (Sec. 2 and App. S7):
 * ``"dense"``: ``P`` is ``D x d`` with i.i.d. Gaussian entries, columns normalized to unit length (the paper's text;
   the authors' ``OffsetCreatorDenseProj`` leaves them ``N(0, 1)``, which only rescales the learning rate). Memory
   ``D d``.
+* ``"sparse"``: every column has ``k = ceil(sqrt(D))`` nonzeros ``+-1/sqrt(k)`` at distinct random rows (one
+  uniformly in each of ``k`` equal strata of consecutive rows, so they are distinct at O(k) cost), so columns have
+  unit norm exactly. This is the very sparse random projection of Li, Hastie & Church (2006; density
+  ``1/sqrt(D)``) that the authors build with scikit-learn's ``SparseRandomProjection`` and then normalize
+  (``OffsetCreatorSparseProj``), with the nonzero count per column fixed instead of Bernoulli so that shapes are
+  static under ``jit``. Memory ``d sqrt(D)``, time ``O(d sqrt(D))``.
 * ``"fastfood"``: ``P theta_d = (H G Pi H B pad_L(theta_d))[:D] / (sqrt(L sum G^2) sqrt(D / L))`` with ``L`` the
   next power of two >= D, ``H`` the (unnormalised) Walsh-Hadamard matrix, ``B`` random signs, ``Pi`` a random
   permutation and ``G`` Gaussian (Le et al., "Fastfood", 2013), transcribed from the authors' ``tf_fastfood_transform``
@@ -38,7 +44,7 @@ from paperlab._tree import path_str
 __all__ = ["subspace_params", "subspace_loss", "fast_walsh_hadamard", "d_int", "intrinsic_dimension"]
 
 PyTree = Any
-KINDS = ("dense", "fastfood", "identity")
+KINDS = ("dense", "sparse", "fastfood", "identity")
 
 
 def fast_walsh_hadamard(x: jax.Array) -> jax.Array:
@@ -76,6 +82,11 @@ def _dense_full(unravel, theta0, proj, theta_d):
   return unravel(theta0 + proj @ theta_d.astype(proj.dtype))
 
 
+def _sparse_full(unravel, theta0, rows, values, theta_d):
+  contrib = values * theta_d.astype(values.dtype)[:, None]
+  return unravel(theta0 + jax.ops.segment_sum(contrib.reshape(-1), rows.reshape(-1), theta0.shape[0]))
+
+
 def _fastfood_full(unravel, dim, theta0, signs, perm, gauss, theta_d):
   big = signs.shape[0]
   v = jnp.zeros((big,), signs.dtype).at[: theta_d.shape[0]].set(theta_d.astype(signs.dtype)) * signs
@@ -97,7 +108,8 @@ def subspace_params(key: jax.Array, params0: PyTree, d: int, *, kind: str = "den
     key: PRNG key of the projection.
     params0: ``theta_0``, the frozen random initialization (a pytree of floating arrays).
     d: subspace dimension (static), ``1 <= d <= D``; ``d = D`` for ``kind="identity"``.
-    kind: ``"dense"`` (the paper's default for small nets), ``"fastfood"`` or ``"identity"`` (see the module).
+    kind: ``"dense"`` (the paper's default for small nets), ``"sparse"``, ``"fastfood"`` or ``"identity"`` (see
+      the module).
 
   Returns:
     ``(theta_d0, to_full)``: the zero start ``(d,)`` in ``params0``'s float dtype, and ``to_full(theta_d) ->
@@ -126,6 +138,14 @@ def subspace_params(key: jax.Array, params0: PyTree, d: int, *, kind: str = "den
     proj = jax.random.normal(key, (dim, d), dtype)
     proj = proj / jnp.linalg.norm(proj, axis=0, keepdims=True)
     return theta_d0, Partial(functools.partial(_dense_full, unravel), theta0, proj)
+  if kind == "sparse":
+    nnz = math.ceil(math.sqrt(dim))
+    k_rows, k_signs = jax.random.split(key)
+    starts = (np.arange(nnz + 1) * dim) // nnz  # nnz disjoint, non-empty strata of consecutive rows
+    u = jax.random.uniform(k_rows, (d, nnz), jnp.float32)
+    rows = jnp.asarray(starts[:-1]) + jnp.floor(u * jnp.asarray(np.diff(starts), jnp.float32)).astype(jnp.int32)
+    values = jax.random.rademacher(k_signs, (d, nnz), dtype) / jnp.sqrt(jnp.asarray(nnz, dtype))
+    return theta_d0, Partial(functools.partial(_sparse_full, unravel), theta0, rows.astype(jnp.int32), values)
   big = 1 << max(0, (dim - 1).bit_length())
   k_sign, k_perm, k_gauss = jax.random.split(key, 3)
   signs = jax.random.rademacher(k_sign, (big,), dtype)

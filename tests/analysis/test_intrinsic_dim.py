@@ -111,7 +111,7 @@ def test_d_int_picks_the_smallest_d_reaching_the_threshold():
 def test_errors_name_the_argument():
   params = _params()
   with pytest.raises(ValueError, match="kind"):
-    analysis.subspace_params(jax.random.key(0), params, 5, kind="sparse")
+    analysis.subspace_params(jax.random.key(0), params, 5, kind="lowrank")
   with pytest.raises(ValueError, match="d must"):
     analysis.subspace_params(jax.random.key(0), params, 0)
   with pytest.raises(ValueError, match="d must"):
@@ -120,3 +120,14 @@ def test_errors_name_the_argument():
     analysis.subspace_params(jax.random.key(0), params, 5, kind="identity")
   with pytest.raises(TypeError, match="floating"):
     analysis.subspace_params(jax.random.key(0), {"w": jnp.ones(3, jnp.int32)}, 1)
+
+
+def test_sparse_projection_has_unit_columns_with_sqrt_d_distinct_nonzeros():
+  params = _params()
+  _, to_full = analysis.subspace_params(jax.random.key(3), params, 20, kind="sparse")
+  p = np.asarray(_matrix(to_full, 20))
+  nnz = int(np.ceil(np.sqrt(p.shape[0])))
+  np.testing.assert_array_equal((p != 0).sum(0), nnz)  # distinct rows: no cancelled or merged entries
+  np.testing.assert_allclose(np.linalg.norm(p, axis=0), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(np.abs(p[p != 0]), 1 / np.sqrt(nnz), rtol=1e-6)
+  assert len({tuple(np.nonzero(c)[0]) for c in p.T}) == 20  # every column its own support
