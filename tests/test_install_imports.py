@@ -9,7 +9,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("matplotlib", "sklearn", "cma", "torch", "ray", "wandb", "tensorboardX", "orbax")  # (flax imports rich)
@@ -26,9 +25,8 @@ def _imported_after(statement: str) -> list[str]:
   return json.loads(proc.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("module", ["paperlab.optim", "paperlab.losses"])
-def test_leaf_families_import_no_runner_and_no_heavy_dependency(module):
-  loaded = _imported_after(f"import {module}")
+def test_leaf_families_import_no_runner_and_no_heavy_dependency():
+  loaded = _imported_after("import paperlab.optim, paperlab.losses")  # one interpreter: JAX starts once
   assert not [m for m in loaded if m.startswith("paperlab.runner")], loaded
   assert not [m for m in HEAVY if m in loaded], [m for m in HEAVY if m in loaded]
 
