@@ -48,7 +48,7 @@ class _Board:
                                  TextColumn, TimeRemainingColumn)
       self.progress = RichProgress(
           TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-          TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+          TextColumn("ETA"), TimeRemainingColumn(compact=True), TextColumn("{task.fields[info]}"),
           console=Console(file=stream), transient=False, refresh_per_second=4)
       self.progress.start()
     self.rows += 1
