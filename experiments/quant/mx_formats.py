@@ -8,8 +8,9 @@ direct-cast to MXINT8, MXFP8-E4M3, MXFP6-E3M2 and MXFP4-E2M1 (no retraining), pl
 the same seeds with :func:`paperlab.quant.mx_dot` in MXFP6-E3M2 for all three matmuls of every layer (forward,
 both backward), float32 master weights and Adam state. Claim judged on seed means through
 :mod:`paperlab.runner.protocol`; accuracy drops are in points (percent). The float32 model in the MX arm's place
-has every drop 0, so the control puts the weakest format, MXFP4, in every slot: the thresholds must then fail (the protocol's own control, the
-float32 model as the method, passes any "drop <= x" claim and is reported as ``baseline_as_method_passes``).
+has every drop 0, so the control puts the weakest format, MXFP4, in every slot: the thresholds must then fail
+(the protocol's own control, the float32 model as the method, passes any "drop <= x" claim and is reported as
+``baseline_as_method_passes``).
 
 Measured (seeds 0-2, CPU): float32 test accuracy 97.70% (98.00/97.33/97.78); direct-cast drops MXINT8 0.00pt,
 MXFP8-E4M3 0.00pt, MXFP6-E3M2 -0.07pt, MXFP4-E2M1 0.59pt (so drop(MXFP4) >= drop(MXFP6)); trained from scratch with
