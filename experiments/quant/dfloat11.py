@@ -127,7 +127,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   d = comparison["df11"]
   for name in ("bf16", "df11"):
     ctx.print(f"{name}: {comparison[name].mean('bits_per_weight'):.3f} bits/weight, size ratio "
-              f"{comparison[name].mean('size_ratio_without_codebook'):.4f}, exact {comparison[name].mean('roundtrip_exact')}")
+              f"{comparison[name].mean('size_ratio_without_codebook'):.4f}, "
+              f"exact {comparison[name].mean('roundtrip_exact')}")
   results = {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()}
   results["protocol"] = comparison.to_json()
   results["claim"] = {**verdict, "statement": CLAIM, "exponent_entropy": d.mean("exponent_entropy"),

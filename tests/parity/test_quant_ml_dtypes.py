@@ -40,7 +40,8 @@ def test_element_codes_match_ml_dtypes_casts(name):
   ref = x.astype(dt).view(np.uint8) & np.uint8(2 ** f.bits - 1)
   got = np.asarray(formats.encode_float(jnp.asarray(x), name))
   np.testing.assert_array_equal(got, ref)
-  np.testing.assert_array_equal(np.asarray(formats.decode_float(jnp.asarray(got), name)), x.astype(dt).astype(np.float32))
+  decoded = np.asarray(formats.decode_float(jnp.asarray(got), name))
+  np.testing.assert_array_equal(decoded, x.astype(dt).astype(np.float32))
 
 
 @pytest.mark.parametrize("name", list(ELEMENTS))

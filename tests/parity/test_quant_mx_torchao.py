@@ -37,7 +37,8 @@ def _elem_dtype(fmt: str):
 def _wide_range_data(seed: int, rows: int = 16, cols: int = 256) -> np.ndarray:
   rng = np.random.default_rng(seed)
   block_exp = rng.integers(-30, 31, size=(rows, cols // 32, 1))
-  x = rng.standard_normal((rows, cols // 32, 32)) * np.exp2(block_exp) * np.exp2(rng.uniform(-6, 0, (rows, cols // 32, 32)))
+  spread = np.exp2(rng.uniform(-6, 0, (rows, cols // 32, 32)))
+  x = rng.standard_normal((rows, cols // 32, 32)) * np.exp2(block_exp) * spread
   x = x.reshape(rows, cols).astype(np.float32)
   x[0, :32] = 0.0  # an all-zero block
   x[1, :32] = np.float32(2.0 ** -3) * np.arange(32)  # exact grid points and ties
