@@ -447,7 +447,9 @@ def test_a_full_disk_fails_trials_with_the_reason_and_leaves_no_orphans(write_ex
   monkeypatch.setattr(store, "write_json_atomic", write)
   code = cli.main(["run", str(exp), "--sweep", "--workdir", str(tmp_path / "runs")])
   err = capsys.readouterr().err
-  assert code == 1 and "Traceback" not in err and len(err.splitlines()) <= 4 + 2
+  messages = [line for line in err.splitlines() if not line.startswith("[paperlab] ")]  # not progress lines
+  assert code == 1 and "Traceback" not in err and len(messages) <= 4 + 1  # one per trial and the count
+  assert all("No space left on device" in line for line in messages[:-1])
   monkeypatch.setattr(ocp.Checkpointer, "save", real_save)
   leftovers = [p for p in (tmp_path / "runs").rglob("*") if "tmp" in p.name]
   assert leftovers == []
