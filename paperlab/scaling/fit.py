@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "Fit", "CHINCHILLA_INIT_GRID", "LBFGS_OPTIONS", "huber", "fit_chinchilla", "fit_kaplan", "fit_power_law",
-    "compute_optimal", "bootstrap_intervals",
+    "compute_optimal", "bootstrap_intervals", "kaplan_compute_optimal",
 ]
 
 
@@ -399,3 +399,44 @@ def fit_power_law(x: Any, y: Any, *, with_offset: bool = True, delta: float = 1e
   return _fit("power_law", _power_residuals(log_x, log_y), len(x), grid,
               lambda t: {"a": float(np.exp(t[0])), "b": float(t[1]), "c": float(np.exp(t[2]))}, delta=delta,
               bootstrap=bootstrap, confidence=confidence, seed=seed)
+
+
+def kaplan_compute_optimal(C_min: Any, consts: laws.KaplanConstants = laws.KAPLAN) -> tuple[np.ndarray, np.ndarray]:
+  """Compute-efficient model size ``N_opt(C_min)`` and its loss under Kaplan et al.'s L(N, S_min) law.
+
+  Kaplan et al., arXiv:2001.08361, Sec. 6 and App. B: training at the critical batch size spends
+  ``C_min = 6 N B_crit(L) S_min`` FLOPs (eqs. 1.4, 5.4-5.5), with ``L = (N_c/N)**alpha_N + (S_c/S_min)**alpha_S``
+  (eq. 1.6) and ``B_crit(L) = B_* / L**(1/alpha_B)``. For each ``N`` the loss is the root of that fixed point
+  (``scipy.optimize.brentq``) and ``N_opt`` minimizes it (bounded ``minimize_scalar`` over log N). The paper's
+  closed form gives ``N_opt ~ C_min**(alpha_C/alpha_N)`` with ``alpha_C = 1/(1/alpha_S + 1/alpha_B + 1/alpha_N)``
+  (0.684 with the published exponents; the paper quotes 0.73 from its Figure 14 fit). Host-side.
+
+  Args:
+    C_min: compute in FLOPs (B in tokens, S in steps), scalar or 1-D, > 0.
+    consts: :class:`~paperlab.scaling.KaplanConstants` (``n_c, alpha_n, s_c, alpha_s, b_star, alpha_b`` used).
+
+  Returns:
+    ``(N_opt, L_opt)`` arrays shaped like ``C_min``.
+  """
+  C = np.atleast_1d(np.asarray(C_min, dtype=np.float64))
+  laws._positive("C_min", C)  # pylint: disable=protected-access
+  k = consts
+
+  def loss_at(log_n, c):
+    n = np.exp(log_n)
+    f = lambda L: ((k.n_c / n) ** k.alpha_n + (k.s_c * 6.0 * n * k.b_star / (c * L ** (1.0 / k.alpha_b)))
+                   ** k.alpha_s - L)
+    lo = (k.n_c / n) ** k.alpha_n  # the loss can never be below the N term, and f(lo) > 0, f(large) < 0
+    hi = lo + 1.0
+    while f(hi) > 0:
+      hi = lo + 2.0 * (hi - lo)
+    return scipy.optimize.brentq(f, lo, hi, xtol=1e-14, rtol=1e-13)
+
+  n_opt, l_opt = [], []
+  for c in C:
+    res = scipy.optimize.minimize_scalar(lambda z, c=c: loss_at(z, c), bounds=(np.log(1e2), np.log(1e16)),
+                                         method="bounded", options={"xatol": 1e-9})
+    n_opt.append(np.exp(res.x))
+    l_opt.append(res.fun)
+  shape = np.shape(C_min)
+  return np.reshape(n_opt, shape), np.reshape(l_opt, shape)

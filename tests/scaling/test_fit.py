@@ -116,3 +116,18 @@ def test_fits_reject_bad_points_with_the_argument_named():
     scaling.fit_kaplan(L=L)
   with pytest.raises(TypeError, match="real array"):
     scaling.fit_kaplan(N=np.array(["a", "b"]), L=[1.0, 2.0])
+
+
+def test_kaplan_compute_optimal_follows_the_closed_form_frontier():
+  """Kaplan et al., App. B: N_opt ~ C_min**(alpha_C / alpha_N), alpha_C = 1/(1/alpha_S + 1/alpha_B + 1/alpha_N);
+  on the frontier C_min = 6 N B_crit(L) S_min holds at the optimum."""
+  k = scaling.KAPLAN
+  C = np.array([1e17, 1e21])
+  n_opt, l_opt = scaling.kaplan_compute_optimal(C)
+  slope = np.diff(np.log(n_opt))[0] / np.diff(np.log(C))[0]
+  assert slope == pytest.approx(1 / (1 / k.alpha_s + 1 / k.alpha_b + 1 / k.alpha_n) / k.alpha_n, abs=1e-5)
+  s_min = k.s_c / (l_opt - (k.n_c / n_opt) ** k.alpha_n) ** (1 / k.alpha_s)
+  b_crit = k.b_star / l_opt ** (1 / k.alpha_b)
+  np.testing.assert_allclose(6 * n_opt * b_crit * s_min, C, rtol=1e-6)
+  with pytest.raises(ValueError, match="C_min must be finite"):
+    scaling.kaplan_compute_optimal(0.0)
