@@ -17,9 +17,9 @@ alpha and beta within 5%, E within 2%, alpha_N within 3%, exponent within 0.02 o
 Measured (seeds 0-2, means): (1) alpha error 2.8% (per seed 2.3/4.4/1.7%), beta 1.3%, E 1.2% -- holds; (2) alpha_N
 error 0.58% -- holds; (3) exponent 0.685 vs 0.73 (error 0.045 > 0.02) -- fails, so the claim is not reproduced.
 The shuffled control fails every part (alpha error 85%, alpha_N error 109%, exponent 0.32). Part (3) cannot
-hold: the law's own compute-efficient frontier has exponent alpha_C/alpha_N = 1/(1/0.76 + 1/0.21 + 1/0.076)/0.076 = 0.684 (the
-numerical frontier agrees to 1e-7); 0.73 is the paper's empirical fit to its Figure 14 runs, not a consequence of
-its fitted laws.
+hold: the law's own compute-efficient frontier has exponent
+alpha_C/alpha_N = 1/(1/0.76 + 1/0.21 + 1/0.076)/0.076 = 0.684 (the numerical frontier agrees to 1e-7); 0.73 is
+the paper's empirical fit to its Figure 14 runs, not a consequence of its fitted laws.
 """
 
 from __future__ import annotations
