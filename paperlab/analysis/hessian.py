@@ -80,12 +80,22 @@ def hvp(loss_fn: LossFn, params: PyTree, batch: Any, vector: PyTree) -> PyTree:
   return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (vector,))[1]
 
 
-def _flat_matvec(loss_fn: LossFn, params: PyTree, batch: Any):
+def _flat_matvec(loss_fn: LossFn, params: PyTree, batch: Any, precond: PyTree | None = None):
   _check_params(params)
   flat, unravel = ravel_pytree(params)
+  if precond is None:
+    def matvec(v: jax.Array) -> jax.Array:
+      return ravel_pytree(hvp(loss_fn, params, batch, unravel(v.astype(flat.dtype))))[0]
+    return matvec, flat, unravel
+  if jax.tree.structure(precond) != jax.tree.structure(params):
+    raise ValueError(f"precond must have the structure of params, got {jax.tree.structure(precond)} vs "
+                     f"{jax.tree.structure(params)}.")
+  scale = jax.lax.rsqrt(ravel_pytree(precond)[0].astype(flat.dtype))  # P^{-1/2}; P > 0 (NaN otherwise)
+  if scale.shape != flat.shape:
+    raise ValueError(f"precond must have the shapes of params, got {scale.shape[0]} entries for {flat.shape[0]}.")
 
   def matvec(v: jax.Array) -> jax.Array:
-    return ravel_pytree(hvp(loss_fn, params, batch, unravel(v.astype(flat.dtype))))[0]
+    return scale * ravel_pytree(hvp(loss_fn, params, batch, unravel((scale * v).astype(flat.dtype))))[0]
 
   return matvec, flat, unravel
 
@@ -175,7 +185,8 @@ def _power_iteration(matvec, flat, key, k, num_iters, tol):
 
 
 def hessian_top_eigs(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, *, k: int = 1,
-                     num_iters: int = 50, method: str = "lanczos", tol: float = 1e-6) -> HessianEigs:
+                     num_iters: int = 50, method: str = "lanczos", tol: float = 1e-6,
+                     precond: PyTree | None = None) -> HessianEigs:
   """The ``k`` largest (algebraic) eigenvalues of the loss Hessian and their eigenvectors.
 
   ``method="lanczos"``: ``num_iters`` Lanczos steps with full reorthogonalisation from a Gaussian start, then the
@@ -193,6 +204,11 @@ def hessian_top_eigs(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array
     num_iters: Lanczos steps or power-iteration cap (static), at most the number of parameters for Lanczos.
     method: ``"lanczos"`` or ``"power"``.
     tol: relative tolerance of power iteration (ignored by Lanczos).
+    precond: optional positive diagonal preconditioner ``P`` shaped like ``params`` (e.g. Adam's
+      ``sqrt(nu) + eps`` divided by per-parameter learning-rate multipliers); the spectrum is then that of
+      ``P^{-1/2} H P^{-1/2}``, the preconditioned sharpness of adaptive optimizers (Cohen et al., "Adaptive
+      Gradient Methods at the Edge of Stability", arXiv:2207.14484; Noci et al., arXiv:2402.17457). The
+      eigenvectors are in the rescaled coordinates.
 
   Returns:
     :class:`HessianEigs` ``(values (k,), vectors)``.
@@ -200,7 +216,7 @@ def hessian_top_eigs(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array
   if method not in ("lanczos", "power"):
     raise ValueError(f"method must be one of ['lanczos', 'power'], got {method!r}.")
   _check_int("k", k, 1)
-  matvec, flat, unravel = _flat_matvec(loss_fn, params, batch)
+  matvec, flat, unravel = _flat_matvec(loss_fn, params, batch, precond)
   n = flat.shape[0]
   if method == "lanczos":
     _check_int("num_iters", num_iters, k, n)

@@ -152,3 +152,14 @@ def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="probes"):
     analysis.hessian_density(loss, params, None, key, num_iters=3, num_runs=2,
                              probes=analysis.rademacher_like(key, params, 3))
+
+
+def test_preconditioned_eigenvalues_match_the_dense_rescaled_hessian():
+  loss, params, batch, dense = _tiny_net()
+  precond = jax.tree.map(lambda x: 0.5 + jax.random.uniform(jax.random.key(7), x.shape), params)
+  p = np.asarray(ravel_pytree(precond)[0], np.float64)
+  exact = np.linalg.eigvalsh(dense / np.sqrt(np.outer(p, p)))[::-1][:2]
+  eigs = analysis.hessian_top_eigs(loss, params, batch, jax.random.key(0), k=2, num_iters=57, precond=precond)
+  np.testing.assert_allclose(eigs.values, exact, rtol=1e-4)
+  with pytest.raises(ValueError, match="precond"):
+    analysis.hessian_top_eigs(loss, params, batch, jax.random.key(0), precond={"l1": precond["l1"]})
