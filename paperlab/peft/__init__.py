@@ -6,7 +6,8 @@ from paperlab.peft.training import *  # noqa: F401,F403
 from paperlab.peft.io import *  # noqa: F401,F403
 from paperlab.peft.adalora import *  # noqa: F401,F403
 from paperlab.peft.unified import *  # noqa: F401,F403
+from paperlab.peft.eva import *  # noqa: F401,F403
 
-from paperlab.peft import adapters, training, io, adalora, unified  # noqa: E402
+from paperlab.peft import adapters, training, io, adalora, unified, eva  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (adapters, training, io, adalora, unified))))
+__all__ = sorted(set().union(*(m.__all__ for m in (adapters, training, io, adalora, unified, eva))))

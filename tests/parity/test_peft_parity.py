@@ -221,3 +221,29 @@ def test_orthogonality_regularizer_matches_peft_formula():
       reg += torch.norm(cov - torch.eye(*cov.size()), p="fro")
       count += 1
   np.testing.assert_allclose(float(pp.adalora_orth_reg(_ours_from(model))), float(reg / count), rtol=1e-5)
+
+
+def test_eva_init_matches_peft_subspaces_and_rank_distribution():
+  """peft's ``initialize_lora_eva_weights`` (incremental PCA until convergence, tau=0.99, rho=2) on the same layer
+  inputs: the same rank per layer and principal angles between the ``lora_A`` row spaces below 1e-3 rad."""
+  from peft.tuners.lora.eva import initialize_lora_eva_weights
+
+  graphdef, params, net, _ = _base()
+  x = np.asarray(jax.random.normal(jax.random.key(4), (256, 8)), np.float32)
+  config = peft.LoraConfig(r=2, target_modules=["hidden.0", "hidden.1", "head"], init_lora_weights="eva",
+                           eva_config=peft.EvaConfig(rho=2.0, tau=0.99))
+  model = peft.get_peft_model(copy.deepcopy(net), config, low_cpu_mem_usage=True)
+  initialize_lora_eva_weights(model, dataloader=[torch.from_numpy(x.copy())] * 4, forward_fn=lambda m, i: m(i),
+                              prepare_model_inputs_fn=None, prepare_layer_inputs_fn=None, show_progress_bar=False)
+  h0 = jax.nn.relu(x @ params["hidden"][0]["kernel"] + params["hidden"][0]["bias"])
+  h1 = jax.nn.relu(h0 @ params["hidden"][1]["kernel"] + params["hidden"][1]["bias"])
+  acts = {"hidden/0/kernel": jnp.asarray(x), "hidden/1/kernel": h0, "head/kernel": h1}
+  adapters, ranks = pp.eva_init(acts, params, r=2, rho=2.0)
+  assert sum(ranks.values()) == 2 * 3
+  named = dict(model.named_parameters())
+  for path, rank in ranks.items():
+    a_peft = named[f"base_model.model.{pp.module_name(path)}.lora_A.default.weight"].detach().numpy()
+    assert a_peft.shape[0] == rank, path
+    cosines = np.linalg.svd(np.asarray(adapters[path]["lora_A"]) @ a_peft.T, compute_uv=False)
+    assert np.arccos(np.clip(cosines.min(), -1, 1)) < 1e-3, (path, cosines)
+    assert not np.any(np.asarray(adapters[path]["lora_B"]))

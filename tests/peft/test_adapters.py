@@ -203,3 +203,23 @@ def test_io_round_trip_is_bit_exact(tmp_path):
     for n in adapters[k]:
       np.testing.assert_array_equal(back[k][n], adapters[k][n])
   assert "base_model.model.hidden.0.lora_A.weight" in pp.adapter_state_dict(adapters)
+
+
+def test_eva_components_match_numpy_svd_and_rho_one_is_uniform():
+  x = np.asarray(jax.random.normal(jax.random.key(0), (50, 6)) * jnp.arange(1, 7), np.float64)
+  comps, ratio = pp.eva_components(jnp.asarray(x, jnp.float32), 3)
+  vt = np.linalg.svd(x - x.mean(0), full_matrices=False)[2][:3]
+  np.testing.assert_allclose(np.abs(np.sum(np.asarray(comps) * vt, 1)), 1.0, atol=1e-4)
+  assert np.all(np.diff(np.asarray(ratio)) <= 0) and float(ratio.sum()) < 1
+  ratios = {"a": np.array([0.5, 0.4, 0.1]), "b": np.array([0.9, 0.05, 0.01])}
+  assert pp.eva_rank_distribution(ratios, 1, rho=1.0) == {"a": 1, "b": 1}
+  assert pp.eva_rank_distribution(ratios, 1, rho=2.0) == {"a": 1, "b": 1}
+  assert pp.eva_rank_distribution(ratios, 2, rho=2.0) == {"a": 3, "b": 1}  # top 4 of 0.9b .5a .4a .1a .05b
+  assert pp.eva_rank_distribution({"a": np.array([0.5, 0.4, 0.3, 0.2]), "b": np.array([0.9, 0.01, 0.0, 0.0])},
+                                  2, rho=2.0) == {"a": 3, "b": 1}
+  with pytest.raises(ValueError, match="rho"):
+    pp.eva_rank_distribution(ratios, 1, rho=0.5)
+  with pytest.raises(ValueError, match="k must be"):
+    pp.eva_components(jnp.ones((4, 3)), 5)
+  with pytest.raises(ValueError, match="not a 2-D kernel"):
+    pp.eva_init({"decoder/kernel": jnp.ones((4, 8))}, _params(), r=1)
