@@ -1,10 +1,11 @@
 """Scaling laws: law forms (Kaplan, Chinchilla, power law), robust fits with bootstrap intervals, compute-optimal
-allocation, and the learning-rate-annealing law."""
+allocation, the learning-rate-annealing law and the hyperparameter (Step) law."""
 
 from paperlab.scaling.laws import *  # noqa: F401,F403
 from paperlab.scaling.fit import *  # noqa: F401,F403
 from paperlab.scaling.lr_annealing import *  # noqa: F401,F403
+from paperlab.scaling.hparams import *  # noqa: F401,F403
 
-from paperlab.scaling import laws, fit, lr_annealing  # noqa: E402
+from paperlab.scaling import laws, fit, lr_annealing, hparams  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing))))
+__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams))))
