@@ -7,7 +7,8 @@ from paperlab.peft.io import *  # noqa: F401,F403
 from paperlab.peft.adalora import *  # noqa: F401,F403
 from paperlab.peft.unified import *  # noqa: F401,F403
 from paperlab.peft.eva import *  # noqa: F401,F403
+from paperlab.peft.dynamic_rank import *  # noqa: F401,F403
 
-from paperlab.peft import adapters, training, io, adalora, unified, eva  # noqa: E402
+from paperlab.peft import adapters, training, io, adalora, unified, eva, dynamic_rank  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (adapters, training, io, adalora, unified, eva))))
+__all__ = sorted(set().union(*(m.__all__ for m in (adapters, training, io, adalora, unified, eva, dynamic_rank))))

@@ -223,3 +223,21 @@ def test_eva_components_match_numpy_svd_and_rho_one_is_uniform():
     pp.eva_components(jnp.ones((4, 3)), 5)
   with pytest.raises(ValueError, match="not a 2-D kernel"):
     pp.eva_init({"decoder/kernel": jnp.ones((4, 8))}, _params(), r=1)
+
+
+def test_rank1_components_sum_to_b_diag_c_a_and_prune_keeps_top_budget():
+  ks = jax.random.split(jax.random.key(0), 6)
+  ad = {f"l{i}/kernel": {"lora_A": jax.random.normal(ks[2 * i], (4, 8)),
+                         "lora_B": jax.random.normal(ks[2 * i + 1], (6, 4)), "c": jnp.arange(1.0, 5.0) * (i + 1)}
+        for i in range(2)}
+  a = ad["l0/kernel"]
+  by_sum = sum(a["c"][i] * jnp.outer(a["lora_B"][:, i], a["lora_A"][i]) for i in range(4)).T
+  np.testing.assert_allclose(pp.rank1_delta(a["lora_A"], a["lora_B"], a["c"]), by_sum, rtol=1e-5, atol=1e-5)
+  pruned, keep = pp.dynamic_rank_prune(ad, 3)
+  assert sum(int(k.sum()) for k in keep.values()) == 3
+  scores = np.concatenate([np.asarray(pp.component_importance(**ad[p])) for p in sorted(ad)])
+  kept = np.concatenate([np.asarray(keep[p]) for p in sorted(ad)])
+  assert scores[kept].min() >= scores[~kept].max()
+  assert all(np.all(np.asarray(pruned[p]["c"])[~np.asarray(keep[p])] == 0) for p in ad)
+  with pytest.raises(ValueError, match="budget"):
+    pp.dynamic_rank_prune(ad, 9)
