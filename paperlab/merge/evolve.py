@@ -95,7 +95,11 @@ def evolve_merge(recipe: Callable[[np.ndarray], PyTree], fitness: Callable[[PyTr
     ``(x_best, history)``: the best genome evaluated and, per generation, ``{"generation", "best", "mean"}``
     fitness values.
   """
-  import cma
+  try:
+    import cma
+  except ImportError as e:  # an optional extra: only this search needs it
+    raise ImportError("evolve_merge needs the 'cma' package (pycma): pip install 'paperlab[evolve]' "
+                      "(or pip install cma).") from e
 
   x0 = np.asarray(x0, np.float64).ravel()
   if x0.size == 0:

@@ -48,3 +48,11 @@ def test_errors():
     merge.evolve_merge(lambda x: x, lambda x: 0.0, np.zeros(2), sigma0=0.0)
   with pytest.raises(ValueError, match="generations"):
     merge.evolve_merge(lambda x: x, lambda x: 0.0, np.zeros(2), generations=0)
+
+
+def test_without_cma_the_error_names_the_extra(monkeypatch):
+  import sys
+
+  monkeypatch.setitem(sys.modules, "cma", None)  # what an environment without the optional extra sees
+  with pytest.raises(ImportError, match=r"paperlab\[evolve\]"):
+    merge.evolve_merge(lambda x: {"w": jnp.asarray(x)}, lambda p: 0.0, np.zeros(2), generations=1)
