@@ -1,5 +1,5 @@
-"""Analysis tools on parameter pytrees: Hessian spectrum, loss landscapes, intrinsic dimension, and the
-Softmax-Collapse tools of the grokking-stability paper (StableMax, the orthogonal gradient).
+"""Analysis tools on parameter pytrees: Hessian spectrum, loss landscapes, intrinsic dimension, landscape convergence
+in the sample size, and the Softmax-Collapse tools of the grokking-stability paper (StableMax, the orthogonal gradient).
 
 The linear-mode-connectivity barrier lives in :mod:`paperlab.merge` (``paperlab.merge.interpolation_curve``,
 ``paperlab.merge.loss_barrier``) and is not duplicated here.
@@ -9,7 +9,8 @@ from paperlab.analysis.hessian import *  # noqa: F401,F403
 from paperlab.analysis.landscape import *  # noqa: F401,F403
 from paperlab.analysis.intrinsic_dim import *  # noqa: F401,F403
 from paperlab.analysis.grokking import *  # noqa: F401,F403
+from paperlab.analysis.convergence import *  # noqa: F401,F403
 
-from paperlab.analysis import grokking, hessian, intrinsic_dim, landscape  # noqa: E402
+from paperlab.analysis import convergence, grokking, hessian, intrinsic_dim, landscape  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (hessian, landscape, intrinsic_dim, grokking))))
+__all__ = sorted(set().union(*(m.__all__ for m in (hessian, landscape, intrinsic_dim, grokking, convergence))))
