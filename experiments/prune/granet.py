@@ -26,6 +26,8 @@ non-inferiority margin (by less than one test image, 0.37pt): the claim does not
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -97,7 +99,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     return prune.erk_masks(key, params, config.s2s_init_sparsity if arm == "granet_s2s" else config.sparsity)
 
   @jax.jit
-  @jax.vmap
+  @functools.partial(jax.vmap, in_axes=(0, 0, None, None))  # one schedule per arm: the cond below stays a cond
   def train(key, masks, s_sched, r_sched):
     params = nnx.to_pure_dict(nnx.split(model_fn(key))[1])
     params = prune.apply_masks(params, masks)
@@ -135,7 +137,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     masks = [init_masks(arm.name, p, jax.random.fold_in(k, 7)) for p, k in zip(init_params, keys)]
     masks = jax.tree.map(lambda *m: jnp.stack(m), *masks)
     s, r = _schedules(arm.name, config)
-    out = train(keys, masks, jnp.tile(s, (len(seeds), 1)), jnp.tile(r, (len(seeds), 1)))
+    out = train(keys, masks, jnp.asarray(s), jnp.asarray(r))
     out = jax.tree.map(np.asarray, out)
     ctx.log(0, {f"{arm.name}/test_accuracy": float(out["test_accuracy"].mean()),
                 f"{arm.name}/sparsity": float(out["sparsity"].mean())})

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 import paperlab.prune as pr
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**16), s=st.floats(0.0, 0.95), lr=st.floats(1e-4, 1.0), wd=st.floats(0.0, 1.0),
        steps=st.integers(1, 4))
 def test_pruned_weights_stay_exactly_zero_through_adamw(seed, s, lr, wd, steps):
@@ -31,8 +31,8 @@ def test_pruned_weights_stay_exactly_zero_through_adamw(seed, s, lr, wd, steps):
   assert int((~m).sum()) == round(s * 48)
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**16), groups=st.integers(1, 4), cols=st.integers(1, 5), nm=st.sampled_from(
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), groups=st.sampled_from([1, 3]), cols=st.sampled_from([1, 4]), nm=st.sampled_from(
     [(2, 4), (1, 4), (4, 8), (1, 2), (0, 3), (3, 3)]))
 def test_nm_mask_is_valid(seed, groups, cols, nm):
   n, m = nm
