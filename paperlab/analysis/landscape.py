@@ -107,8 +107,9 @@ def _as_grid(name: str, values) -> jax.Array:
 
 def _shift(params: PyTree, directions: Sequence[PyTree], coords: jax.Array) -> PyTree:
   def move(w, *ds):
-    step = sum(c * d.astype(jnp.float32) for c, d in zip(coords, ds))
-    return (w.astype(jnp.float32) + step).astype(jnp.result_type(w))
+    acc = jnp.promote_types(jnp.result_type(w), jnp.float32)  # bf16/f16 weights move in f32, f64 stays f64
+    step = sum(c.astype(acc) * d.astype(acc) for c, d in zip(coords, ds))
+    return (w.astype(acc) + step).astype(jnp.result_type(w))
 
   return jax.tree.map(move, params, *directions)
 

@@ -109,3 +109,14 @@ def test_errors_name_the_argument():
     analysis.landscape_2d(_loss_fn(), params, (params,), jnp.ones(2), jnp.ones(2))
   with pytest.raises(ValueError, match="k must"):
     analysis.trajectory_pca([params, params], k=2)
+
+
+def test_bfloat16_params_keep_their_dtype():
+  params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), _relu_net())
+  d = analysis.random_direction(jax.random.key(1), params)
+  assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(d))
+  seen = []
+  loss = lambda p: (seen.append({leaf.dtype for leaf in jax.tree.leaves(p)}), _loss_fn()(
+      jax.tree.map(lambda a: a.astype(jnp.float32), p)))[1]
+  curve = analysis.landscape_1d(loss, params, d, jnp.linspace(-1, 1, 3))
+  assert seen[-1] == {jnp.dtype(jnp.bfloat16)} and bool(jnp.all(jnp.isfinite(curve)))
