@@ -61,10 +61,10 @@ def test_command_line_merges_and_prints_a_summary(config, tmp_path, capsys):
 
 
 def test_typo_in_the_method_is_one_line_and_writes_nothing(config, tmp_path, capsys):
-  config.write_text(config.read_text().replace("merge_method: ties", "merge_method: ties_merging"))
+  config.write_text(config.read_text().replace("merge_method: ties", "merge_method: tiess"))
   assert command.main(_args(config, tmp_path / "out")) == 1
   err = capsys.readouterr().err.strip()
-  assert len(err.splitlines()) == 1 and "unknown merge_method 'ties_merging'" in err and "did you mean 'ties'" in err
+  assert len(err.splitlines()) == 1 and "unknown merge_method 'tiess'" in err and "did you mean 'ties'" in err
   assert not (tmp_path / "out").exists()
 
 
