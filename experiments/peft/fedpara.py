@@ -11,7 +11,8 @@ full-batch steps on ``||W - W*||_F^2 / ||W*||_F^2``) with a 2048-parameter budge
 
 Each arm gets the same learning-rate grid {1e-3, 3e-3, 1e-2}, chosen on the final relative error (the fit is the
 task: there is no held-out split to read). Claim (catalogue): relative error(FedPara) < 0.5 x relative
-error(LoRA), and the FedPara result has numerical rank 64 vs LoRA's 16 (singular values above numpy's ``matrix_rank`` threshold at float32 precision).
+error(LoRA), and the FedPara result has numerical rank 64 vs LoRA's 16 (singular values above numpy's
+``matrix_rank`` threshold at float32 precision).
 Control: FedPara replaced by LoRA.
 
 Measured (seeds 0-2): relative error FedPara 0.4809 +- 0.0034 (numerical rank 64) vs LoRA 0.6043 +- 0.0011 (rank

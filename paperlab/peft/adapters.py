@@ -260,7 +260,8 @@ def bone_kernel(w: jax.Array, miss_block: jax.Array) -> jax.Array:
     r = b.shape[0]
     return (w32.reshape(d_in // r, r, d_out) + b[None]).reshape(d_in, d_out)
   r = b.shape[-1]
-  # torch block [p, a | q, c] is kernel[q r + c, p r + a]; delta_torch[p, a, q, d] = sum_c W[p,a,q,c] b[p,c,d] + b[p,a,d]
+  # torch block [p, a | q, c] is kernel[q r + c, p r + a];
+  # delta_torch[p, a, q, d] = sum_c W[p, a, q, c] b[p, c, d] + b[p, a, d]
   blocks = w32.reshape(d_in // r, r, d_out // r, r)  # [q, c, p, a]
   delta = jnp.einsum("qcpa,pcd->qdpa", blocks, b) + jnp.transpose(b, (2, 0, 1))[None]
   return w32 + delta.reshape(d_in, d_out)

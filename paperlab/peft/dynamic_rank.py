@@ -11,7 +11,7 @@ budget schedule (:func:`paperlab.peft.adalora_budget`). Adapters use peft's layo
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp

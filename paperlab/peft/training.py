@@ -109,7 +109,8 @@ def with_adapters(model: nnx.Module, adapters: Adapters, *, alpha: float = DEFAU
   return model
 
 
-_ADAPTER_NAMES = ("lora_A", "lora_B", "lora_E", "lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
+_ADAPTER_NAMES = ("lora_A", "lora_B", "lora_E", "lora_magnitude_vector", "hada_w1_a", "hada_w1_b", "hada_w2_a",
+                  "hada_w2_b",
                   "miss_block")
 
 

@@ -27,7 +27,6 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from paperlab import _checks
@@ -35,7 +34,8 @@ from paperlab._tree import path_str
 
 PyTree = Any
 
-__all__ = ["SCOPES", "prunable", "magnitude_masks", "nm_masks", "erk_densities", "random_masks", "erk_masks", "apply_masks",
+__all__ = ["SCOPES", "prunable", "magnitude_masks", "nm_masks", "erk_densities", "random_masks", "erk_masks",
+           "apply_masks",
            "sparsity", "layer_sparsities", "keep_pruned_zero"]
 
 SCOPES = ("global", "layer")

@@ -4,7 +4,6 @@ under keep_pruned_zero, and N:M masks are valid (exactly n kept per group of m) 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from hypothesis import given, settings, strategies as st

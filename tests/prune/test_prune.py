@@ -54,7 +54,8 @@ def test_magnitude_mask_keeps_the_largest():
   params = _params()
   m = pr.magnitude_masks(params, 0.5, scope="layer")
   w = jnp.abs(params["hidden"]["kernel"])
-  assert float(jnp.min(jnp.where(m["hidden"]["kernel"], w, jnp.inf))) >= float(jnp.max(jnp.where(m["hidden"]["kernel"], -jnp.inf, w)))
+  kept = m["hidden"]["kernel"]
+  assert float(jnp.min(jnp.where(kept, w, jnp.inf))) >= float(jnp.max(jnp.where(kept, -jnp.inf, w)))
 
 
 def test_nm_masks_keep_exactly_n_largest_per_group():
