@@ -3,8 +3,8 @@
 Under ``jax.jit`` the packed codes and scales are the program's inputs and the unpack / decode / scale steps are
 part of the same XLA computation as the matmul (dequantize-in-kernel), so only the packed buffers live in memory
 between calls. ``jax.nn.scaled_matmul`` is not used: in jax 0.10.2 it has no XLA:CPU lowering ("MLIR translation
-rule for primitive 'scaled_matmul' not found for platform cpu"), its GPU path needs both operands in MX with
-cuDNN on Blackwell, and this function quantizes only the weight; MX activations are emulated with ``act_fmt``
+rule for primitive 'scaled_matmul' not found for platform cpu"), its GPU lowering goes to cuDNN (documented for
+Blackwell GPUs) with both operands in MX, and this function quantizes only the weight; MX activations are emulated with ``act_fmt``
 (direct-cast, as in Rouhani et al., "Microscaling Data Formats for Deep Learning", arXiv:2310.10537, section 4).
 
 A whole quantized NNX model runs the same way: ``graphdef, state = nnx.split(model)``,
