@@ -198,7 +198,8 @@ _nuslerp = jax.jit(_nuslerp, static_argnames=("row_wise", "flatten"))
 
 def merge_tensor(method: str, tensors: Sequence[Any], base_index: int | None, shared: dict, per_input: Sequence[dict],
                  *, key: jax.Array | None = None, name: str = "tensor") -> jax.Array:
-  """Merge one tensor from each input model with a mergekit method (or a paperlab-only one), parameters already
+  """Merge one tensor from each input model with a mergekit method (Goddard et al., "Arcee's MergeKit",
+  arXiv:2403.13257; each method's paper in ``METHODS[name].reference``) or a paperlab-only one, parameters already
   resolved for this tensor (see :class:`~paperlab.merge.mergekit_config.TensorJob`). ``key`` seeds the random
   methods. Returns an array of the inputs' dtype (the compute dtype; the caller casts to ``out_dtype``).
 
@@ -375,10 +376,11 @@ def _global_thresholds(plan: MergePlan, load: Callable[[TensorJob], list]) -> li
 def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: int | str = "5GB",
               device: str | None = None, seed: int = 0, dry_run: bool = False, overwrite: bool = False,
               progress: Callable[[int, int, str], None] | None = None, prefetch: int = 1) -> MergeSummary:
-  """Run ``config`` tensor by tensor into ``out_dir`` (sharded safetensors + index, ``config.json`` from the base
-  model or the first model with ``torch_dtype`` and, for slices, the layer count updated, and the tokenizer
-  files of ``tokenizer_source`` / the base / the first model). Atomic: nothing appears at ``out_dir`` unless the
-  whole merge succeeded.
+  """Run ``config`` (a mergekit configuration, arXiv:2403.13257) tensor by tensor into ``out_dir``: sharded
+  safetensors with an index, ``config.json`` from the base model or the first model (``torch_dtype`` and, for
+  slices, the layer count updated) and the tokenizer files of ``tokenizer_source`` / the base / the first model.
+  Atomic: nothing appears at ``out_dir`` unless the whole merge succeeded. Peak memory is about (number of models
+  + 2) x the largest tensor (in the merge dtype), plus the tensors read ahead (``prefetch``).
 
   Args:
     config: a parsed configuration (:func:`~paperlab.merge.mergekit_config.load_merge_config`).
