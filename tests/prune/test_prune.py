@@ -173,3 +173,18 @@ def test_find_knee_on_piecewise_curves_and_sweep_is_exact():
   assert [s for s, _ in curve] == [0.0, 0.5, 0.9]
   with pytest.raises(ValueError, match="sparsity"):
     pr.sparsity_sweep(params, lambda p: 0.0, [1.0])
+
+
+def test_score_mask_forward_is_w_times_mask_with_straight_through_score_gradient():
+  w = jax.random.normal(jax.random.key(0), (6, 5))
+  scores = jnp.abs(w)  # lottery jackpots' init: with no search step the mask is the magnitude mask
+  out = pr.score_mask_forward(w, scores, 0.6)
+  mag = pr.magnitude_masks({"w": w}, 0.6, scope="layer")["w"]
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(jnp.where(mag, w, 0.0)))
+  assert int(jnp.sum(pr.score_mask(scores, 0.6))) == 30 - 18
+  upstream = jax.random.normal(jax.random.key(1), w.shape)
+  g_s, g_w = jax.grad(lambda s, w: jnp.sum(upstream * pr.score_mask_forward(w, s, 0.6)), argnums=(0, 1))(scores, w)
+  np.testing.assert_allclose(g_s, upstream * w, rtol=1e-6)
+  assert not np.any(np.asarray(g_w))  # the weights stay frozen
+  with pytest.raises(ValueError, match="shape"):
+    pr.score_mask_forward(w, scores[:2], 0.5)
