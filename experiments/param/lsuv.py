@@ -2,7 +2,7 @@
 need is a good init", arXiv:1511.06422), catalogue [219].
 
 A plain (no normalization, no residual) ReLU MLP ``64 -> 128 x 20 -> 10`` on the digits training split, trained
-with plain SGD (lr 0.05, minibatches of 64) for 300 steps, from two inits: ``lsuv`` (:func:`paperlab.param.lsuv`:
+with plain SGD (lr 0.05, minibatches of 32) for 300 steps, from two inits: ``lsuv`` (:func:`paperlab.param.lsuv`:
 orthonormal kernels, then each layer's output scaled to unit variance on one minibatch of 256, ``Tol_var`` 0.1,
 ``T_max`` 10; biases zero) and ``small`` (every weight ``N(0, 0.01^2)``, biases zero). Both arms go through
 :mod:`paperlab.runner.protocol` with one grid point each (the same budget), 3 seeds, the test split read once per
@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.depth = 20
   c.width = 128
   c.steps = 300
-  c.batch_size = 64
+  c.batch_size = 32
   c.learning_rate = 0.05  # the catalogue leaves it open; the same for both arms
   c.calibration_batch = 256
   c.small_std = 0.01
