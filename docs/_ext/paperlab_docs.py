@@ -77,7 +77,10 @@ def api_page(package: str) -> str:
 def cli_page() -> str:
   from paperlab import cli
 
-  parser = cli._parser()
+  try:
+    parser = cli._parser(["merge"])  # with the merge subcommand's own arguments (loaded only when asked for)
+  except TypeError:
+    parser = cli._parser()
   lines = ["# Command line: `paperlab`", "",
            "Generated from the CLI's own parser. Every subcommand runs with `paperlab SUBCOMMAND --help`.", "",
            "```text", parser.format_help().rstrip(), "```", ""]
