@@ -8,7 +8,8 @@ from paperlab.prune.perp import *  # noqa: F401,F403
 from paperlab.prune.regularizers import *  # noqa: F401,F403
 from paperlab.prune.analysis import *  # noqa: F401,F403
 from paperlab.prune.scores import *  # noqa: F401,F403
+from paperlab.prune.isoflop import *  # noqa: F401,F403
 
-from paperlab.prune import masks, schedules, regrow, perp, regularizers, analysis, scores  # noqa: E402
+from paperlab.prune import masks, schedules, regrow, perp, regularizers, analysis, scores, isoflop  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (masks, schedules, regrow, perp, regularizers, analysis, scores))))
+__all__ = sorted(set().union(*(m.__all__ for m in (masks, schedules, regrow, perp, regularizers, analysis, scores, isoflop))))

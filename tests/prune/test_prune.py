@@ -188,3 +188,18 @@ def test_score_mask_forward_is_w_times_mask_with_straight_through_score_gradient
   assert not np.any(np.asarray(g_w))  # the weights stay frozen
   with pytest.raises(ValueError, match="shape"):
     pr.score_mask_forward(w, scores[:2], 0.5)
+
+
+def test_sparse_wide_masks_match_dense_flops():
+  def mlp(widths):
+    dims = [64, *widths, 10]
+    return {f"l{i}": {"kernel": jnp.ones((a, b)), "bias": jnp.ones((b,))} for i, (a, b) in enumerate(zip(dims, dims[1:]))}
+
+  assert pr.sparse_wide_width(128, 0.75) == 256
+  dense, wide = mlp([128, 128]), mlp([256, 256])
+  dens = pr.iso_flop_densities(dense, wide)
+  assert dens == {"l0/kernel": 0.5, "l1/kernel": 0.25, "l2/kernel": 0.5}
+  masks = pr.random_masks(jax.random.key(0), wide, dens)
+  assert abs(pr.matmul_flops(wide, masks) / pr.matmul_flops(dense) - 1) <= 0.05
+  with pytest.raises(ValueError, match="sparsity"):
+    pr.sparse_wide_width(128, 1.0)
