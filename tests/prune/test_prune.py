@@ -193,7 +193,8 @@ def test_score_mask_forward_is_w_times_mask_with_straight_through_score_gradient
 def test_sparse_wide_masks_match_dense_flops():
   def mlp(widths):
     dims = [64, *widths, 10]
-    return {f"l{i}": {"kernel": jnp.ones((a, b)), "bias": jnp.ones((b,))} for i, (a, b) in enumerate(zip(dims, dims[1:]))}
+    return {f"l{i}": {"kernel": jnp.ones((a, b)), "bias": jnp.ones((b,))}
+            for i, (a, b) in enumerate(zip(dims, dims[1:]))}
 
   assert pr.sparse_wide_width(128, 0.75) == 256
   dense, wide = mlp([128, 128]), mlp([256, 256])
