@@ -115,9 +115,9 @@ def save_pretrained(directory: str | os.PathLike, adapters: Adapters, *, alpha: 
             "task_type": None}
   if pattern and kind in ("bone", "bat"):
     raise ValueError(f"save_pretrained: peft's MissConfig has one r for every module, got block sizes {ranks}.")
-  if kind == "adalora":
+  if kind == "adalora":  # peft ignores (and warns about) r for AdaLoRA: init_r / target_r carry it
     config = {"peft_type": "ADALORA", "lora_alpha": alpha, "init_r": r, "target_r": r, "lora_dropout": 0.0,
-              "bias": "none", "rank_pattern": None, "total_step": 1, **common}
+              "bias": "none", "rank_pattern": None, "total_step": 1, **{k: v for k, v in common.items() if k != "r"}}
   elif kind in ("lora", "dora"):
     config = {"peft_type": "LORA", "lora_alpha": alpha, "use_dora": kind == "dora", "lora_dropout": 0.0,
               "bias": "none", "rank_pattern": pattern, **common}

@@ -75,6 +75,7 @@ CASES = {
     "loha": lambda p: pp.loha_init(jax.random.key(0), p, include=r"hidden/\d/kernel", r=4),
     "bone": lambda p: pp.bone_init(p, include=r"hidden/\d/kernel", r=4),
     "bat": lambda p: pp.bone_init(p, include=r"hidden/1/kernel|head", r=4, variant="bat"),
+    "adalora": lambda p: pp.adalora_init(jax.random.key(0), p, include=r"hidden/\d/kernel", r=3),
 }
 
 
@@ -116,7 +117,7 @@ def test_paperlab_adapter_loads_in_peft_with_same_outputs_and_merged_weights(kin
     np.testing.assert_allclose(np.asarray(ours), w, atol=TOL, rtol=TOL, err_msg=path)
 
 
-@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("kind", sorted(set(CASES) - {"adalora"}))  # AdaLoRA's peft -> paperlab: tests below
 def test_peft_adapter_loads_in_paperlab_with_same_outputs(kind, tmp_path):
   graphdef, params, net, x = _base()
   modules = ["hidden.1", "head"] if kind == "bat" else ["hidden.0", "hidden.1"]
