@@ -120,6 +120,14 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
   run.add_argument("--fresh", action="store_true", help="discard earlier results of these trials")
   run.add_argument("--quiet", action="store_true", help="no progress display and no experiment output")
   run.add_argument("--ray-address", default=None, help="Ray cluster address (default: start a local Ray)")
+  dist = run.add_argument_group("several processes (jax.distributed; run the same command on every host)")
+  dist.add_argument("--distributed", action="store_true",
+                    help="join a multi-process JAX cluster, auto-detected (Cloud TPU, SLURM, Open MPI) or from "
+                         "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID")
+  dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                    help="process 0's address (with --num-processes and --process-id)")
+  dist.add_argument("--num-processes", type=_positive_int, default=None, metavar="N")
+  dist.add_argument("--process-id", type=int, default=None, metavar="I")
 
   report = sub.add_parser("report", help="table, plots and report.md for a run directory")
   report.add_argument("directory", help="a run store (--workdir of paperlab run) or one experiment's directory")
@@ -179,12 +187,37 @@ def _enable_compilation_cache() -> None:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
+def _init_distributed(args) -> None:
+  """Join the jax.distributed cluster when ``--distributed`` or ``--coordinator`` asks for it."""
+  explicit = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+  if not (args.distributed or any(explicit)):
+    return
+  if any(explicit) and not all(explicit):
+    raise UsageError("--coordinator HOST:PORT, --num-processes N and --process-id I go together")
+  if all(explicit):
+    if ":" not in args.coordinator:
+      raise UsageError(f"--coordinator {args.coordinator!r}: expected HOST:PORT")
+    if not 0 <= args.process_id < args.num_processes:
+      raise UsageError(f"--process-id {args.process_id}: expected 0 <= I < --num-processes ({args.num_processes})")
+  if args.backend != "local":
+    raise UsageError(f"--backend {args.backend} cannot be combined with several processes (use local)")
+  from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
 def _cmd_run(args, overrides: list[str]) -> int:
   _enable_compilation_cache()
+  _init_distributed(args)
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
   summaries = run_experiment(args.experiment, overrides, sweep=args.sweep, workdir=args.workdir,
                              backend=args.backend, max_parallel=args.max_parallel, fresh=args.fresh,
                              quiet=args.quiet, ray_address=args.ray_address)
+  from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
+  if not distributed.is_primary():  # several processes: process 0 reports; all exit with the same status
+    return 1 if any(s.get("status") != "done" for s in summaries) else 0
   _print_run_summary(summaries)
   if not args.quiet and len(summaries) > 1:
     _print_sweep_table(summaries)

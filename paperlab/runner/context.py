@@ -109,6 +109,9 @@ class Context:
     resume_step: set by the runner: the step of the trial's newest checkpoint when the trial starts again.
       If the experiment then calls :meth:`restore`, metric lines up to that step are kept; if it logs
       without restoring (it starts over), the earlier lines are dropped first. ``None``: plain appending.
+
+  Under ``jax.distributed`` (several processes) only process 0 writes metrics, output and TensorBoard / W&B
+  records; on the others :meth:`log` and :meth:`print` write nothing (``on_log`` still runs).
   """
 
   workdir: pathlib.Path
@@ -120,8 +123,11 @@ class Context:
   on_log: Any = None
 
   def __post_init__(self):
+    from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
     self.workdir = pathlib.Path(self.workdir)
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._writer = distributed.is_primary()
+    if self._writer:
+      self.workdir.mkdir(parents=True, exist_ok=True)
     self._tb = None
     self._wandb_run = None
     self._metrics_file = None
@@ -141,6 +147,11 @@ class Context:
     if not self._decided:  # logging before any restore: this attempt starts over
       self._drop_metrics_after(-1)
     record = to_jsonable(metrics)
+    if not self._writer:  # another process than 0 of a jax.distributed run
+      if self.on_log is not None:
+        scalars = {k: float(v) for k, v in record.items() if isinstance(v, numbers.Real) and not isinstance(v, bool)}
+        self.on_log(int(step), {"loss": next((v for k, v in scalars.items() if k.endswith("loss")), None)})
+      return
     if self._metrics_file is None:
       self._metrics_file = _open_append(self.metrics_path)
       weakref.finalize(self, self._metrics_file.close)
@@ -213,6 +224,9 @@ class Context:
     if self._metrics_file is not None:
       self._metrics_file.close()
       self._metrics_file = None
+    self._decided = True
+    if not self._writer:
+      return
     if step < 0:
       self.metrics_path.unlink(missing_ok=True)
     else:
@@ -240,8 +254,10 @@ class Context:
     """Print (unless quiet) and keep the text in ``workdir/output.txt``; the runner prints it again when the
     finished trial is skipped on a re-run."""
     text = " ".join(str(a) for a in args)
-    if not self.quiet:
+    if not self.quiet and self._writer:
       print(text)
+    if not self._writer:
+      return
     try:
       with _open_append(self.workdir / "output.txt") as f:
         f.write(text + "\n")

@@ -4,6 +4,11 @@ The unit of work is a *job*: a list of sweep points of one experiment that run t
 the default trainer, one trial for a custom ``run``). A job is described by plain values (experiment path,
 overrides, points, store directory), so it can be sent to another process or a Ray worker, which re-plans it,
 takes each trial's lock, skips finished trials, resumes interrupted ones and writes to the same store.
+
+Under ``jax.distributed`` (``paperlab run --distributed``, see :mod:`paperlab.runner.distributed`) every process
+runs the same local backend in lockstep: process 0 takes the locks, reads the store and decides which trials run
+and from which checkpoint step; that decision is broadcast, so every process runs the same trials from the same
+step over the global mesh, and only process 0 writes the store.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 import traceback
 from typing import Any, Mapping, Sequence
 
+from paperlab.runner import distributed
 from paperlab.runner import trainer as trainer_lib
 from paperlab.runner.config import (ConfigError, apply_overrides, call_experiment, load_experiment, trial_id,
                                     validate_config)
@@ -305,9 +311,13 @@ def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool, s
     return
   slots = {t.id: i for i, t in enumerate(group)}
   by_start: dict[int, list[tuple[Trial, Any]]] = {}
+  restored = _restore_distributed(trials, abstract) if distributed.process_count() > 1 else None
   for t in trials:
     try:
-      start, ckpt, problems = t.dir.restore_newest(abstract)
+      if restored is not None:
+        start, ckpt, problems = restored[t.id]
+      else:
+        start, ckpt, problems = t.dir.restore_newest(abstract)
       t.dir.truncate_metrics(start)
       if problems:
         t.dir.notes["damaged_checkpoints"] = problems
@@ -332,6 +342,39 @@ def _run_default(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool, s
       for t, _ in members:
         if not t.dir.is_done():
           t.dir.fail(_failure_reason(e), traceback=traceback.format_exc()[-4000:])
+
+
+def _restore_distributed(trials: Sequence[Trial], abstract) -> dict[str, tuple[int, Any, list[str]]]:
+  """Several processes: process 0 picks each trial's newest checkpoint that verifies (removing damaged ones) and
+  broadcasts the step; every process then restores that step with orbax. A trial process 0 cannot resume is
+  started over everywhere (``-1`` in the decision marks an unreadable store; it restarts too)."""
+  from paperlab.runner import store  # pylint: disable=g-import-not-at-top
+  decision = {}
+  if distributed.is_primary():
+    for t in trials:
+      problems, chosen = [], 0
+      for step in reversed(t.dir.checkpoint_steps()):
+        problem = store.verify_checkpoint(t.dir.checkpoint_root, step)
+        if problem is None:
+          chosen = step
+          break
+        problems.append(problem)
+        store._remove(t.dir.checkpoint_root / str(step))  # pylint: disable=protected-access
+      decision[t.id] = [chosen, problems]
+  decision = distributed.broadcast(decision)
+  out = {}
+  for t in trials:
+    step, problems = decision[t.id]
+    tree = None
+    if step:
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+      checkpointer = ocp.StandardCheckpointer()
+      try:
+        tree = checkpointer.restore((t.dir.checkpoint_root / str(step)).absolute(), abstract)
+      finally:
+        checkpointer.close()
+    out[t.id] = (step, tree, problems)
+  return out
 
 
 def _run_static_fallback(trials: Sequence[Trial], group: Sequence[Trial], quiet: bool) -> None:
@@ -384,7 +427,7 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
     while step < num_steps:
       n = min(every - step % every, num_steps - step)
       ckpt, metrics = trainer.chunk(hp, ckpt, n)  # dispatched asynchronously: the last checkpoints still write
-      metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+      metrics = dict(distributed.to_host(metrics))
       for t, i in zip(trials, slots):
         if not active[i]:
           continue
@@ -405,7 +448,7 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
       bar.update(n, loss=float(np.mean(live)) if live else None)
       if step % every == 0 or step == num_steps:
         saver.wait()  # one checkpoint per trial in flight: a trial's checkpoints finish in step order
-        host = jax.device_get(ckpt)  # slice on the host: no per-slice XLA programs
+        host = distributed.to_host(ckpt)  # slice on the host: no per-slice XLA programs
         for t, i in zip(trials, slots):
           if active[i]:
             saver.submit(t.dir, step, jax.tree.map(lambda a, i=i: np.asarray(a[i]), host))
@@ -416,7 +459,7 @@ def _run_partition(trainer: trainer_lib.GroupTrainer, members: Sequence[tuple[Tr
     bar.close()
     for c in contexts.values():
       c.close()
-  evals = {k: np.asarray(v) for k, v in jax.device_get(evals).items()}
+  evals = dict(distributed.to_host(evals))
   for t, i in zip(trials, slots):
     if not active[i]:
       continue
@@ -438,8 +481,13 @@ class _CheckpointWriter:
     import concurrent.futures  # pylint: disable=g-import-not-at-top
     self._pool = concurrent.futures.ThreadPoolExecutor(max(1, min(4, num_trials)), "paperlab-checkpoint")
     self._pending: list = []
+    # Several processes: saves are collective (barriers), so every process makes them in the same order, here.
+    self._inline = distributed.process_count() > 1
 
   def submit(self, trial_dir: TrialDir, step: int, tree: Any) -> None:
+    if self._inline:
+      trial_dir.save_checkpoint(step, tree)
+      return
     self._pending.append(self._pool.submit(trial_dir.save_checkpoint, step, tree))
 
   def wait(self) -> None:
@@ -510,8 +558,10 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
   module, trials = plan(path, overrides, workdir=workdir, points=points)
   if code is not None and getattr(module, "__paperlab_code_sha256__", code) != code:
     raise ConfigError(f"experiment file {str(path)!r} changed while the run was starting; run it again")
+  primary = distributed.is_primary()  # several processes: process 0 decides, the others follow (broadcast)
+  by_id = {t.id: t for t in trials}
   pending = []
-  for t in trials:
+  for t in trials if primary else ():
     try:
       t.dir.create(t.config, t.point)
       pending.append(t)
@@ -522,7 +572,7 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
   on_log = None
   if progress is not None:
     on_log = lambda step, metrics: progress.update(0, step=step, loss=metrics.get("loss"))  # noqa: E731
-  while pending:
+  while distributed.broadcast(bool(pending)):
     mine, busy = [], []
     for t in pending:
       try:
@@ -541,6 +591,8 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
         t.dir.unlock()
         t.dir.fail(f"cannot prepare the trial: {_failure_reason(e)}")
         _warn(quiet, f"trial {t.id}: cannot prepare it ({_failure_reason(e)})")
+    if distributed.process_count() > 1:
+      mine = [by_id[i] for i in distributed.broadcast([t.id for t in mine])]
     try:
       _run_job_trials(module, mine, trials, quiet, on_log)
     finally:
@@ -548,6 +600,8 @@ def execute_job(path: str, overrides: Sequence[str] | Mapping[str, Any], points:
         t.dir.unlock()
     fresh = False  # never reset work another runner finished while we waited
     pending, blocking = busy, True
+  if distributed.process_count() > 1:
+    return distributed.broadcast([_summary(t) for t in trials] if primary else None)
   return [_summary(t) for t in trials]
 
 
@@ -594,6 +648,10 @@ def run_experiment(path: str | os.PathLike, overrides: Sequence[str] | Mapping[s
   if max_parallel is not None and (isinstance(max_parallel, bool) or not isinstance(max_parallel, int)
                                    or max_parallel < 1):
     raise ConfigError(f"--max-parallel={max_parallel!r}: expected a positive integer")
+  if distributed.process_count() > 1:
+    if backend != "local":
+      raise ConfigError(f"--backend={backend!r} cannot run under jax.distributed (several processes): use local")
+    quiet = quiet or not distributed.is_primary()  # process 0 reports
   path = str(path)
   workdir = str(workdir)
   module, trials = plan(path, overrides, sweep=sweep, workdir=workdir)

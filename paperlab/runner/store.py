@@ -13,6 +13,11 @@ Locks: each trial is locked by one byte of its experiment's lock file ``DIR/.loc
 open-file-description lock, released by the kernel when its holder dies). A runner holds one open file per experiment however many
 trials it locks, so a sweep of thousands of trials does not run out of file descriptors; the lock file is
 opened without following links.
+
+Several processes (``jax.distributed``, see :mod:`paperlab.runner.distributed`): only process 0 writes here
+(status, metrics, results, manifests) and takes the locks; the others' :class:`TrialDir` writes are no-ops and
+they learn the runner's decisions by broadcast. Checkpoints are saved by every process together (orbax
+coordinates them, one commit) and their manifest is written by process 0 once every process has finished.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import struct
 import time
 from typing import Any, Mapping
 
+from paperlab.runner import distributed
 from paperlab.runner.context import to_jsonable
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
@@ -228,19 +234,26 @@ def save_checkpoint(root: pathlib.Path, step: int, tree: Any, keep: int = KEEP_C
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   root = pathlib.Path(root)
-  root.mkdir(parents=True, exist_ok=True)
   target = root / str(step)
-  for stale in [target, *root.glob(f"{step}.orbax-checkpoint-tmp*")]:  # also what a killed save left
-    _remove(stale)
+  primary = distributed.is_primary()
+  if primary:
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in [target, *root.glob(f"{step}.orbax-checkpoint-tmp*")]:  # also what a killed save left
+      _remove(stale)
+  distributed.barrier(f"paperlab-save-begin-{root}-{step}")
   checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
   try:
-    checkpointer.save(target.absolute(), tree)
+    checkpointer.save(target.absolute(), tree)  # every process takes part; orbax commits once
   except BaseException:
-    for stale in [target, *root.glob(f"{step}.orbax-checkpoint-tmp*")]:  # e.g. the disk is full
-      _remove(stale)
+    if primary:
+      for stale in [target, *root.glob(f"{step}.orbax-checkpoint-tmp*")]:  # e.g. the disk is full
+        _remove(stale)
     raise
   finally:
     checkpointer.close()
+  distributed.barrier(f"paperlab-save-end-{root}-{step}")  # the save is complete on every process
+  if not primary:
+    return
   write_manifest(target)
   complete = checkpoint_steps(root)
   for old in complete[:-keep]:
@@ -454,6 +467,8 @@ class TrialDir:
     Raises:
       OSError: the directory cannot be written, or it leads out of the store (a symbolic link).
     """
+    if not distributed.is_primary():
+      return
     self.path.mkdir(parents=True, exist_ok=True)
     if not self.path.resolve().is_relative_to(self.root.resolve()) or self.path.is_symlink() or (
         self.path.parent.is_symlink()):
@@ -512,15 +527,21 @@ class TrialDir:
     return self.status().get("status") == DONE and self.result_problem() is None
 
   def set_status(self, status: str, **info) -> None:
+    if not distributed.is_primary():  # several processes: process 0 writes the store
+      return
     write_json_atomic(self.status_path, {"status": status, "time": time.time(), "pid": os.getpid(), **info})
 
   def finish(self, result: Mapping[str, Any], **info) -> None:
     """Write ``result.json`` (atomically) and then mark the trial done with the result's SHA-256."""
+    if not distributed.is_primary():
+      return
     sha = write_json_atomic(self.result_path, result)
     self.set_status(DONE, result_sha256=sha, **{**self.notes, **info})
 
   def fail(self, reason: str, step: int | None = None, **info) -> bool:
     """Mark the trial failed; ``False`` when even that cannot be written (e.g. the disk is full)."""
+    if not distributed.is_primary():
+      return True
     try:
       self.set_status(FAILED, reason=reason, step=step, **{**self.notes, **info})
     except (OSError, TypeError, ValueError) as e:
@@ -531,6 +552,8 @@ class TrialDir:
 
   def reset(self) -> None:
     """Forget everything but the config (``--fresh``)."""
+    if not distributed.is_primary():
+      return
     for name in ("status.json", "metrics.jsonl", "result.json", "output.txt", "tb"):
       _remove(self.path / name)
     shutil.rmtree(self.checkpoint_root, ignore_errors=True)
@@ -541,7 +564,7 @@ class TrialDir:
     Call it holding the trial's lock. Returns the names removed.
     """
     removed = []
-    if not self.path.is_dir():
+    if not self.path.is_dir() or not distributed.is_primary():
       return removed
     for p in self.path.iterdir():
       if p.name.startswith(".") and p.name.endswith(".tmp") and not _writer_alive(p.name):
@@ -569,7 +592,8 @@ class TrialDir:
   def truncate_metrics(self, last_step: int) -> None:
     """Drop metric lines with ``step > last_step`` (and torn or malformed lines), so a resumed run logs no
     step twice."""
-    truncate_metrics(self.metrics_path, last_step)
+    if distributed.is_primary():
+      truncate_metrics(self.metrics_path, last_step)
 
   def metrics(self) -> list[dict]:
     return metric_records(self.metrics_path)[0]

@@ -17,7 +17,9 @@ float leaf under the sections listed in ``config.runner.traced`` (default: ``opt
 dotted keys in ``config.runner.static``. Everything else (shapes, names, step counts, ints, strings) is static
 and distinguishes groups. With several local devices the group's trial axis is split over them
 (``train.trial_parallel``, see :meth:`GroupTrainer.trial_sharding`); ``train.data_parallel`` instead splits one
-trial's batch over them.
+trial's batch over them. Under ``jax.distributed`` (``paperlab run --distributed``) both meshes span the devices
+of every process; the data and the batch order are pure functions of the config, so the processes agree
+without communicating, and each builds its own shards (:func:`paperlab.runner.distributed.global_array`).
 
 The loop runs ``checkpoint_every`` steps at a time as one ``lax.scan`` and saves an orbax checkpoint per trial
 (train state, RNG keys and data position). The batch and rng of step ``s`` are pure functions of ``(key, s)``
@@ -286,7 +288,8 @@ class GroupTrainer:
             for k in self.traced}
 
   def trial_sharding(self, hp):
-    """How a group's trial axis is placed: split over all local devices (``train.trial_parallel``, the default)
+    """How a group's trial axis is placed: split over all devices (of every process, see
+    :mod:`paperlab.runner.distributed`) (``train.trial_parallel``, the default)
     when there are several, the group divides evenly among them and the batch is not already data parallel;
     otherwise ``None`` (one device). Each device then runs its share of the vmapped trials: on a host with 8
     accelerators a 16-trial sweep runs 2 trials per device, with no communication between them."""
@@ -298,9 +301,9 @@ class GroupTrainer:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("trials"))
 
   def init(self, hp):
-    import jax  # pylint: disable=g-import-not-at-top
+    from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
     sharding = self.trial_sharding(hp)
-    return self._init(hp if sharding is None else jax.device_put(hp, sharding))
+    return self._init(hp if sharding is None else distributed.global_array(hp, sharding))
 
   def abstract_checkpoint(self):
     """Shapes and dtypes of one trial's checkpoint (for orbax restore)."""
@@ -312,17 +315,23 @@ class GroupTrainer:
 
   def chunk(self, hp, ckpt, num_steps: int):
     import jax  # pylint: disable=g-import-not-at-top
+    from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
     if num_steps not in self._chunks:
       fn = functools.partial(self._chunk_group, num_steps=num_steps)
       self._chunks[num_steps] = jax.jit(fn, compiler_options=self.compiler_options)
+    # Several processes: the mesh spans all of them; every process holds the same data, hyperparameters and
+    # (restored or initialized) state, and global_array builds each process's shards from its own copy.
     data = self.train_data
     if self.mesh is not None:
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      data = jax.device_put(data, replicated)
-      ckpt = jax.device_put(ckpt, replicated)
+      data = distributed.global_array(data, replicated)
+      ckpt = distributed.global_array(ckpt, replicated)
+      if distributed.process_count() > 1:
+        hp = distributed.global_array(hp, replicated)
     elif (sharding := self.trial_sharding(hp)) is not None:
-      hp, ckpt = jax.device_put((hp, ckpt), sharding)
-      data = jax.device_put(data, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+      hp, ckpt = distributed.global_array((hp, ckpt), sharding)
+      data = distributed.global_array(data, jax.sharding.NamedSharding(sharding.mesh,
+                                                                      jax.sharding.PartitionSpec()))
     return self._chunks[num_steps](hp, ckpt, data)
 
   def evaluate(self, ckpt) -> dict:
