@@ -24,9 +24,8 @@ def _layer(seed: int, n_in: int = 64, n_out: int = 16, tokens: int = 256, outlie
 def test_uncorrelated_inputs_make_gptq_round_to_nearest():
   # H proportional to I: the inverse Hessian is diagonal, no error is moved, GPTQ is RTN
   w, _ = _layer(0)
-  for g in (None, 16):
-    q = gptq.gptq_layer(w, 3.0 * jnp.eye(64), bits=3, group_size=g)
-    np.testing.assert_array_equal(q.w_hat, rtn.quantize_rtn(w, bits=3, group_size=g).w_hat)
+  q = gptq.gptq_layer(w, 3.0 * jnp.eye(64), bits=3, group_size=16)
+  np.testing.assert_array_equal(q.w_hat, rtn.quantize_rtn(w, bits=3, group_size=16).w_hat)
 
 
 def test_result_layout_and_codes_reconstruct_the_kernel():
@@ -69,7 +68,7 @@ def test_streaming_hessian_equals_the_hessian_of_all_inputs():
 
 
 @pytest.mark.parametrize("seed,n_in,n_out,bits,group_size", [
-    (0, 64, 16, 4, None), (1, 64, 32, 3, 16), (2, 128, 8, 2, 32)])
+    (1, 64, 32, 3, 16), (2, 128, 8, 2, 32)])
 def test_gptq_and_awq_layer_output_error_is_never_above_rtn(seed, n_in, n_out, bits, group_size):
   w, x = _layer(seed, n_in, n_out, outliers=seed % 2 == 1)
   e_rtn = rtn.layer_output_error(x, w, rtn.quantize_rtn(w, bits=bits, group_size=group_size).w_hat)
