@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from paperlab._checks import check_positive, check_range
+from paperlab._checks import check_range
 from paperlab._tree import path_str
 from paperlab.param.coordinates import layer_outputs
 

@@ -31,7 +31,7 @@ mup input      sigma/sqrt(fan_in)  1                        1                 m_
 mup hidden     sigma/sqrt(fan_in)  1                        1/m_in            m_out/m_in
 mup output     sigma*sqrt(m_in/    output_mult/m_in         1                 m_in
                fan_in) (0: zero)
-mup bias/norm  (unchanged)         1                        1                 m (its width mult)
+mup bias/norm  base model's std     1                        1                 m (its width mult)
 ntk weights    1                   sigma/sqrt(fan_in)       1                 1
 ntk bias       1                   ntk_bias_mult (0.1)      1                 1
 umup weights   1                   1/sqrt(fan_in)           1/sqrt(fan_in)    (as Adam)
@@ -67,7 +67,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp

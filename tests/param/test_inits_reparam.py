@@ -54,8 +54,8 @@ def _official_uniform_element_selection(wt, s_shape):
   return ws
 
 
-@pytest.mark.parametrize("t_shape,s_shape", [((512, 512), (128, 128)), ((30, 17), (7, 5)), ((3, 3, 16, 10), (3, 3, 6, 10)),
-                                             ((100,), (33,))])
+@pytest.mark.parametrize("t_shape,s_shape", [((512, 512), (128, 128)), ((30, 17), (7, 5)),
+                                             ((3, 3, 16, 10), (3, 3, 6, 10)), ((100,), (33,))])
 def test_weight_selection_matches_the_official_code(t_shape, s_shape):
   w = np.random.default_rng(0).normal(size=t_shape).astype(np.float32)
   ours = param.weight_selection({"w": jnp.asarray(w)}, {"w": jax.ShapeDtypeStruct(s_shape, jnp.float32)})["w"]
