@@ -109,6 +109,16 @@ def _points(names: Sequence[str], arrays: Sequence[Any], num_params: int) -> lis
   return out
 
 
+def _positive_np(name: str, x: Any) -> np.ndarray:
+  """``x`` as float64 (host-side); ValueError naming ``name`` unless finite and > 0 everywhere."""
+  arr = np.asarray(x, dtype=np.float64)
+  bad = ~(np.isfinite(arr) & (arr > 0))
+  if np.any(bad):
+    raise ValueError(f"{name} must be finite and > 0 everywhere, got {arr[bad].ravel()[:5].tolist()} "
+                     f"(first offending values).")
+  return arr
+
+
 def _check_bootstrap(bootstrap: int, confidence: float) -> None:
   if not isinstance(bootstrap, (int, np.integer)) or isinstance(bootstrap, bool) or bootstrap < 0:
     raise ValueError(f"bootstrap must be an int >= 0 (number of resamples; 0 = no intervals), got {bootstrap!r}.")
@@ -280,8 +290,7 @@ def compute_optimal(fit: Fit | laws.ChinchillaParams, C: Any) -> tuple[np.ndarra
     fit = laws.ChinchillaParams(*(fit.params[k] for k in ("E", "A", "B", "alpha", "beta")))
   if not isinstance(fit, laws.ChinchillaParams):
     raise TypeError(f"fit must be a Fit from fit_chinchilla or a ChinchillaParams, got {type(fit).__name__}.")
-  C = np.asarray(C, dtype=np.float64)
-  laws._positive("C", C)  # pylint: disable=protected-access
+  C = _positive_np("C", C)
   p = fit
   s = p.alpha + p.beta
   G = (p.alpha * p.A / (p.beta * p.B)) ** (1.0 / s)
@@ -417,9 +426,11 @@ def kaplan_compute_optimal(C_min: Any, consts: laws.KaplanConstants = laws.KAPLA
 
   Returns:
     ``(N_opt, L_opt)`` arrays shaped like ``C_min``.
+
+  Raises:
+    ValueError: non-positive budgets, or an optimum outside ``N in [1e2, 1e16]``.
   """
-  C = np.atleast_1d(np.asarray(C_min, dtype=np.float64))
-  laws._positive("C_min", C)  # pylint: disable=protected-access
+  C = np.atleast_1d(_positive_np("C_min", C_min))
   k = consts
 
   def loss_at(log_n, c):
@@ -433,9 +444,13 @@ def kaplan_compute_optimal(C_min: Any, consts: laws.KaplanConstants = laws.KAPLA
     return scipy.optimize.brentq(f, lo, hi, xtol=1e-14, rtol=1e-13)
 
   n_opt, l_opt = [], []
+  lo, hi = np.log(1e2), np.log(1e16)
   for c in C:
-    res = scipy.optimize.minimize_scalar(lambda z, c=c: loss_at(z, c), bounds=(np.log(1e2), np.log(1e16)),
-                                         method="bounded", options={"xatol": 1e-9})
+    res = scipy.optimize.minimize_scalar(lambda z, c=c: loss_at(z, c), bounds=(lo, hi), method="bounded",
+                                         options={"xatol": 1e-9})
+    if min(res.x - lo, hi - res.x) < 1e-3:
+      raise ValueError(f"C_min={c:g}: the compute-optimal N lies at the search bound [1e2, 1e16] parameters; "
+                       f"use budgets inside the law's range.")
     n_opt.append(np.exp(res.x))
     l_opt.append(res.fun)
   shape = np.shape(C_min)

@@ -131,3 +131,5 @@ def test_kaplan_compute_optimal_follows_the_closed_form_frontier():
   np.testing.assert_allclose(6 * n_opt * b_crit * s_min, C, rtol=1e-6)
   with pytest.raises(ValueError, match="C_min must be finite"):
     scaling.kaplan_compute_optimal(0.0)
+  with pytest.raises(ValueError, match="search bound"):
+    scaling.kaplan_compute_optimal(1e40)
