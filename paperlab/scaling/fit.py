@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "Fit", "CHINCHILLA_INIT_GRID", "LBFGS_OPTIONS", "huber", "fit_chinchilla", "fit_kaplan", "fit_power_law",
-    "compute_optimal", "bootstrap_intervals", "kaplan_compute_optimal",
+    "compute_optimal", "bootstrap_intervals", "kaplan_compute_optimal", "reducible", "compute_frontier",
 ]
 
 
@@ -455,3 +455,43 @@ def kaplan_compute_optimal(C_min: Any, consts: laws.KaplanConstants = laws.KAPLA
     l_opt.append(res.fun)
   shape = np.shape(C_min)
   return np.reshape(n_opt, shape), np.reshape(l_opt, shape)
+
+
+def reducible(fit: Fit, y: Any) -> np.ndarray:
+  """Reducible loss ``y - L_inf`` of a power law plus constant (Henighan et al., "Scaling Laws for Autoregressive
+  Generative Modeling", arXiv:2010.14701, Sec. 2: L_inf estimates the entropy of the data, the rest the KL
+  divergence of the model). ``fit`` is a :func:`fit_power_law` fit (``c`` = L_inf) or a Chinchilla fit (``E``)."""
+  if not isinstance(fit, Fit) or fit.law not in ("power_law", "chinchilla"):
+    raise TypeError(f"fit must be a power_law or chinchilla Fit, got {fit!r:.80}.")
+  return np.asarray(y, dtype=np.float64) - (fit.params["c"] if fit.law == "power_law" else fit.params["E"])
+
+
+def compute_frontier(C: Sequence[Any], L: Sequence[Any], *, num: int = 200
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Lower envelope of the loss-vs-compute curves of several runs (Henighan et al., arXiv:2010.14701, Sec. 2;
+  Kaplan et al., arXiv:2001.08361, Sec. 6: the compute-efficient frontier).
+
+  Each run's curve (its ``C[i]``, ``L[i]``, compute increasing) is interpolated linearly in (log C, log L) on a
+  common log-spaced grid of ``num`` budgets spanning all runs; outside its own range a run does not count.
+
+  Returns:
+    ``(C_grid, L_min, run)``: the budgets, the lowest loss reached at each, and the index of the run reaching it.
+
+  Raises:
+    ValueError: no runs, mismatched lengths, non-positive values, compute not increasing within a run.
+  """
+  if len(C) == 0 or len(C) != len(L):
+    raise ValueError(f"C and L must hold the same number (>= 1) of runs, got {len(C)} and {len(L)}.")
+  if not isinstance(num, (int, np.integer)) or num < 2:
+    raise ValueError(f"num must be an int >= 2, got {num!r}.")
+  runs = []
+  for i, (c, l) in enumerate(zip(C, L)):
+    c, l = _points((f"C[{i}]", f"L[{i}]"), (c, l), 2)
+    if np.any(np.diff(c) <= 0):
+      raise ValueError(f"C[{i}] must be strictly increasing (a run's compute along training).")
+    runs.append((np.log(c), np.log(l)))
+  grid = np.linspace(min(r[0][0] for r in runs), max(r[0][-1] for r in runs), num)
+  curves = np.stack([np.where((grid >= lc[0]) & (grid <= lc[-1]), np.interp(grid, lc, ll), np.inf)
+                     for lc, ll in runs])
+  best = np.argmin(curves, axis=0)
+  return np.exp(grid), np.exp(curves[best, np.arange(num)]), best

@@ -133,3 +133,23 @@ def test_kaplan_compute_optimal_follows_the_closed_form_frontier():
     scaling.kaplan_compute_optimal(0.0)
   with pytest.raises(ValueError, match="search bound"):
     scaling.kaplan_compute_optimal(1e40)
+
+
+def test_compute_frontier_is_the_analytic_lower_envelope_of_hand_made_curves():
+  """Runs L_i(C) = 1 + a_i C**-0.5 on C in [1, 100 i]: where runs overlap the one with the smallest a_i wins; past
+  a run's last budget only longer runs count (closed form of the envelope)."""
+  C = [np.geomspace(1.0, 100.0 * i, 50) for i in (1, 2, 3)]
+  a = (3.0, 2.0, 2.5)
+  L = [1 + ai * c ** -0.5 for ai, c in zip(a, C)]
+  grid, l_min, run = scaling.compute_frontier(C, L, num=400)
+  expected_run = np.where(grid <= 200.0 + 1e-9, 1, 2)
+  np.testing.assert_array_equal(run, expected_run)
+  np.testing.assert_allclose(l_min, 1 + np.asarray(a)[expected_run] * grid ** -0.5, rtol=2e-3)  # log interp
+  fit = scaling.fit_power_law(grid, l_min)
+  np.testing.assert_allclose(scaling.reducible(fit, l_min), l_min - fit["c"])
+  with pytest.raises(ValueError, match="strictly increasing"):
+    scaling.compute_frontier([np.array([2.0, 1.0])], [np.array([1.0, 1.0])])
+  with pytest.raises(ValueError, match="same number"):
+    scaling.compute_frontier(C, L[:2])
+  with pytest.raises(TypeError, match="power_law or chinchilla"):
+    scaling.reducible(scaling.Fit("hparam_law", {}, 0.0, 3), l_min)
