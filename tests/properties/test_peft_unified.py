@@ -14,12 +14,13 @@ from hypothesis import given, settings, strategies as st
 import paperlab.peft as pp
 
 
-@settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2**16), n=st.sampled_from([1, 5]), m=st.sampled_from([3, 7]), l=st.sampled_from([1, 4]),
-       d=st.sampled_from([4, 8]), heads=st.sampled_from([1, 2]))
-def test_prefix_attention_equals_gated_form(seed, n, m, l, d, heads):
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**16), shape=st.sampled_from([(5, 7, 4, 8, 2), (1, 3, 1, 4, 1)]),
+       scale=st.floats(0.1, 3.0))
+def test_prefix_attention_equals_gated_form(seed, shape, scale):
+  n, m, l, d, heads = shape  # two shape sets: every new shape recompiles the eager ops
   ks = jax.random.split(jax.random.key(seed), 5)
-  q = jax.random.normal(ks[0], (heads, n, d))
+  q = scale * jax.random.normal(ks[0], (heads, n, d))
   k, v = jax.random.normal(ks[1], (heads, m, d)), jax.random.normal(ks[2], (heads, m, d))
   pk, pv = jax.random.normal(ks[3], (heads, l, d)), jax.random.normal(ks[4], (heads, l, d))
   direct = pp.prefix_attention(q, k, v, pk, pv)
