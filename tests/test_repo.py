@@ -79,3 +79,14 @@ def test_no_machine_paths_in_tracked_files():
     except UnicodeDecodeError:
       continue
   assert not offenders, f"machine-specific paths in {offenders}"
+
+
+def test_test_module_basenames_are_unique():
+  """tests/ has no packages (rootdir-relative imports), so two test modules with the same basename make pytest fail
+  to collect the whole suite ("import file mismatch")."""
+  import collections
+  import pathlib
+
+  root = pathlib.Path(__file__).resolve().parent
+  names = collections.Counter(p.name for p in root.rglob("test_*.py"))
+  assert not [n for n, c in names.items() if c > 1]
