@@ -19,6 +19,8 @@ RUN_COMMANDS = ("paperlab run", "paperlab report", "paperlab papers")
 def readme_commands() -> list[str]:
   """The ``paperlab run/report/papers`` commands of the README's bash blocks, in order (``a && b`` split)."""
   text = (ROOT / "README.md").read_text()
+  tour_end = text.find("\n## ", text.index("## A short tour") + 1)  # later sections: other machines and inputs
+  text = text[: tour_end if tour_end != -1 else len(text)]
   commands = []
   for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
     for line in block.splitlines():
