@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _init_params(arm: str, seed: int, config, x_cal) -> dict:
-  model = MLP(64, [config.width] * config.depth, 10, rngs=nnx.Rngs(seed))
+def _init_params(arm: str, seed: int, config, x_cal, model: nnx.Module) -> dict:
+  """``model`` gives the structure (and zero biases); the kernels are re-drawn from ``seed`` in both arms."""
   key = jax.random.key(seed)
   if arm == "lsuv":  # orthonormal kernels rescaled layer by layer; biases stay at Flax's zeros
     return param.lsuv(key, model, x_cal, tol=0.1, max_iter=10)
@@ -68,7 +68,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     del hparams
     graphdef, init = train.make_init(model_fn, tx)
     step = train.make_train_step(graphdef, train.classification_loss, tx)
-    params = [_init_params(arm.name, int(s), config, x_cal) for s in seeds]
+    model = model_fn(nnx.Rngs(0))  # built once: every kernel is re-drawn per seed
+    params = [_init_params(arm.name, int(s), config, x_cal, model) for s in seeds]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
 
     @jax.jit

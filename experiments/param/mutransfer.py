@@ -23,6 +23,12 @@ Measured (seeds 0-2, widths 16/64/256, 300 steps of batch 32): best log2 learnin
 SP -6/-8/-9 (shift 8x); coordinate check after 3 steps (lr 1e-2) over widths 64/256/1024: every muP layer's RMS
 within 1.29x, SP logits' RMS 13.6x from 64 to 1024 (SP in muP's place fails: control off). Test accuracy at the
 chosen points 0.959-0.977 for both. Reproduced with the deviations below (mainly the 4x narrower widths).
+Settings tried before this one, for the record: widths 32..256 (an 8x range) gave muP 1x but SP only 4x (not
+"more than 4x"), which is why the sweep keeps the catalogue's 16x range; widths 8..128 give muP 2x (-6/-5/-5) and SP
+4x: not reproduced. Explore without a record with
+
+    paperlab run experiments/param/mutransfer.py --config.widths='(8, 32, 128)'
+
 """
 
 from __future__ import annotations
