@@ -35,7 +35,6 @@ def _layer(seed: int, n_in: int, n_out: int):
 @pytest.mark.parametrize("qtype,group_size,blocksize", [
     (jnp.int4, None, 128),
     (jnp.int4, 16, 32),  # several lazy-update blocks, several groups per block
-    (jnp.int8, 16, 128),
 ])
 def test_gptq_without_act_order_matches_qwix(qtype, group_size, blocksize):
   n_in, n_out = 48, 16
