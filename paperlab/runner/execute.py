@@ -239,9 +239,10 @@ def _run_custom(module, trial: Trial, quiet: bool, on_log=None) -> None:
   steps = trial.dir.checkpoint_steps()
   if steps:
     trial.dir.truncate_metrics(steps[-1])  # the context drops the rest if the run does not restore
-  elif trial.dir.metrics_path.exists():
+  elif trial.dir.metrics_path.exists() and distributed.is_primary():
     trial.dir.metrics_path.unlink()
-  trial.dir.output_path.unlink(missing_ok=True)
+  if distributed.is_primary():  # several processes: process 0 writes the store
+    trial.dir.output_path.unlink(missing_ok=True)
   trial.dir.set_status(RUNNING, step=steps[-1] if steps else 0)
   ctx = _context(trial, quiet, resume_step=steps[-1] if steps else None, on_log=on_log)
   t0 = time.time()
