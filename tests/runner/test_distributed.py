@@ -133,3 +133,48 @@ def test_cli_refuses_a_partial_explicit_setup(tmp_path):
                    "--process-id", "0"]) == 2
   assert cli.main(["run", DEMO, "--workdir", str(tmp_path), "--coordinator", "127.0.0.1:1", "--num-processes",
                    "2", "--process-id", "2"]) == 2
+
+
+TRIAL_SPLIT = """
+import json, os, sys
+n, pid, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+from paperlab.runner import distributed, trainer
+if n > 1:
+  distributed.initialize(f"127.0.0.1:{port}", n, pid)
+import jax
+sys.path.insert(0, os.path.dirname(sys.argv[5]))
+import runner_demo
+cfg = runner_demo.get_config().to_dict()
+cfg["train"].update(num_steps=10)
+tr = trainer.GroupTrainer(cfg)
+configs = [dict(cfg, seed=s, optim=dict(cfg["optim"], learning_rate=lr)) for s in range(2)
+           for lr in (3e-4, 1e-3, 3e-3, 1e-2)]
+hp = tr.stack_hparams(configs)
+ckpt = tr.init(hp)
+per_device = sorted({s.data.shape[0] for s in jax.tree.leaves(ckpt)[0].addressable_shards})
+ckpt, metrics = tr.chunk(hp, ckpt, 10)
+loss = distributed.to_host(metrics)["loss"]
+if pid == 0:
+  json.dump({"per_device": per_device, "devices": jax.device_count(), "loss": loss.tolist()}, open(out, "w"))
+"""
+
+
+@pytest.mark.slow
+def test_an_8_trial_group_splits_2_trials_per_device_over_both_processes(tmp_path):
+  """The vmapped trial axis of an 8-trial group is spread over the 4 global devices (2 trials each) and the
+  losses equal those of one process with 4 devices."""
+  script = tmp_path / "split.py"
+  script.write_text(TRIAL_SPLIT)
+  port = _free_port()
+  runs = [([2, i, port], _env(2)) for i in range(2)] + [([1, 0, 0], _env(4))]
+  procs = [subprocess.Popen([sys.executable, str(script), *map(str, a), str(tmp_path / f"out{a[0]}.json"), DEMO],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for a, env in runs]
+  for p in procs:
+    out = p.communicate(timeout=240)[0]
+    assert p.returncode == 0, out[-3000:]
+  two, one = (json.loads((tmp_path / f"out{n}.json").read_text()) for n in (2, 1))
+  assert two["devices"] == one["devices"] == 4
+  assert two["per_device"] == one["per_device"] == [2]
+  diff = max(abs(a - b) for ra, rb in zip(two["loss"], one["loss"]) for a, b in zip(ra, rb))
+  assert len(two["loss"]) == 8 and diff <= 1e-6
