@@ -15,8 +15,8 @@ from paperlab.quant.awq import *  # noqa: F401,F403
 from paperlab.quant.lorc import *  # noqa: F401,F403
 from paperlab.quant.smoothquant import *  # noqa: F401,F403
 
-# Every paperlab.quant submodule imported above contributes its __all__ (one import line per module, so modules
-# can be added independently).
-__all__ = sorted({name for _mod_name, _mod in list(_sys.modules.items())
-                  if _mod_name.startswith(__name__ + ".") and hasattr(_mod, "__all__")
-                  for name in _mod.__all__})
+# The submodules above, by name: ``paperlab.quant.dot`` / ``lorc`` are rebound to the functions of the same name by
+# the star imports, so their modules are looked up in sys.modules rather than as attributes.
+_MODULES = ("formats", "packing", "qarray", "dot", "dfloat", "rtn", "calibration", "gptq", "awq", "lorc",
+            "smoothquant")
+__all__ = sorted({name for _m in _MODULES for name in _sys.modules[f"{__name__}.{_m}"].__all__})
