@@ -169,7 +169,33 @@ NOT_MERGES = {
     "wemoe_dense": "a layer function",
     "wemoe_static_params": "fixes routing weights of one WEMoE model (wemoe_init merges and is covered)",
     "wemoe_tta_step": "an optimizer step on routers",
+    # checkpoint IO and the mergekit-style config (issue 14): they read, plan or write; the one function that
+    # combines tensors, merge_tensor, has its own integer case below, and run_merge applies it per tensor
+    "evaluate_setting": "evaluates a config parameter for one tensor name",
+    "hf_to_tree": "renames one checkpoint's keys",
+    "tree_to_hf": "renames one tree's keys",
+    "load_merge_config": "reads a YAML file",
+    "parse_merge_config": "validates a config mapping",
+    "plan_merge": "resolves per-tensor jobs from a config",
+    "parse_size": "parses a byte size",
+    "peak_rss_bytes": "reads the process's peak memory",
+    "read_checkpoint": "reads one checkpoint",
+    "save_checkpoint": "writes one tree",
+    "run_merge": "streams merge_tensor over the tensors of checkpoints on disk",
+    "merge_tensor": "combines one tensor per model; its integer policy is test_merge_tensor_integer_policy",
 }
+
+
+def test_merge_tensor_integer_policy():
+  """The streaming merge's per-tensor function follows the same policy: equal integer tensors kept, different ones
+  an error naming the tensor."""
+  steps = [np.array([3, 4], np.int64), np.array([3, 4], np.int64)]
+  out = pm.merge_tensor("linear", steps, None, {"normalize": True}, [{"weight": 0.5}, {"weight": 0.5}], name="step")
+  np.testing.assert_array_equal(np.asarray(out), steps[0])
+  assert np.asarray(out).dtype == np.int64
+  with pytest.raises(ValueError, match="'step'"):
+    pm.merge_tensor("linear", [steps[0], steps[0] + 1], None, {"normalize": True},
+                    [{"weight": 0.5}, {"weight": 0.5}], name="step")
 
 
 def _public_functions() -> set[str]:
