@@ -30,8 +30,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import data, models, papers, peft
-from paperlab.runner import protocol
+from paperlab import models, papers, peft
+from paperlab.runner import digits_splits, protocol
 
 PAPER_ID = 6
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -54,23 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _splits():
-  ds = data.digits(test_fraction=0.15, seed=0)
-  fit, val = data.stratified_split(ds.y_train, 0.15 / 0.85, seed=0)
-  return ((ds.x_train[fit], ds.y_train[fit]), (ds.x_train[val], ds.y_train[val]), (ds.x_test, ds.y_test))
-
-
-def _derangement(n: int, seed: int) -> np.ndarray:
-  rng = np.random.default_rng(seed)
-  while True:
-    p = rng.permutation(n)
-    if np.all(p != np.arange(n)):
-      return p.astype(np.int32)
-
-
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  (x, y), (xv, yv), (xt, yt) = [(jnp.asarray(a), jnp.asarray(b)) for a, b in _splits()]
-  perm = jnp.asarray(_derangement(10, 0))
+  (x, y), (xv, yv), (xt, yt) = digits_splits.fit_val_test()
+  perm = jnp.asarray(digits_splits.label_derangement(10, 0))
   yp, yvp, ytp = perm[y], perm[yv], perm[yt]
   model_fn = lambda key: models.MLP(64, list(config.widths), 10, rngs=nnx.Rngs(key))
   graphdef = nnx.split(model_fn(0))[0]

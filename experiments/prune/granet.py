@@ -35,8 +35,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from paperlab import data, models, papers, prune
-from paperlab.runner import protocol
+from paperlab import models, papers, prune
+from paperlab.runner import digits_splits, protocol
 
 PAPER_ID = 15
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -58,12 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _splits():
-  ds = data.digits(test_fraction=0.15, seed=0)
-  fit, val = data.stratified_split(ds.y_train, 0.15 / 0.85, seed=0)
-  return ((ds.x_train[fit], ds.y_train[fit]), (ds.x_train[val], ds.y_train[val]), (ds.x_test, ds.y_test))
-
-
 def _schedules(arm: str, config) -> tuple[np.ndarray, np.ndarray]:
   """Per-epoch target sparsity and death rate of the mask update at the end of each epoch (NaN: no update)."""
   e, n, sf = config.epochs, config.prune_epochs, config.sparsity
@@ -81,7 +75,7 @@ def _schedules(arm: str, config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
-  (x, y), (xv, yv), (xt, yt) = [(jnp.asarray(a), jnp.asarray(b)) for a, b in _splits()]
+  (x, y), (xv, yv), (xt, yt) = digits_splits.fit_val_test()
   per_epoch = x.shape[0] // config.batch_size
   model_fn = lambda key: models.MLP(64, list(config.widths), 10, rngs=nnx.Rngs(key))
   graphdef = nnx.split(model_fn(0))[0]
