@@ -128,6 +128,9 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                     help="process 0's address (with --num-processes and --process-id)")
   dist.add_argument("--num-processes", type=_positive_int, default=None, metavar="N")
   dist.add_argument("--process-id", type=int, default=None, metavar="I")
+  dist.add_argument("--heartbeat-timeout", type=float, default=None, metavar="SECONDS",
+                    help="a process silent that long is considered dead and the others exit with one line "
+                         "(default: $PAPERLAB_HEARTBEAT_TIMEOUT or 30)")
 
   report = sub.add_parser("report", help="table, plots and report.md for a run directory")
   report.add_argument("directory", help="a run store (--workdir of paperlab run) or one experiment's directory")
@@ -189,6 +192,8 @@ def _enable_compilation_cache() -> None:
 
 def _init_distributed(args) -> None:
   """Join the jax.distributed cluster when ``--distributed`` or ``--coordinator`` asks for it."""
+  import time  # pylint: disable=g-import-not-at-top
+  started = time.time()
   explicit = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
   if not (args.distributed or any(explicit)):
     return
@@ -203,19 +208,46 @@ def _init_distributed(args) -> None:
     raise UsageError(f"--backend {args.backend} cannot be combined with several processes (use local)")
   from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
   try:
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    timeout = (distributed.heartbeat_timeout_from_env() if args.heartbeat_timeout is None else
+               args.heartbeat_timeout)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, heartbeat_timeout_s=timeout,
+                           resume_hint=lambda: _resume_hint(args.workdir, started))
   except ValueError as e:
-    raise UsageError(str(e)) from None
+    raise UsageError(str(e).replace("heartbeat_timeout_s", "--heartbeat-timeout")) from None
+
+
+def _resume_hint(workdir: str, since: float) -> str | None:
+  """Where a relaunch resumes the unfinished trials this invocation touched: ``"step 40"`` (one trial, or all at
+  the same step), ``"steps 20-40 (3 trials)"``, or ``None`` when none has a complete checkpoint."""
+  from paperlab.runner import store  # pylint: disable=g-import-not-at-top
+  steps = []
+  for status in pathlib.Path(workdir).glob("*/*/status.json"):
+    try:
+      if status.stat().st_mtime < since - 1 or json.loads(status.read_text()).get("status") == "done":
+        continue
+    except (OSError, ValueError):
+      continue
+    complete = store.checkpoint_steps(status.parent / "checkpoints")
+    steps.append(complete[-1] if complete else 0)
+  if not steps or not any(steps):
+    return None
+  low, high = min(steps), max(steps)
+  return f"step {high}" if low == high else f"steps {low}-{high} ({len(steps)} trials)"
 
 
 def _cmd_run(args, overrides: list[str]) -> int:
   _enable_compilation_cache()
   _init_distributed(args)
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
-  summaries = run_experiment(args.experiment, overrides, sweep=args.sweep, workdir=args.workdir,
-                             backend=args.backend, max_parallel=args.max_parallel, fresh=args.fresh,
-                             quiet=args.quiet, ray_address=args.ray_address)
   from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    summaries = run_experiment(args.experiment, overrides, sweep=args.sweep, workdir=args.workdir,
+                               backend=args.backend, max_parallel=args.max_parallel, fresh=args.fresh,
+                               quiet=args.quiet, ray_address=args.ray_address)
+  except Exception:  # several processes: a lost peer (the watchdog's line) explains it better than the error
+    distributed.await_verdict()
+    raise
+  distributed.finish()
   if not distributed.is_primary():  # several processes: process 0 reports; all exit with the same status
     return 1 if any(s.get("status") != "done" for s in summaries) else 0
   _print_run_summary(summaries)

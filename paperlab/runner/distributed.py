@@ -17,8 +17,17 @@ processes agree without sharing a file system for their decisions:
 
 Without :func:`initialize` (one process) every helper is the identity or a no-op.
 
-If a process dies, JAX's coordination service notices the missing heartbeats and the surviving processes stop
-(the runner turns that into a one-line error); the same command run again resumes from the last checkpoint.
+If a process dies, the others stop within a bounded time with one line on stderr and a non-zero exit status
+(:data:`PEER_LOST_EXIT`): every process writes a heartbeat into the coordination service's key-value store each
+second and a watchdog thread exits the process when a peer's heartbeat has not changed for ``heartbeat_timeout_s``
+seconds (``--heartbeat-timeout`` / ``$PAPERLAB_HEARTBEAT_TIMEOUT``, default :data:`DEFAULT_HEARTBEAT_TIMEOUT` s),
+or when the coordination service (on process 0) cannot be reached for that long::
+
+  paperlab: process 1 of 2 stopped responding (no heartbeat for 30 s); relaunch the same command to resume from
+  step 40
+
+Without it a surviving process would wait in a collective until JAX's own (longer) heartbeat timeout aborts it
+with a C++ log and status 134. The same command run again resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -26,17 +35,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
 __all__ = ["initialize", "is_initialized", "is_primary", "process_index", "process_count", "broadcast",
-           "broadcast_tree", "barrier", "global_array", "to_host", "ENV_VARS"]
+           "broadcast_tree", "barrier", "global_array", "to_host", "finish", "await_verdict", "heartbeat_timeout_from_env",
+           "ENV_VARS", "HEARTBEAT_ENV_VAR", "DEFAULT_HEARTBEAT_TIMEOUT", "PEER_LOST_EXIT"]
 
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+HEARTBEAT_ENV_VAR = "PAPERLAB_HEARTBEAT_TIMEOUT"
+DEFAULT_HEARTBEAT_TIMEOUT = 30.0
+PEER_LOST_EXIT = 75  # EX_TEMPFAIL: try again (relaunch the same command)
+_HEARTBEAT_KEY = "paperlab/heartbeat/"
+_DONE = "done"
 _initialized = False
+_watchdog: "_Watchdog | None" = None
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, timeout_s: int = 300, heartbeat_timeout_s: int = 30) -> None:
+               *, timeout_s: int = 300, heartbeat_timeout_s: float = DEFAULT_HEARTBEAT_TIMEOUT,
+               resume_hint: Callable[[], str] | None = None) -> None:
   """Join this process to the cluster (call it before anything else uses JAX's devices).
 
   Args:
@@ -45,10 +64,15 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     num_processes: how many processes join; ``None`` = auto-detect or ``$JAX_NUM_PROCESSES``.
     process_id: this process's index in ``[0, num_processes)``; ``None`` = auto-detect or ``$JAX_PROCESS_ID``.
     timeout_s: how long to wait for every process to join.
-    heartbeat_timeout_s: a process silent that long is considered dead and the others stop.
+    heartbeat_timeout_s: a process whose heartbeat has not changed for that many seconds is considered dead
+      and the others exit (status :data:`PEER_LOST_EXIT`) with one line naming it; JAX's own heartbeat
+      timeout is set longer (``2 * heartbeat_timeout_s + 10``) so that this line, not JAX's abort, ends them.
+    resume_hint: called when a peer is lost; returns where a relaunch resumes (e.g. ``"step 40"``) for the
+      line printed before exiting. ``None``: "the last checkpoint".
 
   Raises:
-    ValueError: an explicit argument is out of range or only some of the three are given.
+    ValueError: an explicit argument is out of range, only some of the three are given, or
+      ``heartbeat_timeout_s`` is not a positive finite number.
   """
   global _initialized
   if _initialized:
@@ -61,6 +85,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
   if process_id is not None and num_processes is not None and not 0 <= int(process_id) < int(num_processes):
     raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
+  _check_heartbeat_timeout(heartbeat_timeout_s, "heartbeat_timeout_s")
   if coordinator is None and all(os.environ.get(v) for v in ENV_VARS):
     try:
       coordinator = os.environ["JAX_COORDINATOR_ADDRESS"]
@@ -81,7 +106,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   try:
     import inspect  # pylint: disable=g-import-not-at-top
     if "heartbeat_timeout_seconds" in inspect.signature(jax.distributed.initialize).parameters:
-      kwargs["heartbeat_timeout_seconds"] = int(heartbeat_timeout_s)
+      # Longer than ours: the watchdog's one line ends a survivor, not JAX's fatal log (exit 134).
+      kwargs["heartbeat_timeout_seconds"] = int(2 * heartbeat_timeout_s + 10)
   except (TypeError, ValueError):
     pass
   if coordinator is not None:
@@ -89,6 +115,137 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   else:
     jax.distributed.initialize(**kwargs)
   _initialized = True
+  _start_watchdog(float(heartbeat_timeout_s), resume_hint)
+
+
+def _check_heartbeat_timeout(value: Any, name: str) -> float:
+  import math  # pylint: disable=g-import-not-at-top
+  try:
+    seconds = float(value)
+  except (TypeError, ValueError):
+    seconds = math.nan
+  if isinstance(value, bool) or not (math.isfinite(seconds) and seconds > 0):
+    raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+  return seconds
+
+
+def heartbeat_timeout_from_env(default: float = DEFAULT_HEARTBEAT_TIMEOUT) -> float:
+  """``$PAPERLAB_HEARTBEAT_TIMEOUT`` in seconds, or ``default`` when unset.
+
+  Raises:
+    ValueError: the variable is set but not a positive number.
+  """
+  text = os.environ.get(HEARTBEAT_ENV_VAR, "").strip()
+  return _check_heartbeat_timeout(text, HEARTBEAT_ENV_VAR) if text else float(default)
+
+
+class _Watchdog:
+  """Heartbeats through the coordination service's key-value store, and the exit when a peer falls silent.
+
+  One thread writes this process's counter (``paperlab/heartbeat/<i>``) and reads everyone's each
+  ``interval`` seconds; another judges: a peer whose counter has not changed for ``timeout`` seconds, or a
+  coordination service that has not answered for that long (it lives in process 0), ends this process. Two
+  threads, so that a key-value call blocked on a dead coordinator cannot delay the verdict.
+  """
+
+  def __init__(self, client, index: int, count: int, timeout: float, resume_hint):
+    self.client, self.index, self.count, self.timeout = client, index, count, timeout
+    self.resume_hint = resume_hint
+    self.interval = min(1.0, timeout / 4)
+    now = time.monotonic()
+    self.seen = {i: (None, now) for i in range(count) if i != index}  # peer -> (last counter, when it changed)
+    self.answered = now  # when the coordination service last answered
+    self.finished = False
+    self.lock = threading.Lock()
+
+  def start(self) -> None:
+    for target, name in ((self._beat, "paperlab-heartbeat"), (self._judge, "paperlab-watchdog")):
+      threading.Thread(target=target, name=name, daemon=True).start()
+
+  def _beat(self) -> None:
+    beat = 0
+    while not self.finished:
+      beat += 1
+      try:
+        self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.index}", str(beat), allow_overwrite=True)
+        values = dict(self.client.key_value_dir_get(_HEARTBEAT_KEY))
+      except Exception:  # pylint: disable=broad-except  # the service is unreachable: the judge decides
+        time.sleep(self.interval)
+        continue
+      now = time.monotonic()
+      with self.lock:
+        self.answered = now
+        for peer, (last, _) in list(self.seen.items()):
+          value = values.get(f"{_HEARTBEAT_KEY}{peer}")
+          if value == _DONE:
+            del self.seen[peer]  # finished its work and left: not a failure
+          elif value != last:
+            self.seen[peer] = (value, now)
+      time.sleep(self.interval)
+
+  def _judge(self) -> None:
+    while not self.finished:
+      time.sleep(self.interval / 2)
+      now = time.monotonic()
+      with self.lock:
+        silent = sorted(p for p, (_, t) in self.seen.items() if now - t > self.timeout)
+        unreachable = now - self.answered > self.timeout
+      if self.finished:
+        return
+      if silent:
+        self._exit(silent, f"no heartbeat for {self.timeout:g} s")
+      elif unreachable:
+        self._exit([0], f"its coordination service has not answered for {self.timeout:g} s")
+
+  def _exit(self, peers: list[int], why: str) -> None:
+    try:
+      where = self.resume_hint() if self.resume_hint is not None else None
+    except Exception:  # pylint: disable=broad-except  # the message must come out regardless
+      where = None
+    who = (f"process {peers[0]} of {self.count}" if len(peers) == 1 else
+           f"processes {', '.join(map(str, peers))} of {self.count}")
+    print(f"paperlab: {who} stopped responding ({why}); relaunch the same command to resume from "
+          f"{where or 'the last checkpoint'}", file=sys.stderr, flush=True)
+    os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access  # atexit would wait on the dead peer
+
+  def finish(self) -> None:
+    self.finished = True
+    try:
+      self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.index}", _DONE, allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+
+def _start_watchdog(timeout: float, resume_hint) -> None:
+  global _watchdog
+  from jax._src import distributed as _dist  # pylint: disable=g-import-not-at-top
+  client = getattr(_dist.global_state, "client", None)
+  if client is None or _watchdog is not None:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  _watchdog = _Watchdog(client, jax.process_index(), jax.process_count(), timeout, resume_hint)
+  _watchdog.start()
+
+
+def await_verdict() -> None:
+  """After an error in a multi-process run: give the watchdog one heartbeat timeout to find a lost peer (it
+  then prints its line and exits); return when every peer is still alive, so the caller reports the error.
+
+  A collective whose peer died may fail (gloo: connection closed) before the heartbeat timeout runs out; this
+  keeps that secondary error from hiding the cause.
+  """
+  if _watchdog is None or _watchdog.finished:
+    return
+  deadline = time.monotonic() + _watchdog.timeout + 2 * _watchdog.interval
+  while time.monotonic() < deadline:
+    time.sleep(_watchdog.interval / 2)
+
+
+def finish() -> None:
+  """Tell the other processes that this one is done (its heartbeat stops without being a failure) and stop the
+  watchdog; call it when the run's last collective has returned. A no-op in a single-process run."""
+  if _watchdog is not None:
+    _watchdog.finish()
 
 
 def is_initialized() -> bool:
