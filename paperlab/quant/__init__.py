@@ -14,9 +14,12 @@ from paperlab.quant.gptq import *  # noqa: F401,F403
 from paperlab.quant.awq import *  # noqa: F401,F403
 from paperlab.quant.lorc import *  # noqa: F401,F403
 from paperlab.quant.smoothquant import *  # noqa: F401,F403
+from paperlab.quant.qat import *  # noqa: F401,F403
+from paperlab.quant.qat_recipes import *  # noqa: F401,F403
+from paperlab.quant.adaround import *  # noqa: F401,F403
 
 # The submodules above, by name: ``paperlab.quant.dot`` / ``lorc`` are rebound to the functions of the same name by
 # the star imports, so their modules are looked up in sys.modules rather than as attributes.
 _MODULES = ("formats", "packing", "qarray", "dot", "dfloat", "rtn", "calibration", "gptq", "awq", "lorc",
-            "smoothquant")
+            "smoothquant", "adaround", "qat", "qat_recipes")
 __all__ = sorted({name for _m in _MODULES for name in _sys.modules[f"{__name__}.{_m}"].__all__})
