@@ -81,6 +81,52 @@ def _abstract(template: Any) -> Any:
   return jax.tree.map(leaf, template)
 
 
+def _for_multihost_save(state: Any) -> Any:
+  """A pytree for a collective orbax save: global arrays as they are, everything else on the host."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  def leaf(x):
+    if isinstance(x, jax.Array):
+      return x if not x.is_fully_addressable else np.asarray(jax.device_get(x))
+    return np.asarray(x)
+
+  return jax.tree.map(leaf, state)
+
+
+def _restore_multihost(root: pathlib.Path, template: Any) -> tuple[int, Any, list[str]]:
+  """Several processes: process 0 picks the newest checkpoint that verifies (removing damaged ones) and
+  broadcasts its step; every process restores it onto ``template``'s shardings (host leaves stay on the host)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from paperlab.runner import distributed, store  # pylint: disable=g-import-not-at-top
+  decision = [0, []]
+  if distributed.is_primary():
+    for step in reversed(store.checkpoint_steps(root)):
+      problem = store.verify_checkpoint(root, step)
+      if problem is None:
+        decision[0] = step
+        break
+      decision[1].append(problem)
+      store._remove(pathlib.Path(root) / str(step))  # pylint: disable=protected-access
+  step, problems = distributed.broadcast(decision)
+  if not step:
+    return 0, None, problems
+
+  def leaf(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, jax.ShapeDtypeStruct):
+      return x
+    return np.zeros(np.shape(x), np.asarray(x).dtype)  # restored as a NumPy array on every process
+
+  checkpointer = ocp.StandardCheckpointer()
+  try:
+    state = checkpointer.restore((pathlib.Path(root) / str(step)).absolute(), jax.tree.map(leaf, template))
+  finally:
+    checkpointer.close()
+  return step, state, problems
+
+
 @dataclasses.dataclass
 class Context:
   """Run-time services for one trial: metrics, checkpoints, progress bars.
@@ -191,6 +237,12 @@ class Context:
     An orbax checkpoint under ``workdir/checkpoints/<step>`` with a SHA-256 manifest of its files, in the same
     store as the default trainer's; only the newest ``keep`` are kept (two by default, so a damaged newest one
     still leaves one to resume from). Log a step's metrics before checkpointing it.
+
+    Under ``jax.distributed`` (several processes) every process must call it at the same step (the save is
+    collective; process 0 writes the manifest): global arrays (sharded over the devices of all processes) are
+    saved shard by shard by the processes that hold them and restore onto any sharding, also with another
+    number of processes; process-local arrays and host values must be equal on every process (process 0's copy
+    is saved).
     """
     import jax  # pylint: disable=g-import-not-at-top
     from paperlab.runner import store  # pylint: disable=g-import-not-at-top
@@ -198,7 +250,11 @@ class Context:
       raise ValueError(f"checkpoint: step must be a non-negative integer, got {step!r}.")
     if keep < 1:
       raise ValueError(f"checkpoint: keep must be at least 1, got {keep!r}.")
-    store.save_checkpoint(self.checkpoint_dir, int(step), jax.device_get(state), keep=keep)
+    from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
+    if distributed.process_count() == 1:
+      store.save_checkpoint(self.checkpoint_dir, int(step), jax.device_get(state), keep=keep)
+      return
+    store.save_checkpoint(self.checkpoint_dir, int(step), _for_multihost_save(state), keep=keep)
 
   def restore(self, template: Any) -> tuple[int, Any] | None:
     """The newest intact checkpoint as ``(step, state)``, or ``None`` when there is none.
@@ -208,9 +264,16 @@ class Context:
     cannot read) is never loaded: it is removed, named in :attr:`restore_problems`, and the next older one is
     tried. Metric lines past the restored step are dropped, so the resumed run logs no step twice. Call it
     before logging.
+
+    Under ``jax.distributed`` every process calls it: process 0 picks the checkpoint (verifying it) and tells
+    the others, and each restores it onto ``template``'s shardings (a global array's sharding may differ from the
+    one it was saved with, e.g. 2 processes resuming what 1 process saved).
     """
-    from paperlab.runner import store  # pylint: disable=g-import-not-at-top
-    step, state, problems = store.restore_newest(self.checkpoint_dir, _abstract(template))
+    from paperlab.runner import distributed, store  # pylint: disable=g-import-not-at-top
+    if distributed.process_count() == 1:
+      step, state, problems = store.restore_newest(self.checkpoint_dir, _abstract(template))
+    else:
+      step, state, problems = _restore_multihost(self.checkpoint_dir, template)
     self.restore_problems += problems
     if state is None:
       self._drop_metrics_after(-1) if (not self._decided or problems) else None

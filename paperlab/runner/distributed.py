@@ -188,14 +188,15 @@ class _Watchdog:
       time.sleep(self.interval / 2)
       now = time.monotonic()
       with self.lock:
-        silent = sorted(p for p, (_, t) in self.seen.items() if now - t > self.timeout)
         unreachable = now - self.answered > self.timeout
+        # Judged on what the service last reported: while it does not answer, only it is known to be silent.
+        silent = sorted(p for p, (_, t) in self.seen.items() if self.answered - t > self.timeout)
       if self.finished:
         return
-      if silent:
-        self._exit(silent, f"no heartbeat for {self.timeout:g} s")
-      elif unreachable:
+      if unreachable:
         self._exit([0], f"its coordination service has not answered for {self.timeout:g} s")
+      elif silent:
+        self._exit(silent, f"no heartbeat for {self.timeout:g} s")
 
   def _exit(self, peers: list[int], why: str) -> None:
     try:

@@ -161,20 +161,46 @@ ckpt = tr.init(hp)
 per_device = sorted({s.data.shape[0] for s in jax.tree.leaves(ckpt)[0].addressable_shards})
 ckpt, metrics = tr.chunk(hp, ckpt, 10)
 loss = distributed.to_host(metrics)["loss"]
+# The group's state sharded over 4 devices and one trial's host state (as the runner saves it), written by the
+# single process and restored by the two (each onto its own layout: 2 trials per device, 2 devices per process).
+import time, numpy as np
+from paperlab.runner import store
+root, own = sys.argv[6], distributed.to_host(ckpt)
+if n == 1:
+  store.save_checkpoint(root, 10, {"group": ckpt, "trial": jax.tree.map(lambda a: a[0], own)})
+  dev = 0.0
+else:
+  while store.checkpoint_steps(root) != [10]:
+    time.sleep(0.1)
+  abstract = {"group": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), ckpt),
+              "trial": tr.abstract_checkpoint()}
+  restored = store.restore_checkpoint(root, 10, abstract)
+  assert all(s.data.shape[0] == 2 for x in jax.tree.leaves(restored["group"]) for s in x.addressable_shards)
+  group = distributed.to_host(restored["group"])
+  dev = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+            for a, b in zip(jax.tree.leaves(group) + jax.tree.leaves(restored["trial"]),
+                            jax.tree.leaves(own) + jax.tree.leaves(jax.tree.map(lambda a: a[0], own))))
 if pid == 0:
-  json.dump({"per_device": per_device, "devices": jax.device_count(), "loss": loss.tolist()}, open(out, "w"))
+  json.dump({"per_device": per_device, "devices": jax.device_count(), "loss": loss.tolist(), "restore_dev": dev},
+            open(out, "w"))
 """
 
 
 @pytest.mark.slow
 def test_an_8_trial_group_splits_2_trials_per_device_over_both_processes(tmp_path):
   """The vmapped trial axis of an 8-trial group is spread over the 4 global devices (2 trials each) and the
-  losses equal those of one process with 4 devices."""
+  losses equal those of one process with 4 devices.
+
+  The other direction of test 1's restore: the state the single process wrote (the group sharded over its 4
+  devices, and one trial's host state as the runner checkpoints it) restores in the 2 processes (orbax reshards
+  it onto 2 devices per process) and equals the state they computed themselves.
+  """
   script = tmp_path / "split.py"
   script.write_text(TRIAL_SPLIT)
   port = _free_port()
   runs = [([2, i, port], _env(2)) for i in range(2)] + [([1, 0, 0], _env(4))]
-  procs = [subprocess.Popen([sys.executable, str(script), *map(str, a), str(tmp_path / f"out{a[0]}.json"), DEMO],
+  procs = [subprocess.Popen([sys.executable, str(script), *map(str, a), str(tmp_path / f"out{a[0]}.json"), DEMO,
+                             str(tmp_path / "ckpt")],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
            for a, env in runs]
   for p in procs:
@@ -185,3 +211,83 @@ def test_an_8_trial_group_splits_2_trials_per_device_over_both_processes(tmp_pat
   assert two["per_device"] == one["per_device"] == [2]
   diff = max(abs(a - b) for ra, rb in zip(two["loss"], one["loss"]) for a, b in zip(ra, rb))
   assert len(two["loss"]) == 8 and diff <= 1e-6
+  print(f"8-trial group: 2 vs 1 process loss deviation {diff:.2e}; 1-process checkpoint restored in 2 processes: "
+        f"max deviation {two['restore_dev']:.2e}")
+  assert two["restore_dev"] <= 1e-6  # the 1-process checkpoint restores in 2 processes, values equal
+
+
+def test_cli_refuses_a_heartbeat_timeout_that_is_not_a_positive_number(tmp_path, monkeypatch, capsys):
+  from paperlab import cli
+  explicit = ["run", DEMO, "--workdir", str(tmp_path), "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+              "--process-id", "0"]
+  assert cli.main([*explicit, "--heartbeat-timeout", "0"]) == 2
+  assert "--heartbeat-timeout must be a positive number of seconds, got 0.0" in capsys.readouterr().err
+  monkeypatch.setenv(distributed.HEARTBEAT_ENV_VAR, "soon")
+  assert cli.main(explicit) == 2
+  assert "PAPERLAB_HEARTBEAT_TIMEOUT must be a positive number of seconds, got 'soon'" in capsys.readouterr().err
+  monkeypatch.setenv(distributed.HEARTBEAT_ENV_VAR, "12.5")
+  assert distributed.heartbeat_timeout_from_env() == 12.5
+  monkeypatch.delenv(distributed.HEARTBEAT_ENV_VAR)
+  assert distributed.heartbeat_timeout_from_env() == distributed.DEFAULT_HEARTBEAT_TIMEOUT == 30
+
+
+class _KeyValueStore:
+  """The two calls of the coordination service's client that the watchdog uses, in memory."""
+
+  def __init__(self):
+    self.values, self.down = {}, False
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: failed to connect")
+    self.values[key] = value
+
+  def key_value_dir_get(self, prefix):
+    if self.down:
+      raise RuntimeError("UNAVAILABLE: failed to connect")
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+
+def _watch(monkeypatch, client, index, peer_beats, timeout=0.4, seconds=1.5):
+  """Run a watchdog for ``seconds`` while ``peer_beats(i)`` plays the peer (returns its next value or None);
+  the exit it would make is recorded instead."""
+  import threading
+  exits, lock = [], threading.Lock()
+
+  def fake_exit(code):
+    with lock:
+      exits.append(code)
+    watchdog.finished = True
+
+  monkeypatch.setattr(distributed.os, "_exit", fake_exit)
+  watchdog = distributed._Watchdog(client, index, 2, timeout, lambda: "step 7")
+  watchdog.start()
+  peer = 1 - index
+  for i in range(int(seconds / 0.05)):
+    value = peer_beats(i)
+    if value is not None and not client.down:
+      client.values[f"paperlab/heartbeat/{peer}"] = value
+    time.sleep(0.05)
+  watchdog.finished = True
+  return exits
+
+
+def test_watchdog_exits_when_a_peer_falls_silent_and_not_while_it_beats_or_after_it_finished(monkeypatch, capsys):
+  assert _watch(monkeypatch, _KeyValueStore(), 0, lambda i: str(i)) == []  # beating: no exit
+  assert _watch(monkeypatch, _KeyValueStore(), 0, lambda i: str(i) if i < 5 else "done") == []  # finished
+  assert _watch(monkeypatch, _KeyValueStore(), 0, lambda i: str(i) if i < 5 else "5") == [75]  # fell silent
+  assert capsys.readouterr().err.strip() == ("paperlab: process 1 of 2 stopped responding (no heartbeat for 0.4 s); "
+                                             "relaunch the same command to resume from step 7")
+
+
+def test_watchdog_exits_when_the_coordinator_process_is_unreachable(monkeypatch, capsys):
+  client = _KeyValueStore()
+
+  def peer(i):
+    client.down = i >= 5  # process 0, which holds the coordination service, dies
+    return str(i)
+
+  assert _watch(monkeypatch, client, 1, peer) == [75]
+  assert capsys.readouterr().err.strip() == (
+      "paperlab: process 0 of 2 stopped responding (its coordination service has not answered for 0.4 s); "
+      "relaunch the same command to resume from step 7")
