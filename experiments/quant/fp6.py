@@ -1,0 +1,257 @@
+"""FP6-centric weight-only quantization (Wu et al., "ZeroQuant(4+2): Redefining LLMs Quantization with a New
+FP6-Centric Strategy for Diverse Generative Tasks", arXiv:2312.08583), catalogue [599].
+
+The paper's recipe: weights cast to FP6 E3M2 (1 sign, 3 exponent, 2 mantissa bits, bias 3, max 28, subnormals, no
+Inf/NaN) with one coarse-grained scale per output channel, ``s = max|w| / 28``, and round-to-nearest; compared with
+INT4 round-to-nearest per channel and fine-grained. Here it is :func:`paperlab.quant.quantize` with
+``fmt="fp6_e3m2", axis=0`` (the reduction axis of a Flax kernel, so one scale per output column) and float16
+scales (the paper's FP16 scale); INT4 RTN is :func:`paperlab.quant.fake_quantize_rtn` (asymmetric min-max grid,
+per output channel or per group of 32 input rows).
+
+Two substrates, each trained once per seed (seeds 0-2) and shared with the LoRC reproduction
+(``experiments/quant/lorc.py``):
+
+1. DIGITS-MLP: an MLP 64-256-256-10 (ReLU, Adam 1e-3, 30 epochs, batch 64) on scikit-learn digits (the training
+   split minus a 15% validation tail); every Dense kernel is quantized; metric: test accuracy.
+2. CHAR-LM: the char transformer of ``experiments/quant/ptq_char.py`` (2 pre-LN layers, d_model 64, context 32,
+   300 Adam steps at 3e-3, batch 16) on the embedded grammar corpus; the Dense layers of the blocks (qkv, attention out, fc1,
+   fc2) are quantized, embeddings and LM head stay in float (as the paper and the GPTQ/AWQ scripts do); metric:
+   perplexity on 128 held-out windows of the test split (validation: the tail of the training text).
+
+Arms: ``fp`` (full precision), ``fp6`` (E3M2 per channel), ``int4`` (INT4 RTN per channel), on CHAR-LM also
+``int4_g32``; ``fp6_e2m3`` is reported beside them (the paper finds E2M3 similar to E3M2). PTQ has nothing to tune,
+so every arm is one grid point; the protocol reads the test split once per arm and judges the claim on seed means.
+Control: INT4 per channel passed as FP6 must fail ("FP6 beats INT4 per channel" is strict).
+
+Measured at the default config (seeds 0-2, means; per-seed values and std in the record):
+
+* DIGITS-MLP test accuracy: full precision 0.9733, FP6 E3M2 0.9726 (drop 0.07pt), E2M3 0.9733, INT4 per channel
+  0.9719.
+* CHAR-LM test perplexity: full precision 2.6273, FP6 E3M2 2.6535 (+0.996%), E2M3 2.6317 (+0.17%), INT4 per
+  channel 2.6937, INT4 g32 2.6721.
+* Stored bytes per parameter of the FP6 kernels (packed codes + float16 scales): 0.762 (DIGITS), 0.773 (CHAR).
+
+Every part of the claim holds (reproduced), with thin margins: on DIGITS FP6 beats INT4 per channel by 0.07pt, a
+third of one test image per seed, and the CHAR-LM rise of 0.996% sits at the 1% bound. E2M3 (more mantissa) is the
+better FP6 variant on these small, outlier-free models.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from paperlab import data, models, papers, quant, train
+from paperlab.runner import protocol
+from paperlab.runner.config import load_experiment
+
+ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # the char-LM's windows and layers
+
+PAPER_ID = 599
+CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
+DEVIATIONS = (
+    "CHAR-LM: the embedded grammar corpus (paperlab.data, 200k characters) and the small transformer of "
+    "experiments/quant/ptq_char.py (d_model 64, context 32, 300 Adam steps at lr 3e-3, batch 16) so that the run "
+    "fits the CI budget (catalogue: ~300 KB of Python source, d 128, context 64, 1500 steps)",
+    "DIGITS-MLP: the digits training split minus a 15% validation tail (catalogue 70/15/15), 30 epochs",
+    "the 4+2 bit-split storage layout of the paper's GPU kernel is not measured: FP6 codes are stored densely "
+    "packed (4 codes in 3 bytes) by paperlab.quant.quantize, which gives the same 0.75 bytes per weight",
+)
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seeds = 3
+  c.digits = ml_collections.ConfigDict(dict(epochs=30, batch_size=64, learning_rate=1e-3, widths=(256, 256)))
+  c.char = ml_collections.ConfigDict(dict(num_chars=200_000, d_model=64, num_layers=2, num_heads=4, seq_len=32,
+                                          steps=300, batch_size=16, learning_rate=3e-3, calib_windows=16,
+                                          eval_windows=128))
+  c.claim = ml_collections.ConfigDict(dict(max_acc_drop=0.002, max_ppl_rise=0.01))
+  return c
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the two substrates, trained once per (config, seeds) and shared with experiments/quant/lorc.py
+
+
+def _key(config) -> str:
+  return json.dumps({"seeds": int(config.seeds), "digits": config.digits.to_dict(), "char": config.char.to_dict()},
+                    sort_keys=True, default=list)
+
+
+@functools.lru_cache(maxsize=2)
+def _digits_models(key: str) -> dict:
+  cfg = json.loads(key)
+  c = cfg["digits"]
+  ds = data.digits()
+  n_val = int(0.15 * ds.x_train.shape[0])
+  perm = np.random.default_rng(0).permutation(ds.x_train.shape[0])
+  tr, va = perm[n_val:], perm[:n_val]
+  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
+  tx = optax.adam(c["learning_rate"])
+  model_fn = lambda rngs: models.MLP(64, list(c["widths"]), ds.num_classes, rngs=rngs)
+  graphdef, init = train.make_init(model_fn, tx)
+  step = train.make_train_step(graphdef, train.classification_loss, tx)
+  steps = c["epochs"] * (x.shape[0] // c["batch_size"])
+
+  @jax.jit
+  @jax.vmap
+  def fit_seed(key):
+    state, _ = train.run_steps(step, init(key), (x, y), key, batch_size=c["batch_size"], num_steps=steps)
+    return state
+
+  states = fit_seed(jax.vmap(jax.random.key)(jnp.arange(cfg["seeds"])))
+  fp = [nnx.merge(graphdef, *(jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))))
+        for i in range(cfg["seeds"])]
+  return {"models": fp, "calib": [x[:256]],
+          "splits": {"val": (jnp.asarray(ds.x_train[va]), jnp.asarray(ds.y_train[va])),
+                     "test": (jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))}}
+
+
+@functools.lru_cache(maxsize=2)
+def _char_models(key: str) -> dict:
+  cfg = json.loads(key)
+  c = cfg["char"]
+  ds = data.char_dataset(num_chars=c["num_chars"])
+  n_val = len(ds.train) // 10
+  train_tokens, val_tokens = ds.train[:-n_val], ds.train[-n_val:]
+  model_fn = lambda rngs: models.CharTransformer(ds.tokenizer.vocab_size, c["d_model"], c["num_layers"],
+                                                 c["num_heads"], c["seq_len"], rngs=rngs)
+  tx = optax.adam(c["learning_rate"])
+  graphdef, init = train.make_init(model_fn, tx)
+
+  def lm_loss(model, batch, rng):
+    inputs, targets = batch
+    return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
+
+  step = train.make_train_step(graphdef, lm_loss, tx)
+  tokens = jnp.asarray(train_tokens)
+
+  @jax.jit
+  @jax.vmap
+  def fit_seed(key):
+    def body(state, k):
+      return step(state, data.sample_sequences(k, tokens, c["batch_size"], c["seq_len"]), k)
+    state, metrics = jax.lax.scan(body, init(key), jax.random.split(key, c["steps"]))
+    return state, metrics["loss"]
+
+  states, losses = fit_seed(jax.vmap(jax.random.key)(jnp.arange(cfg["seeds"])))
+  fp = [nnx.merge(graphdef, *(jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))))
+        for i in range(cfg["seeds"])]
+  calib = ptq_char._windows(train_tokens, c["calib_windows"], c["seq_len"])
+  return {"models": fp, "losses": np.asarray(losses), "calib": [jnp.asarray(calib[:, :-1])],
+          "splits": {"val": jnp.asarray(ptq_char._windows(val_tokens, c["eval_windows"], c["seq_len"])),
+                     "test": jnp.asarray(ptq_char._windows(ds.test, c["eval_windows"], c["seq_len"]))}}
+
+
+def substrates(config) -> tuple[dict, dict]:
+  """``(digits, char)``: the trained full-precision models per seed, calibration batches and eval splits."""
+  key = _key(config)
+  return _digits_models(key), _char_models(key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _accuracy(graphdef, state, xs, ys):
+  return jnp.mean(jnp.argmax(nnx.merge(graphdef, state)(xs), -1) == ys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _perplexity(graphdef, state, windows):
+  logits = nnx.merge(graphdef, state)(windows[:, :-1])
+  return jnp.exp(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean())
+
+
+def evaluate(kind: str, sub: dict, quantized_models) -> dict:
+  """``{"val": per-seed, "test": per-seed}`` accuracy (digits) or perplexity (char) of the given models."""
+  out = {"val": [], "test": []}
+  for m in quantized_models:
+    graphdef, state = nnx.split(m)
+    for split in out:
+      if kind == "digits":
+        out[split].append(float(_accuracy(graphdef, state, *sub["splits"][split])))
+      else:
+        out[split].append(float(_perplexity(graphdef, state, sub["splits"][split])))
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def kernels(model, prefix: str = "") -> dict:
+  """``{path: kernel}`` of the Dense layers under ``prefix`` (``ptq_char``'s helper)."""
+  return ptq_char._kernels(model, prefix)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FP6 vs INT4
+
+
+def _quantize_kernel(arm: str, k: jax.Array) -> tuple[jax.Array, int]:
+  """The dequantized kernel of ``arm`` and its stored bytes."""
+  if arm in ("fp6", "fp6_e2m3"):
+    qa = quant.quantize(k, "fp6_e3m2" if arm == "fp6" else "fp6_e2m3", axis=0, scale_dtype=jnp.float16)
+    return qa.dequantize(jnp.float32), qa.nbytes
+  group = 32 if arm == "int4_g32" else None
+  n_scales = k.shape[1] * (k.shape[0] // (group or k.shape[0]))
+  return quant.fake_quantize_rtn(k, bits=4, group_size=group), k.size // 2 + 3 * n_scales  # bf16 scale, u8 zero
+
+
+def _compare(kind: str, sub: dict, names: list[str], prefix: str):
+  bytes_per_param = {}
+
+  def fit(arm, hparams, seeds):
+    if arm.name == "fp":
+      qmodels = sub["models"]
+    else:
+      qmodels, stored, count = [], 0, 0
+      for m in sub["models"]:
+        new = {}
+        for p, k in kernels(m, prefix).items():
+          new[p], nbytes = _quantize_kernel(arm.name, k)
+          stored, count = stored + nbytes, count + k.size
+        qmodels.append(quant.replace_kernels(m, new))
+      bytes_per_param[arm.name] = stored / count
+    return evaluate(kind, sub, qmodels)
+
+  metric = "accuracy" if kind == "digits" else "ppl"
+  comparison = protocol.compare([protocol.Arm(n) for n in names], range(len(sub["models"])), fit,
+                                validate=lambda out: out["val"], test=lambda out: {metric: out["test"]},
+                                maximize=kind == "digits")
+  return comparison, bytes_per_param
+
+
+def run(config: ml_collections.ConfigDict, ctx) -> dict:
+  digits, char = substrates(config)
+  ctx.log_curve("char/train_loss", char["losses"].mean(0), every=max(1, config.char.steps // 10))
+  cl = config.claim
+  d_cmp, d_bytes = _compare("digits", digits, ["fp", "fp6", "fp6_e2m3", "int4"], "")
+  acc = {n: d_cmp[n].mean("accuracy") for n in d_cmp.arms}
+  d_verdict = d_cmp.judge(lambda m, b: acc["fp"] - m["accuracy"] <= cl.max_acc_drop and m["accuracy"] > b["accuracy"],
+                          method="fp6", baseline="int4")
+  c_cmp, c_bytes = _compare("char", char, ["fp", "fp6", "fp6_e2m3", "int4", "int4_g32"], "blocks/")
+  ppl = {n: c_cmp[n].mean("ppl") for n in c_cmp.arms}
+  c_verdict = c_cmp.judge(lambda m, b: (m["ppl"] <= (1 + cl.max_ppl_rise) * ppl["fp"] and m["ppl"] < b["ppl"]
+                                        and m["ppl"] < ppl["int4_g32"]), method="fp6", baseline="int4")
+  for n in d_cmp.arms:
+    ctx.print(f"digits-mlp {n}: test acc {acc[n]:.4f} +- {d_cmp[n].std('accuracy'):.4f}")
+  for n in c_cmp.arms:
+    ctx.print(f"char-lm {n}: test ppl {ppl[n]:.4f} +- {c_cmp[n].std('ppl'):.4f}")
+  results = {"protocol": {"digits": d_cmp.to_json(), "char": c_cmp.to_json()}}
+  results["claim"] = {
+      "statement": CLAIM,
+      "passed": bool(d_verdict["passed"] and c_verdict["passed"]),
+      "holds": bool(d_verdict["holds"] and c_verdict["holds"]),
+      "control_passes": bool(d_verdict["control_passes"] or c_verdict["control_passes"]),
+      "digits_passed": bool(d_verdict["passed"]), "char_passed": bool(c_verdict["passed"]),
+      "digits_accuracy": acc, "digits_acc_drop_fp6": acc["fp"] - acc["fp6"],
+      "char_ppl": ppl, "char_ppl_rise_fp6": ppl["fp6"] / ppl["fp"] - 1.0,
+      "char_ppl_std": {n: c_cmp[n].std("ppl") for n in c_cmp.arms},
+      "bytes_per_param": {"digits": d_bytes, "char": c_bytes},
+  }
+  ctx.print(json.dumps({k: v for k, v in results["claim"].items() if k != "statement"}, indent=1))
+  return results
