@@ -190,13 +190,14 @@ def _enable_compilation_cache() -> None:
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 
-def _init_distributed(args) -> None:
-  """Join the jax.distributed cluster when ``--distributed`` or ``--coordinator`` asks for it."""
-  import time  # pylint: disable=g-import-not-at-top
-  started = time.time()
+def _distributed_requested(args) -> bool:
+  return bool(args.distributed or args.coordinator is not None or args.num_processes is not None or
+              args.process_id is not None)
+
+
+def _check_distributed(args) -> float:
+  """Check the several-processes flags (before anything starts); returns the heartbeat timeout in seconds."""
   explicit = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
-  if not (args.distributed or any(explicit)):
-    return
   if any(explicit) and not all(explicit):
     raise UsageError("--coordinator HOST:PORT, --num-processes N and --process-id I go together")
   if all(explicit):
@@ -208,12 +209,23 @@ def _init_distributed(args) -> None:
     raise UsageError(f"--backend {args.backend} cannot be combined with several processes (use local)")
   from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
   try:
-    timeout = (distributed.heartbeat_timeout_from_env() if args.heartbeat_timeout is None else
-               args.heartbeat_timeout)
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id, heartbeat_timeout_s=timeout,
+    if args.heartbeat_timeout is None:
+      return distributed.heartbeat_timeout_from_env()
+    return distributed.check_heartbeat_timeout(args.heartbeat_timeout, "--heartbeat-timeout")
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+
+
+def _init_distributed(args, heartbeat_timeout: float, started: float) -> None:
+  """Join the jax.distributed cluster (``--distributed`` or ``--coordinator``), in the supervised worker."""
+  from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
+  try:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           heartbeat_timeout_s=heartbeat_timeout,
                            resume_hint=lambda: _resume_hint(args.workdir, started))
   except ValueError as e:
-    raise UsageError(str(e).replace("heartbeat_timeout_s", "--heartbeat-timeout")) from None
+    raise UsageError(str(e)) from None
+  distributed.announce()
 
 
 def _resume_hint(workdir: str, since: float) -> str | None:
@@ -236,8 +248,16 @@ def _resume_hint(workdir: str, since: float) -> str | None:
 
 
 def _cmd_run(args, overrides: list[str]) -> int:
+  import time  # pylint: disable=g-import-not-at-top
+  started = time.time()
   _enable_compilation_cache()
-  _init_distributed(args)
+  if _distributed_requested(args):
+    heartbeat_timeout = _check_distributed(args)
+    from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
+    if os.environ.get(distributed.WORKER_ENV_VAR) != "1":  # run the work in a child that JAX may abort
+      return distributed.supervise(["-m", "paperlab.cli", *args.argv],
+                                   resume_hint=lambda: _resume_hint(args.workdir, started))
+    _init_distributed(args, heartbeat_timeout, started)
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
   from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
   try:
@@ -483,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   try:
     if args.command == "run":
+      args.argv = argv  # several processes: the supervised worker runs the same command
       return _cmd_run(args, overrides)
     if args.command == "report":
       return _cmd_report(args)

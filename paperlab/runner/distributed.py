@@ -27,13 +27,17 @@ or when the coordination service (on process 0) cannot be reached for that long:
   step 40
 
 Without it a surviving process would wait in a collective until JAX's own (longer) heartbeat timeout aborts it
-with a C++ log and status 134. The same command run again resumes from the last checkpoint.
+with a C++ log and status 134. When process 0 dies, its coordination service goes with it and JAX aborts the
+others at once, from C++, before any Python code can run; so ``paperlab run`` under several processes runs its
+work in a child process (:func:`supervise`) that turns that abort into the same line (naming process 0) and
+status. The same command run again resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -41,13 +45,16 @@ from typing import Any, Callable
 
 __all__ = ["initialize", "is_initialized", "is_primary", "process_index", "process_count", "broadcast",
            "broadcast_tree", "barrier", "global_array", "to_host", "finish", "await_verdict", "heartbeat_timeout_from_env",
-           "ENV_VARS", "HEARTBEAT_ENV_VAR", "DEFAULT_HEARTBEAT_TIMEOUT", "PEER_LOST_EXIT"]
+           "check_heartbeat_timeout", "supervise", "announce", "ENV_VARS", "HEARTBEAT_ENV_VAR",
+           "DEFAULT_HEARTBEAT_TIMEOUT", "PEER_LOST_EXIT", "WORKER_ENV_VAR"]
 
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 HEARTBEAT_ENV_VAR = "PAPERLAB_HEARTBEAT_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 PEER_LOST_EXIT = 75  # EX_TEMPFAIL: try again (relaunch the same command)
+WORKER_ENV_VAR = "PAPERLAB_DISTRIBUTED_WORKER"  # set in the child process that :func:`supervise` starts
 _HEARTBEAT_KEY = "paperlab/heartbeat/"
+_ANNOUNCE = "paperlab-distributed-worker: process "
 _DONE = "done"
 _initialized = False
 _watchdog: "_Watchdog | None" = None
@@ -85,7 +92,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     raise ValueError(f"num_processes must be a positive integer, got {num_processes!r}")
   if process_id is not None and num_processes is not None and not 0 <= int(process_id) < int(num_processes):
     raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id!r}")
-  _check_heartbeat_timeout(heartbeat_timeout_s, "heartbeat_timeout_s")
+  check_heartbeat_timeout(heartbeat_timeout_s, "heartbeat_timeout_s")
   if coordinator is None and all(os.environ.get(v) for v in ENV_VARS):
     try:
       coordinator = os.environ["JAX_COORDINATOR_ADDRESS"]
@@ -118,7 +125,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   _start_watchdog(float(heartbeat_timeout_s), resume_hint)
 
 
-def _check_heartbeat_timeout(value: Any, name: str) -> float:
+def check_heartbeat_timeout(value: Any, name: str = "heartbeat_timeout_s") -> float:
+  """``value`` as seconds (a float).
+
+  Raises:
+    ValueError: ``value`` is not a positive finite number (the message names ``name``).
+  """
   import math  # pylint: disable=g-import-not-at-top
   try:
     seconds = float(value)
@@ -136,7 +148,7 @@ def heartbeat_timeout_from_env(default: float = DEFAULT_HEARTBEAT_TIMEOUT) -> fl
     ValueError: the variable is set but not a positive number.
   """
   text = os.environ.get(HEARTBEAT_ENV_VAR, "").strip()
-  return _check_heartbeat_timeout(text, HEARTBEAT_ENV_VAR) if text else float(default)
+  return check_heartbeat_timeout(text, HEARTBEAT_ENV_VAR) if text else float(default)
 
 
 class _Watchdog:
@@ -357,3 +369,85 @@ def to_host(tree: Any) -> Any:
     return np.asarray(x)
 
   return jax.tree.map(get, tree)
+
+
+# glog lines of JAX's coordination client and service: held back while they may be the prelude of JAX's abort.
+_COORDINATION_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ (coordination_service|coordination_service_agent|"
+                               r"preemption_sync_manager|client|distributed)\.(cc|h):\d+\]")
+_JAX_ABORT = "Terminating process because the JAX distributed service detected fatal errors"
+
+
+def announce() -> None:
+  """In the child process of :func:`supervise`: tell the parent this process's index and the process count."""
+  if os.environ.get(WORKER_ENV_VAR) == "1":
+    print(f"{_ANNOUNCE}{process_index()} of {process_count()}", file=sys.stderr, flush=True)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    import signal  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux): a killed parent kills the worker
+  except (OSError, AttributeError):
+    pass
+
+
+def supervise(argv: list[str], resume_hint: Callable[[], str | None] | None = None) -> int:
+  """Run ``python argv...`` (the same ``paperlab run`` command) as a child process and return its exit status.
+
+  Its standard output is inherited and its standard error forwarded line by line, except when JAX aborts it
+  because another process died (C++ ``LOG(FATAL)``, status 134, which no Python code in the child can catch):
+  then the coordination service's log lines and the abort's stack trace are replaced by the same one line the
+  watchdog prints, and the status is :data:`PEER_LOST_EXIT`. On Linux the child dies with this process (a
+  SIGKILL of the command reaches the worker); SIGINT and SIGTERM are passed on.
+  """
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, **{WORKER_ENV_VAR: "1"})
+  child = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+                           preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, lambda number, _: child.send_signal(number))
+  who, held, held_since, aborted = (None, None), [], 0.0, []
+  for line in child.stderr:
+    if line.startswith(_ANNOUNCE):
+      index, count = line[len(_ANNOUNCE):].split(" of ")
+      who = (int(index), int(count))
+      continue
+    if aborted:
+      aborted.append(line)
+      continue
+    if _JAX_ABORT in line:
+      aborted, held = [*held, line], []
+      continue
+    if held and time.monotonic() - held_since > 2.0:  # no abort followed: the lines were only warnings
+      sys.stderr.writelines(held)
+      held = []
+    if _COORDINATION_LOG.match(line) or held:
+      held_since = held_since if held else time.monotonic()
+      held.append(line)
+      continue
+    sys.stderr.write(line)
+    sys.stderr.flush()
+  status = child.wait()
+  if not aborted:
+    sys.stderr.writelines(held)
+    sys.stderr.flush()
+    return 128 - status if status < 0 else status
+  text = "".join(aborted)
+  index, count = who
+  if "leader task" in text or "coordination service" in text.split(_JAX_ABORT)[-1][:400]:
+    lost = "process 0"  # the coordination service lives in process 0
+  else:
+    tasks = re.findall(r"stopped sending heartbeats\):\s*([\d\s,]+)", text)
+    ids = [i for i in re.split(r"[\s,]+", tasks[0].strip()) if i] if tasks else []
+    lost = (f"process {ids[0]}" if len(ids) == 1 else f"processes {', '.join(ids)}" if ids else
+            "another process")
+  try:
+    where = resume_hint() if resume_hint is not None else None
+  except Exception:  # pylint: disable=broad-except
+    where = None
+  print(f"paperlab: {lost}{f' of {count}' if count else ''} stopped responding (JAX's coordination service "
+        f"reported it lost); relaunch the same command to resume from {where or 'the last checkpoint'}",
+        file=sys.stderr, flush=True)
+  return PEER_LOST_EXIT
