@@ -399,20 +399,33 @@ def supervise(argv: list[str], resume_hint: Callable[[], str | None] | None = No
   because another process died (C++ ``LOG(FATAL)``, status 134, which no Python code in the child can catch):
   then the coordination service's log lines and the abort's stack trace are replaced by the same one line the
   watchdog prints, and the status is :data:`PEER_LOST_EXIT`. On Linux the child dies with this process (a
-  SIGKILL of the command reaches the worker); SIGINT and SIGTERM are passed on.
+  SIGKILL of the command reaches the worker); SIGTERM is passed on, SIGINT (Ctrl-C, which the terminal sends to
+  the worker as well) is left to the worker.
   """
   import signal  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   env = dict(os.environ, **{WORKER_ENV_VAR: "1"})
   child = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE, text=True, errors="replace",
                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-  for sig in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(sig, lambda number, _: child.send_signal(number))
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker too (same process group): it reports
+  signal.signal(signal.SIGTERM, lambda number, _: child.send_signal(number))
+  try:
+    return _follow(child, resume_hint)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+
+def _follow(child, resume_hint) -> int:
   who, held, held_since, aborted = (None, None), [], 0.0, []
   for line in child.stderr:
     if line.startswith(_ANNOUNCE):
-      index, count = line[len(_ANNOUNCE):].split(" of ")
-      who = (int(index), int(count))
+      try:
+        index, count = line[len(_ANNOUNCE):].split(" of ")
+        who = (int(index), int(count))
+      except ValueError:
+        pass
       continue
     if aborted:
       aborted.append(line)
@@ -436,13 +449,14 @@ def supervise(argv: list[str], resume_hint: Callable[[], str | None] | None = No
     return 128 - status if status < 0 else status
   text = "".join(aborted)
   index, count = who
-  if "leader task" in text or "coordination service" in text.split(_JAX_ABORT)[-1][:400]:
-    lost = "process 0"  # the coordination service lives in process 0
+  tasks = re.findall(r"stopped sending heartbeats\):\s*([\d\s,]+)", text)
+  ids = [i for i in re.split(r"[\s,]+", tasks[0].strip()) if i] if tasks else []
+  if ids:  # the service (in process 0) named the silent processes
+    lost = f"process {ids[0]}" if len(ids) == 1 else f"processes {', '.join(ids)}"
+  elif "leader task" in text or (index is not None and index != 0):
+    lost = "process 0"  # the coordination service, which lives in process 0, is gone
   else:
-    tasks = re.findall(r"stopped sending heartbeats\):\s*([\d\s,]+)", text)
-    ids = [i for i in re.split(r"[\s,]+", tasks[0].strip()) if i] if tasks else []
-    lost = (f"process {ids[0]}" if len(ids) == 1 else f"processes {', '.join(ids)}" if ids else
-            "another process")
+    lost = "another process"
   try:
     where = resume_hint() if resume_hint is not None else None
   except Exception:  # pylint: disable=broad-except

@@ -291,3 +291,31 @@ def test_watchdog_exits_when_the_coordinator_process_is_unreachable(monkeypatch,
   assert capsys.readouterr().err.strip() == (
       "paperlab: process 0 of 2 stopped responding (its coordination service has not answered for 0.4 s); "
       "relaunch the same command to resume from step 7")
+
+
+ABORTING_WORKER = r"""
+import os, sys
+print("paperlab-distributed-worker: process 1 of 2", file=sys.stderr, flush=True)
+print("training...", file=sys.stderr, flush=True)
+print("W1205 02:49:31.608699    1392 preemption_sync_manager.cc:147] Failed to retrieve preemption notice from "
+      "coordination service: UNAVAILABLE: Socket closed", file=sys.stderr, flush=True)
+print("Additional GRPC error information from remote target coordination_service", file=sys.stderr, flush=True)
+print("F1205 02:49:31.630663    1392 client.h:80] Terminating process because the JAX distributed service detected "
+      "fatal errors. absl::Status: UNAVAILABLE: Failed to send RPC to coordination service. Either the leader task "
+      "was preempted/died/restarted unexpectedly", file=sys.stderr, flush=True)
+print("*** Check failure stack trace: ***", file=sys.stderr, flush=True)
+os.abort()
+"""
+
+
+def test_supervise_turns_jax_abort_into_one_line_and_passes_everything_else_through(capfd):
+  assert distributed.supervise(["-c", ABORTING_WORKER], lambda: "step 6") == distributed.PEER_LOST_EXIT
+  assert capfd.readouterr().err.splitlines() == [
+      "training...",
+      "paperlab: process 0 of 2 stopped responding (JAX's coordination service reported it lost); relaunch the "
+      "same command to resume from step 6"]
+  warning = "W1205 02:49:31.608699    1392 preemption_sync_manager.cc:147] a warning"
+  script = f"import sys; print({warning!r}, file=sys.stderr); print('out'); sys.exit(3)"
+  assert distributed.supervise(["-c", script]) == 3  # no abort: its status, every line
+  captured = capfd.readouterr()
+  assert captured.err.splitlines() == [warning] and captured.out == "out\n"
