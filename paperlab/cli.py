@@ -264,8 +264,10 @@ def _cmd_run(args, overrides: list[str]) -> int:
     summaries = run_experiment(args.experiment, overrides, sweep=args.sweep, workdir=args.workdir,
                                backend=args.backend, max_parallel=args.max_parallel, fresh=args.fresh,
                                quiet=args.quiet, ray_address=args.ray_address)
-  except Exception:  # several processes: a lost peer (the watchdog's line) explains it better than the error
-    distributed.await_verdict()
+  except Exception as e:  # several processes: a lost peer (the watchdog's line) explains it better than the error
+    from paperlab.runner.config import ConfigError  # pylint: disable=g-import-not-at-top
+    if not isinstance(e, ConfigError):  # a bad config is found by every process before any collective
+      distributed.await_verdict()
     raise
   distributed.finish()
   if not distributed.is_primary():  # several processes: process 0 reports; all exit with the same status
