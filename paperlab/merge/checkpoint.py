@@ -41,6 +41,7 @@ __all__ = ["CheckpointReader", "CheckpointWriter", "read_checkpoint", "save_chec
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
+_ALIGN = 64
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30,
@@ -183,14 +184,17 @@ class CheckpointReader:
       raise KeyError(f"checkpoint {self.path!r} has no tensor {name!r}.") from None
 
   def read(self, name: str) -> np.ndarray:
-    """The tensor ``name`` as a new C-contiguous host array of its stored dtype (bit-exact)."""
+    """The tensor ``name`` as a new C-contiguous host array of its stored dtype (bit-exact), 64-byte aligned
+    (``jax.device_put(x, may_alias=True)`` then shares it on CPU instead of copying)."""
     info = self._get(name)
     with self._lock:
       fd = self._fds.get(info.file)
       if fd is None:
         fd = self._fds[info.file] = os.open(info.file, os.O_RDONLY)
     n = info.stop - info.start
-    buf = np.empty(n, np.uint8)
+    raw = np.empty(n + _ALIGN, np.uint8)  # 64-byte aligned, so XLA on CPU can use the buffer without a copy
+    off = -raw.ctypes.data % _ALIGN
+    buf = raw[off:off + n]
     view, done = memoryview(buf), 0
     while done < n:
       got = os.preadv(fd, [view[done:]], info.start + done)

@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import resource
+import threading
 import time
 import zlib
 from typing import Any, Callable, Sequence
@@ -117,10 +118,72 @@ def _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normali
   return (bc + lam.astype(ct) * mixed).astype(b.dtype)
 
 
-def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+# Below this many entries a tensor's threshold is found by the exact selection of :mod:`task_vectors` directly.
+_SPECULATE_MIN = 1 << 16
+_SAMPLE_BLOCK = 256  # sampled entries come in runs (cheap to gather); the guess is verified, so correlation is harmless
+_GUESS_SAMPLE = 1 << 16  # sampled entries per tensor: the sampled rank is within ~0.2% of the population's
+
+
+@functools.lru_cache(maxsize=64)
+def _sample_index(n: int, s: int) -> np.ndarray:
+  """About ``s`` sorted positions out of ``n``: random runs of :data:`_SAMPLE_BLOCK` (fixed seed per ``n``)."""
+  starts = np.sort(np.random.default_rng(n).integers(0, n - _SAMPLE_BLOCK + 1, max(1, s // _SAMPLE_BLOCK)))
+  return (starts[:, None] + np.arange(_SAMPLE_BLOCK)).reshape(-1)
+
+
+def _on_host(x) -> bool:
+  return isinstance(x, np.ndarray) or all(d.platform == "cpu" for d in x.devices())
+
+
+@jax.jit
+def _sample_abs_deltas_xla(b: jax.Array, ms: tuple, idx: jax.Array) -> jax.Array:
+  bs = b.reshape(-1)[idx].astype(jnp.float32)
+  return jnp.stack([jnp.abs(m.reshape(-1)[idx].astype(jnp.float32) - bs) for m in ms])
+
+
+def _sample_abs_deltas(b, ms: Sequence, idx: np.ndarray) -> np.ndarray:
+  """``(n_models, s)`` float32 ``|m - b|`` at positions ``idx``; on the host (no compilation per shape) when the
+  arrays are there. Only a guess is made from it, so NumPy's subnormal handling may differ from XLA's."""
+  if not all(_on_host(x) for x in (b, *ms)):
+    return np.asarray(_sample_abs_deltas_xla(b, tuple(ms), jnp.asarray(idx, jnp.int32)))
+  bs = np.asarray(b).reshape(-1)[idx].astype(np.float32)
+  return np.stack([np.abs(np.asarray(m).reshape(-1)[idx].astype(np.float32) - bs) for m in ms])
+
+
+_GUESS_Z = 2.0  # binomial standard deviations of the sampled rank (see _guess_thresholds)
+
+
+def _guess_thresholds(base: jax.Array, ms: Sequence[jax.Array], ks: Sequence[int]) -> list[float | None]:
+  """Per model, a guess of the ``k``-th largest ``|m - base|``, or ``None``: the value at the scaled rank
+  ``k s / n`` of a sample of ``s`` entries, guessed only when at least :data:`_GUESS_Z` binomial standard
+  deviations of sampled entries tie with it. Many entries tie at the threshold when weights move by a few ulp
+  (bf16 fine-tunes), so ``|delta|`` takes few distinct values and the guess is then usually right; with
+  continuous deltas nothing ties and nothing is guessed. A guess is verified by counting in the merge pass
+  (:func:`_gta_kernel_counted`), so a wrong one costs time, never exactness."""
+  n = base.size
+  s = min(n // 16, _GUESS_SAMPLE)
+  if n < _SPECULATE_MIN:
+    return [None] * len(ms)
+  sample = _sample_abs_deltas(base, ms, _sample_index(n, s))
+  s = sample.shape[1]
+  out: list[float | None] = []
+  for row, k in zip(sample, ks):
+    q = k / n
+    r = min(max(int(round(q * s)), 1), s)
+    g = np.partition(row, s - r)[s - r]
+    tied = int(np.count_nonzero(row == g))
+    out.append(float(g) if tied >= _GUESS_Z * np.sqrt(s * q * (1 - q)) else None)
+  return out
+
+
+def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dict],
+            guess: bool = False) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
   """Per model, the kept band ``[lo, hi]`` of ``|delta|``: the ``k = max(1, int(density n))``-th largest and
   ``inf`` for TIES' trim (exact, by :mod:`~paperlab.merge.task_vectors`' bracketing selection; entries tied with
-  the threshold are all kept), mergekit's ``magnitude_outliers`` band for breadcrumbs."""
+  the threshold are all kept), mergekit's ``magnitude_outliers`` band for breadcrumbs.
+
+  With ``guess``, models whose threshold :func:`_guess_thresholds` can guess get the guess instead; the third
+  value maps them to their ``k`` (the caller verifies the guesses, :func:`_exact_lo` replaces a wrong one)."""
   n = base.size
   lo = np.full(len(ms), -np.inf, np.float32)
   hi = np.full(len(ms), np.inf, np.float32)
@@ -140,9 +203,55 @@ def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dic
       else:
         d = m.astype(jnp.float32) - base.astype(jnp.float32)
         lo[j], hi[j] = np.asarray(task_vectors._order_stats((d,), jnp.array([lo_r, hi_r]), "exact", 1))
+  guessed: dict[int, int] = {}
+  if guess and by_k:
+    js = [j for js in by_k.values() for j in js]
+    ks = {j: k for k, js in by_k.items() for j in js}
+    for j, g in zip(js, _guess_thresholds(base, [ms[j] for j in js], [ks[j] for j in js])):
+      if g is not None:
+        lo[j], guessed[j] = g, ks[j]
+    by_k = {k: [j for j in js if j not in guessed] for k, js in by_k.items()}
   for k, js in by_k.items():
-    lo[js] = np.asarray(task_vectors._kth_largest_deltas((base,), [(ms[j],) for j in js], k))
-  return lo, hi
+    if js:
+      lo[js] = _exact_lo(base, [ms[j] for j in js], k)
+  return lo, hi, guessed
+
+
+def _exact_lo(base: jax.Array, ms: Sequence[jax.Array], k: int) -> np.ndarray:
+  return np.asarray(task_vectors._kth_largest_deltas((base,), [(m,) for m in ms], k))
+
+
+_CODE_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)  # 2 bits per model: up to 32 models
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "consensus", "normalize", "rescale"))
+def _gta_kernel_counted(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale):
+  """:func:`_gta_kernel` plus, in the same pass, a code per entry: bit ``j`` set where ``|delta_j| >= lo[j]``,
+  bit ``n_models + j`` where ``|delta_j| > lo[j]``. ``lo[j]`` is the exact k-th largest iff ``count_ge >= k >
+  count_gt`` (the check of a guessed threshold). The counts are taken on the host (:func:`_code_counts`), where
+  counting bits runs at memory speed and XLA's CPU reductions do not."""
+  out = _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale)
+  ct = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
+  dt = next(d for d in _CODE_DTYPES if np.dtype(d).itemsize * 8 >= 2 * len(ms))
+  code = jnp.zeros(b.shape, dt)
+  for j, m in enumerate(ms):
+    a = jnp.abs(m.astype(ct) - b.astype(ct))
+    t = lo[j].astype(ct)
+    code = code | ((a >= t).astype(dt) << j) | ((a > t).astype(dt) << (len(ms) + j))
+  return out, code
+
+
+_SCRATCH = threading.local()  # one reusable buffer per thread: fresh pages would cost a page fault each
+
+
+def _code_counts(code: np.ndarray, n_models: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(count_ge, count_gt)`` per model from :func:`_gta_kernel_counted`'s code."""
+  code = code.reshape(-1)
+  scratch = getattr(_SCRATCH, "buf", None)
+  if scratch is None or scratch.size != code.size or scratch.dtype != code.dtype:
+    scratch = _SCRATCH.buf = np.empty_like(code)
+  c = [np.count_nonzero(np.bitwise_and(code, code.dtype.type(1 << i), out=scratch)) for i in range(2 * n_models)]
+  return np.asarray(c[:n_models]), np.asarray(c[n_models:])
 
 
 def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], shared: dict, key: jax.Array) -> jax.Array:
@@ -158,14 +267,25 @@ def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], share
       d, e = p.get("density", 1.0), p.get("epsilon", 0.15)
       if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
         raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={d}, epsilon={e}.")
-  lo, hi = _bounds(kind, base, ms, ps)
-  keys = jnp.stack([jax.random.fold_in(key, j) for j in range(len(ms))])
+  lo, hi, guessed = _bounds(kind, base, ms, ps, guess=kind == "magnitude")
+  keys = (jnp.stack([jax.random.fold_in(key, j) for j in range(len(ms))]) if kind in ("random", "della")
+          else jnp.stack([key] * len(ms)))  # unused by the deterministic methods
   dens = jnp.asarray([min(max(p.get("density", 1.0), 0.0), 1.0) for p in ps], jnp.float32)
   eps = jnp.asarray([p.get("epsilon", 0.0) if 0 < p.get("density", 1.0) < 1 else 0.0 for p in ps], jnp.float32)
   w = jnp.asarray([p["weight"] for p in ps], jnp.float32)
-  return _gta_kernel(base, tuple(ms), jnp.asarray(lo), jnp.asarray(hi), keys, dens, eps, w,
-                     jnp.float32(shared["lambda"]), kind, method in _CONSENSUS, bool(shared["normalize"]),
-                     bool(shared["rescale"]) and kind is not None)
+  static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
+                rescale=bool(shared["rescale"]) and kind is not None)
+  args = lambda: (base, tuple(ms), jnp.asarray(lo), jnp.asarray(hi), keys, dens, eps, w, jnp.float32(shared["lambda"]))
+  if not guessed or len(ms) > 32:
+    return _gta_kernel(*args(), **static)
+  out, code = _gta_kernel_counted(*args(), **static)
+  ge, gt = _code_counts(np.asarray(code), len(ms))
+  wrong = [j for j, k in guessed.items() if not ge[j] >= k > gt[j]]
+  if not wrong:
+    return out
+  for j in wrong:  # the bracket missed: select exactly and merge again
+    lo[j] = _exact_lo(base, [ms[j]], guessed[j])[0]
+  return _gta_kernel(*args(), **static)
 
 
 def _nuslerp(t: float, v0: jax.Array, v1: jax.Array, row_wise: bool, flatten: bool, eps: float = 1e-8):
@@ -196,14 +316,22 @@ _slerp = jax.jit(averaging.slerp)
 _nuslerp = jax.jit(_nuslerp, static_argnames=("row_wise", "flatten"))
 
 
+def _device_array(x, alias: bool) -> jax.Array:
+  if alias and isinstance(x, np.ndarray) and jax.default_backend() == "cpu":
+    return jax.device_put(x, may_alias=True)
+  return jnp.asarray(x)
+
+
 def merge_tensor(method: str, tensors: Sequence[Any], base_index: int | None, shared: dict, per_input: Sequence[dict],
-                 *, key: jax.Array | None = None, name: str = "tensor") -> jax.Array:
+                 *, key: jax.Array | None = None, name: str = "tensor", alias_inputs: bool = False) -> jax.Array:
   """Merge one tensor from each input model with a mergekit method (Goddard et al., "Arcee's MergeKit",
   arXiv:2403.13257; each method's paper in ``METHODS[name].reference``) or a paperlab-only one, parameters already
   resolved for this tensor (see :class:`~paperlab.merge.mergekit_config.TensorJob`). ``key`` seeds the random
   methods. Returns an array of the inputs' dtype (the compute dtype; the caller casts to ``out_dtype``).
 
-  Integer/bool inputs are copied when equal and raise ``ValueError`` naming ``name`` when they differ."""
+  Integer/bool inputs are copied when equal and raise ``ValueError`` naming ``name`` when they differ.
+  ``alias_inputs`` lets JAX use 64-byte-aligned NumPy inputs in place on CPU (no copy; the caller must not
+  modify them while the result is alive, which may be one of them, e.g. for ``passthrough``)."""
   if not all(_is_float(x) for x in tensors):
     first = np.asarray(tensors[0])
     for x in tensors[1:]:
@@ -211,7 +339,7 @@ def merge_tensor(method: str, tensors: Sequence[Any], base_index: int | None, sh
         raise ValueError(f"non-floating tensor {name!r} differs between the models; integer and bool tensors are "
                          f"never merged.")
     return jnp.asarray(first) if first.dtype.itemsize < 8 else first
-  xs = [jnp.asarray(x) for x in tensors]
+  xs = [_device_array(x, alias_inputs) for x in tensors]
   key = jax.random.key(0) if key is None else key
   bi = base_index
   if method == "passthrough":
@@ -434,7 +562,7 @@ def run_merge(config: MergeConfig, out_dir: str | os.PathLike, *, shard_size: in
         futures[k] = None
         key = jax.random.fold_in(root, zlib.crc32(job.out_name.encode()) & 0x7FFFFFFF)
         out = merge_tensor(config.merge_method, arrays, job.base_index, job.shared, job.per_input, key=key,
-                           name=job.out_name)
+                           name=job.out_name, alias_inputs=True)
         del arrays
         dt = specs[k][2]
         host = np.asarray(jax.device_get(out.astype(dt) if hasattr(out, "astype") else out))
