@@ -90,3 +90,34 @@ def test_a_failed_run_leaves_no_half_written_output(config, tmp_path, capsys, mo
   assert status == (1 if failure == "disk_full" else 130) and len(err.splitlines()) == 1
   assert ("disk full" if failure == "disk_full" else "interrupted") in err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "base", "merge.yml"]  # no out, no temp dir
+
+
+def _fails_in_one_line(config, tmp_path, capsys, *needles):
+  assert command.main(_args(config, tmp_path / "out")) == 1
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and err.startswith("paperlab merge: error:"), err
+  for needle in needles:
+    assert needle in err, err
+  assert not (tmp_path / "out").exists() and not any(".partial" in p.name for p in tmp_path.iterdir())
+
+
+def test_a_missing_base_model_directory_is_one_line_naming_it(config, tmp_path, capsys):
+  config.write_text(config.read_text().replace(f"base_model: {tmp_path / 'base'}", f"base_model: {tmp_path / 'nope'}"))
+  _fails_in_one_line(config, tmp_path, capsys, str(tmp_path / "nope"), "not a local directory")
+
+
+def test_ties_without_a_base_model_is_one_line(config, tmp_path, capsys):
+  config.write_text("\n".join(line for line in config.read_text().splitlines() if not line.startswith("base_model")))
+  _fails_in_one_line(config, tmp_path, capsys, "needs a base_model")
+
+
+def test_mismatched_architectures_are_one_line_naming_the_model(config, tmp_path, capsys):
+  (tmp_path / "b" / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"]}))
+  _fails_in_one_line(config, tmp_path, capsys, "mismatched architectures", str(tmp_path / "b"))
+
+
+def test_a_tensor_of_another_shape_is_one_line_naming_it(config, tmp_path, capsys):
+  t = pm.read_checkpoint(tmp_path / "b")
+  t["model.layers.1.mlp.up_proj.weight"] = np.zeros((10, 8), ml_dtypes.bfloat16)
+  pm.save_checkpoint(t, tmp_path / "b", config={"architectures": ["LlamaForCausalLM"]}, overwrite=True)
+  _fails_in_one_line(config, tmp_path, capsys, "model.layers.1.mlp.up_proj.weight", "[10, 8]")
