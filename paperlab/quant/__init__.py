@@ -17,6 +17,7 @@ from paperlab.quant.smoothquant import *  # noqa: F401,F403
 from paperlab.quant.qat import *  # noqa: F401,F403
 from paperlab.quant.qat_recipes import *  # noqa: F401,F403
 from paperlab.quant.adaround import *  # noqa: F401,F403
+from paperlab.quant.flexround import *  # noqa: F401,F403
 from paperlab.quant.checkpoint import *  # noqa: F401,F403
 from paperlab.quant.leanquant import *  # noqa: F401,F403
 from paperlab.quant.billm import *  # noqa: F401,F403
@@ -24,5 +25,5 @@ from paperlab.quant.billm import *  # noqa: F401,F403
 # The submodules above, by name: ``paperlab.quant.dot`` / ``lorc`` are rebound to the functions of the same name by
 # the star imports, so their modules are looked up in sys.modules rather than as attributes.
 _MODULES = ("formats", "packing", "qarray", "dot", "dfloat", "rtn", "calibration", "gptq", "awq", "lorc",
-            "smoothquant", "adaround", "qat", "qat_recipes", "checkpoint", "leanquant", "billm")
+            "smoothquant", "adaround", "flexround", "qat", "qat_recipes", "checkpoint", "leanquant", "billm")
 __all__ = sorted({name for _m in _MODULES for name in _sys.modules[f"{__name__}.{_m}"].__all__})
