@@ -159,7 +159,7 @@ def art_train(key: jax.Array, params: PyTree, data: tuple[jax.Array, jax.Array],
                        ("buffer", buffer, 0)):
     if not isinstance(v, int) or isinstance(v, bool) or v < low:
       raise ValueError(f"{name} must be an int >= {low}, got {v!r}.")
-  x, y = data
+  x, y = jnp.asarray(data[0]), jnp.asarray(data[1])
   if x.shape[0] < batch_size:
     raise ValueError(f"batch_size={batch_size} exceeds the {x.shape[0]} training examples.")
   steps = x.shape[0] // batch_size
