@@ -5,8 +5,21 @@
   - ``adamp_vs_adamw_mixed``: 4 conv kernels 3x3x256x256 + 4 dense kernels 1024x1024, each with its bias (6.6M);
   - ``adamp_vs_adamw_dense``: 6 dense kernels 1024x1024 with biases (6.3M);
   - ``adamp_vs_adamw``: a VGG-like ~4.2M-parameter tree of conv and dense kernels of several widths.
-  AdamP reads ``w, g, m, v`` once more than AdamW (the per-channel cosine sums), so its memory-traffic floor against
-  XLA's AdamW (three fusions: 7 reads, 3 writes) is about 1.4x.
+  Floor on XLA:CPU (both steps are memory-bound): ``optax.adamw`` + ``apply_updates`` compiles to three fusions per
+  leaf (``m'``: reads ``g, m``; ``v'``: reads ``g, v``; ``w'``: reads ``w, m', v'``), 7 full-size reads and 3 writes =
+  10 leaf-sized transfers. AdamP needs the four per-channel sums ``<w,w>, <g,g>, <w,g>, <w,u>`` of the *new* step
+  before any element of it can be written, so it adds one reduction pass reading ``w, g, m, v`` (4) whose 8-row
+  partial sums are written and read back (4 x 1/8, twice: 1), then the same three fusions: 15 transfers, **1.5x**
+  (1.4x without the partial sums; ``tests/optim/test_adamp_memory_passes.py`` pins the 11 reads / 3 writes). Going
+  lower needs the reduction pass to also write ``m', v'`` (10 transfers, 1.0x), which XLA:CPU cannot fuse: a
+  variadic reduce's outputs share one shape, a full-size multi-output loop fusion (``reduce`` over a padded size-2
+  axis) cannot hold the partial sums and, for ``m', v'`` alone, measured slower (1.64-1.69x vs 1.58-1.61x); a
+  ``fori_loop`` over row blocks (no faster than the two passes on the same sub-step), YNNPACK's fused
+  ``sum(a * b, 0)`` (2.4-2.5x), blocks of 16/32 rows (1.8x) and per-leaf coefficient arithmetic (no change) were
+  measured too. Measured medians (60-100 interleaved rounds, 2-core shared VM, load average 2-15): mixed
+  1.57-1.81x (CPU-time ratio 1.57-1.73), dense 1.45-1.68x (1.49-1.67); with only two of the four sums (not AdamP:
+  a lower bound for this pass structure) 1.40-1.59x. The 1.5x goal of issue 20 is at this floor: not met reliably
+  on XLA:CPU.
 * SGDP (Nesterov) vs ``optax.sgd(nesterov=True)``: target <= 2.0x.
 * A full SAM step (both gradients + base update) vs a base step (one gradient + update) on an MLP: target <= 2.1x.
 """
