@@ -19,21 +19,21 @@ Two substrates, each trained once per seed (seeds 0-2) and shared with the LoRC 
    perplexity on 128 held-out windows of the test split (validation: the tail of the training text).
 
 Arms: ``fp`` (full precision), ``fp6`` (E3M2 per channel), ``int4`` (INT4 RTN per channel), on CHAR-LM also
-``int4_g32``; ``fp6_e2m3`` is reported beside them (the paper finds E2M3 similar to E3M2). PTQ has nothing to tune,
+``int4_g32``. PTQ has nothing to tune,
 so every arm is one grid point; the protocol reads the test split once per arm and judges the claim on seed means.
 Control: INT4 per channel passed as FP6 must fail ("FP6 beats INT4 per channel" is strict).
 
 Measured at the default config (seeds 0-2, means; per-seed values and std in the record):
 
-* DIGITS-MLP test accuracy: full precision 0.9733, FP6 E3M2 0.9726 (drop 0.07pt), E2M3 0.9733, INT4 per channel
-  0.9719.
-* CHAR-LM test perplexity: full precision 2.6273, FP6 E3M2 2.6535 (+0.996%), E2M3 2.6317 (+0.17%), INT4 per
-  channel 2.6937, INT4 g32 2.6721.
+* DIGITS-MLP test accuracy: full precision 0.9733, FP6 E3M2 0.9726 (drop 0.07pt), INT4 per channel 0.9719.
+* CHAR-LM test perplexity: full precision 2.6273, FP6 E3M2 2.6535 (+0.996%), INT4 per channel 2.6937, INT4 g32
+  2.6721.
 * Stored bytes per parameter of the FP6 kernels (packed codes + float16 scales): 0.762 (DIGITS), 0.773 (CHAR).
 
 Every part of the claim holds (reproduced), with thin margins: on DIGITS FP6 beats INT4 per channel by 0.07pt, a
-third of one test image per seed, and the CHAR-LM rise of 0.996% sits at the 1% bound. E2M3 (more mantissa) is the
-better FP6 variant on these small, outlier-free models.
+third of one test image per seed, and the CHAR-LM rise of 0.996% sits at the 1% bound. Measured once beside them
+(left out of the CI run), FP6 E2M3 (more mantissa, per channel) does better on these small, outlier-free models:
+DIGITS 0.9733 (no drop), CHAR-LM 2.6317 (+0.17%).
 """
 
 from __future__ import annotations
@@ -229,11 +229,11 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   digits, char = substrates(config)
   ctx.log_curve("char/train_loss", char["losses"].mean(0), every=max(1, config.char.steps // 10))
   cl = config.claim
-  d_cmp, d_bytes = _compare("digits", digits, ["fp", "fp6", "fp6_e2m3", "int4"], "")
+  d_cmp, d_bytes = _compare("digits", digits, ["fp", "fp6", "int4"], "")
   acc = {n: d_cmp[n].mean("accuracy") for n in d_cmp.arms}
   d_verdict = d_cmp.judge(lambda m, b: acc["fp"] - m["accuracy"] <= cl.max_acc_drop and m["accuracy"] > b["accuracy"],
                           method="fp6", baseline="int4")
-  c_cmp, c_bytes = _compare("char", char, ["fp", "fp6", "fp6_e2m3", "int4", "int4_g32"], "blocks/")
+  c_cmp, c_bytes = _compare("char", char, ["fp", "fp6", "int4", "int4_g32"], "blocks/")
   ppl = {n: c_cmp[n].mean("ppl") for n in c_cmp.arms}
   c_verdict = c_cmp.judge(lambda m, b: (m["ppl"] <= (1 + cl.max_ppl_rise) * ppl["fp"] and m["ppl"] < b["ppl"]
                                         and m["ppl"] < ppl["int4_g32"]), method="fp6", baseline="int4")

@@ -121,7 +121,7 @@ def _fasterquant(W, H, blocksize=128, percdamp=0.01, orders=(1, 1, 2)):
 
 def test_billm_layer_matches_the_official_bragptq():
   rng = np.random.default_rng(0)
-  n_in, n_out = 192, 32  # a full block of 128 and a partial one of 64 (>= up_lim 50)
+  n_in, n_out = 192, 16  # a full block of 128 and a partial one of 64 (>= up_lim 50)
   x = rng.normal(size=(400, n_in)).astype(np.float32) * rng.uniform(0.3, 2.0, size=n_in).astype(np.float32)
   h = (2.0 / x.shape[0]) * x.T @ x
   kernel = (0.05 * rng.standard_t(4, size=(n_in, n_out))).astype(np.float32)
@@ -129,6 +129,8 @@ def test_billm_layer_matches_the_official_bragptq():
   Q, salient = _fasterquant(torch.from_numpy(kernel.T.copy()), torch.from_numpy(h.copy()))
   np.testing.assert_array_equal(np.asarray(ours.salient), salient.numpy())
   np.testing.assert_allclose(np.asarray(ours.w_hat), Q.numpy().T, atol=1e-5)
+  assert ours.sparse.shape == kernel.shape and ours.split.shape == (2,)
+  assert not bool(jnp.any(ours.sparse & ours.salient[:, None]))  # the three groups are disjoint
 
 
 def test_residual_binarize_matches_high_order_residual():

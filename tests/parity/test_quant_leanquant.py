@@ -100,3 +100,6 @@ def test_layer_matches_the_official_fasterquant():
                                    centroids=torch.from_numpy(np.array(ours.codebook)))
   np.testing.assert_array_equal(np.asarray(ours.codes), codes.numpy().T)
   np.testing.assert_allclose(np.asarray(ours.w_hat), Q.numpy().T, atol=1e-5)
+  assert ours.w_hat.dtype == jnp.float32 and ours.codes.dtype == jnp.uint8 and ours.codebook.shape == (n_out, 8)
+  np.testing.assert_array_equal(np.asarray(ours.w_hat), np.take_along_axis(  # every weight is on its channel grid
+      np.asarray(ours.codebook).T, np.asarray(ours.codes, np.int64), axis=0))

@@ -1,5 +1,5 @@
 """BiLLM (paperlab.quant.billm): the binarization properties of the paper (mean|w| is the L2-optimal scale of
-sign(w), a second residual order never increases the error), the layer's shapes and errors naming the argument."""
+sign(w), a second residual order never increases the error), errors naming the argument (the layer's output is checked against the official code in tests/parity)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from paperlab import quant
 
 def test_residual_orders_lower_the_error_and_order_one_scale_is_l2_optimal():
   rng = np.random.default_rng(0)
-  w = jnp.asarray(rng.standard_t(3, size=(64, 8)).astype(np.float32))
+  w = jnp.asarray(rng.standard_t(3, size=(40, 6)).astype(np.float32))  # the parity test's shape: one compile
   err = [float(jnp.sum((w - quant.residual_binarize(w, order=m)) ** 2)) for m in (1, 2, 3)]
   assert err[2] <= err[1] < err[0]
   # order 1 = alpha sign(w - mu) + mu with alpha = mean|w - mu|, the minimizer of ||w - mu - a sign(w - mu)||^2
@@ -24,20 +24,16 @@ def test_residual_orders_lower_the_error_and_order_one_scale_is_l2_optimal():
   assert np.allclose(np.abs(np.asarray(b - jnp.mean(w, axis=0))), np.mean(np.abs(np.asarray(c)), axis=0), rtol=1e-5)
 
 
-def test_billm_layer_shapes_and_errors():
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(128, 64)).astype(np.float32))
-  w = jnp.asarray(rng.normal(size=(64, 8)).astype(np.float32))
-  h = quant.hessian(x)
-  q = quant.billm_layer(w, h, max_salient=8)
-  assert q.w_hat.shape == w.shape and q.salient.shape == (64,) and q.sparse.shape == w.shape
-  assert q.split.shape == (1,) and 1 <= int(q.salient.sum()) < 8
-  assert not bool(jnp.any(q.sparse & q.salient[:, None]))
+def test_billm_layer_errors_name_the_argument():
+  w = jnp.ones((64, 8), jnp.float32)
+  h = jnp.eye(64, dtype=jnp.float32)
   with pytest.raises(ValueError, match="h must be"):
     quant.billm_layer(w, h[:3, :3])
   with pytest.raises(ValueError, match="max_salient"):
     quant.billm_layer(w, h, max_salient=1)
   with pytest.raises(ValueError, match="blocksize"):
     quant.billm_layer(w, h, blocksize=63)
+  with pytest.raises(ValueError, match="finite"):
+    quant.billm_layer(w.at[0, 0].set(jnp.inf), h)
   with pytest.raises(ValueError, match="order"):
     quant.residual_binarize(w, order=0)
