@@ -105,7 +105,7 @@ class _MLP(nnx.Module):
 def test_adaround_model_beats_rtn_on_the_network_output():
   model = _MLP(nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (128, 8))
-  qmodel, results = quant.adaround_model(model, [x], bits=3, iters=1000)
+  qmodel, results = quant.adaround_model(model, [x], bits=3, iters=300)
   assert set(results) == {"fc1", "fc2"}
   rtn_model = quant.replace_kernels(model, {p: quant.fake_quantize_rtn(m.kernel[...], bits=3)
                                             for p, m in (("fc1", model.fc1), ("fc2", model.fc2))})
