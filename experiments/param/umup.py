@@ -46,6 +46,7 @@ from flax import nnx
 from paperlab import data, papers, param, train
 from paperlab.models import MLP
 from paperlab.runner import protocol
+from paperlab.runner.trainer import FAST_COMPILE_CPU
 
 PAPER_ID = 270
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -87,6 +88,11 @@ def _parametrization(kind: str, width: int, base_width: int) -> param.Parametriz
                            bias_gain=_TORCH_GAIN)
 
 
+def _compiler_options() -> dict | None:
+  """The runner's fast CPU compile (XLA's expensive LLVM passes off): compiling is most of this sweep's CPU time."""
+  return dict(FAST_COMPILE_CPU) if jax.default_backend() == "cpu" else None
+
+
 def _select(index, trees):
   """The ``index``-th of several pytrees of the same structure (``index`` may be traced)."""
   return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(l, jnp.float32) for l in leaves])[index], *trees)
@@ -119,7 +125,7 @@ def _sweep(width: int, config, ds) -> dict:
   lrs = 2.0 ** jnp.asarray([config.log2_etas[k] for k in _KINDS], jnp.float32)  # (kinds, grid)
   keys = jax.vmap(jax.random.key)(jnp.arange(config.seeds))
   per_kind = lambda kind, lrs: jax.vmap(jax.vmap(trial, (None, None, 0)), (None, 0, None))(kind, lrs, keys)
-  out = jax.jit(jax.vmap(per_kind))(jnp.arange(len(_KINDS)), lrs)
+  out = jax.jit(jax.vmap(per_kind), compiler_options=_compiler_options())(jnp.arange(len(_KINDS)), lrs)
   out = jax.tree.map(np.asarray, out)
   return {kind: {k: v[i] for k, v in out.items()} for i, kind in enumerate(_KINDS)}
 

@@ -5,7 +5,8 @@ from paperlab.scaling.laws import *  # noqa: F401,F403
 from paperlab.scaling.fit import *  # noqa: F401,F403
 from paperlab.scaling.lr_annealing import *  # noqa: F401,F403
 from paperlab.scaling.hparams import *  # noqa: F401,F403
+from paperlab.scaling.ladder import *  # noqa: F401,F403
 
-from paperlab.scaling import laws, fit, lr_annealing, hparams  # noqa: E402
+from paperlab.scaling import laws, fit, lr_annealing, hparams, ladder  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams))))
+__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams, ladder))))
