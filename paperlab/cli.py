@@ -254,9 +254,10 @@ def _cmd_run(args, overrides: list[str]) -> int:
   if _distributed_requested(args):
     heartbeat_timeout = _check_distributed(args)
     from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top
-    if os.environ.get(distributed.WORKER_ENV_VAR) != "1":  # run the work in a child that JAX may abort
+    if not os.environ.get(distributed.WORKER_ENV_VAR):  # run the work in a child that JAX may abort
       return distributed.supervise(["-m", "paperlab.cli", *args.argv],
                                    resume_hint=lambda: _resume_hint(args.workdir, started))
+    distributed.die_with_supervisor()
     _init_distributed(args, heartbeat_timeout, started)
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
   from paperlab.runner import distributed  # pylint: disable=g-import-not-at-top

@@ -45,14 +45,14 @@ from typing import Any, Callable
 
 __all__ = ["initialize", "is_initialized", "is_primary", "process_index", "process_count", "broadcast",
            "broadcast_tree", "barrier", "global_array", "to_host", "finish", "await_verdict", "heartbeat_timeout_from_env",
-           "check_heartbeat_timeout", "supervise", "announce", "ENV_VARS", "HEARTBEAT_ENV_VAR",
+           "check_heartbeat_timeout", "supervise", "announce", "die_with_supervisor", "ENV_VARS", "HEARTBEAT_ENV_VAR",
            "DEFAULT_HEARTBEAT_TIMEOUT", "PEER_LOST_EXIT", "WORKER_ENV_VAR"]
 
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 HEARTBEAT_ENV_VAR = "PAPERLAB_HEARTBEAT_TIMEOUT"
 DEFAULT_HEARTBEAT_TIMEOUT = 30.0
 PEER_LOST_EXIT = 75  # EX_TEMPFAIL: try again (relaunch the same command)
-WORKER_ENV_VAR = "PAPERLAB_DISTRIBUTED_WORKER"  # set in the child process that :func:`supervise` starts
+WORKER_ENV_VAR = "PAPERLAB_DISTRIBUTED_WORKER"  # in the child that :func:`supervise` starts: the parent's pid
 _HEARTBEAT_KEY = "paperlab/heartbeat/"
 _ANNOUNCE = "paperlab-distributed-worker: process "
 _DONE = "done"
@@ -379,17 +379,24 @@ _JAX_ABORT = "Terminating process because the JAX distributed service detected f
 
 def announce() -> None:
   """In the child process of :func:`supervise`: tell the parent this process's index and the process count."""
-  if os.environ.get(WORKER_ENV_VAR) == "1":
+  if os.environ.get(WORKER_ENV_VAR):
     print(f"{_ANNOUNCE}{process_index()} of {process_count()}", file=sys.stderr, flush=True)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_supervisor() -> None:
+  """In the child process of :func:`supervise` (Linux): be killed when the supervising command dies, so that a
+  SIGKILL of the command stops the work and the other processes notice. Call it first thing in the worker."""
+  parent = os.environ.get(WORKER_ENV_VAR, "")
+  if not parent.isdigit() or not sys.platform.startswith("linux"):
+    return
   try:
     import ctypes  # pylint: disable=g-import-not-at-top
     import signal  # pylint: disable=g-import-not-at-top
-    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG (Linux): a killed parent kills the worker
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
   except (OSError, AttributeError):
-    pass
+    return
+  if os.getppid() != int(parent):  # the supervisor died before prctl
+    os._exit(PEER_LOST_EXIT)  # pylint: disable=protected-access
 
 
 def supervise(argv: list[str], resume_hint: Callable[[], str | None] | None = None) -> int:
@@ -404,9 +411,8 @@ def supervise(argv: list[str], resume_hint: Callable[[], str | None] | None = No
   """
   import signal  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
-  env = dict(os.environ, **{WORKER_ENV_VAR: "1"})
-  child = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE, text=True, errors="replace",
-                           preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+  env = dict(os.environ, **{WORKER_ENV_VAR: str(os.getpid())})
+  child = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE, text=True, errors="replace")
   previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker too (same process group): it reports
   signal.signal(signal.SIGTERM, lambda number, _: child.send_signal(number))
