@@ -127,8 +127,9 @@ _GUESS_SAMPLE = 1 << 16  # sampled entries per tensor: the sampled rank is withi
 @functools.lru_cache(maxsize=64)
 def _sample_index(n: int, s: int) -> np.ndarray:
   """About ``s`` sorted positions out of ``n``: random runs of :data:`_SAMPLE_BLOCK` (fixed seed per ``n``)."""
-  starts = np.sort(np.random.default_rng(n).integers(0, n - _SAMPLE_BLOCK + 1, max(1, s // _SAMPLE_BLOCK)))
-  return (starts[:, None] + np.arange(_SAMPLE_BLOCK)).reshape(-1)
+  run = min(_SAMPLE_BLOCK, n)
+  starts = np.sort(np.random.default_rng(n).integers(0, n - run + 1, max(1, s // run)))
+  return (starts[:, None] + np.arange(run)).reshape(-1)
 
 
 def _on_host(x) -> bool:
@@ -161,7 +162,7 @@ def _guess_thresholds(base: jax.Array, ms: Sequence[jax.Array], ks: Sequence[int
   continuous deltas nothing ties and nothing is guessed. A guess is verified by counting in the merge pass
   (:func:`_gta_kernel_counted`), so a wrong one costs time, never exactness."""
   n = base.size
-  s = min(n // 16, _GUESS_SAMPLE)
+  s = max(1, min(n // 16, _GUESS_SAMPLE))
   if n < _SPECULATE_MIN:
     return [None] * len(ms)
   sample = _sample_abs_deltas(base, ms, _sample_index(n, s))

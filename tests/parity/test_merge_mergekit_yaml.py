@@ -180,8 +180,7 @@ out_dtype: bfloat16
   _assert_parity(*_both(data, tmp_path))
 
 
-def test_ties_with_per_model_density_and_a_gradient_weight(models, tmp_path):
-  data = _fill("""
+TIES_YAML = """
 models:
   - model: <ft0>
     parameters: {weight: 1.0, density: 0.5}
@@ -193,10 +192,45 @@ base_model: <base>
 merge_method: ties
 dtype: float32
 out_dtype: bfloat16
-""", models)
-  ours, theirs = _both(data, tmp_path)
-  free = _tie_free(models, ["ft0", "ft1", "ft2"], {"ft0": 0.5, "ft1": 0.3, "ft2": 0.7}, data, "magnitude")
+"""
+
+
+def test_ties_with_per_model_density_and_a_gradient_weight(models, tmp_path):
+  ours, theirs = _both(_fill(TIES_YAML, models), tmp_path)
+  free = _tie_free(models, ["ft0", "ft1", "ft2"], {"ft0": 0.5, "ft1": 0.3, "ft2": 0.7}, None, "magnitude")
   _assert_parity(ours, theirs, free)
+
+
+@pytest.fixture(scope="module")
+def few_ulp_models(models, tmp_path_factory):
+  """The base and 3 fine-tunes that move every weight by at most 3 bf16 ulps, as bf16 fine-tunes often do: most
+  |delta| values tie, the case where streaming guesses TIES' threshold from a sample (and verifies it)."""
+  from paperlab.merge.checkpoint import save_checkpoint
+
+  root = tmp_path_factory.mktemp("few_ulp")
+  base = read_checkpoint(models["base"])
+  cfg = json.loads((open(os.path.join(models["base"], "config.json")).read()))
+  paths = {"base": models["base"]}
+  for i in range(3):
+    rng = np.random.default_rng(i)
+    ft = {k: (v.view(np.uint16).astype(np.int32) + rng.integers(-3, 4, v.shape)).astype(np.uint16)
+          .view(ml_dtypes.bfloat16) for k, v in base.items()}
+    paths[f"ft{i}"] = save_checkpoint(ft, root / f"ft{i}", shard_size="100KB", config=cfg)
+  return paths
+
+
+def test_ties_with_a_guessed_threshold_on_few_ulp_fine_tunes(few_ulp_models, tmp_path, monkeypatch):
+  from paperlab.merge import streaming
+
+  monkeypatch.setattr(streaming, "_SPECULATE_MIN", 1024)  # the tiny models' tensors are below the default size
+  counted = []
+  kernel = streaming._gta_kernel_counted
+  monkeypatch.setattr(streaming, "_gta_kernel_counted", lambda *a, **k: counted.append(1) or kernel(*a, **k))
+  ours, theirs = _both(_fill(TIES_YAML, few_ulp_models), tmp_path)
+  free = _tie_free(few_ulp_models, ["ft0", "ft1", "ft2"], {"ft0": 0.5, "ft1": 0.3, "ft2": 0.7}, None,
+                   "magnitude")
+  _assert_parity(ours, theirs, free)
+  assert counted  # thresholds were guessed (and verified by counting) on some tensors
 
 
 def test_breadcrumbs(models, tmp_path):
