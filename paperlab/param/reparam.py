@@ -25,7 +25,8 @@ from paperlab.param.coordinates import layer_outputs
 
 PyTree = Any
 
-__all__ = ["weight_norm", "to_weight_norm", "from_weight_norm", "weight_norm_init"]
+__all__ = ["weight_norm", "to_weight_norm", "from_weight_norm", "weight_norm_init", "weight_standardize", "StdConv",
+           "BatchChannelNorm"]
 
 
 def _norm(v: jax.Array) -> jax.Array:
@@ -123,3 +124,106 @@ def weight_norm_init(key: jax.Array, model: nnx.Module, x: jax.Array, *, include
       if b is not None:
         parent["bias"] = (-mu / sigma).astype(b.dtype)
   return wn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# weight standardization and batch-channel normalization
+
+
+def weight_standardize(w: jax.Array, *, eps: float = 1e-5) -> jax.Array:
+  """Weight Standardization: ``(W_i - mean_i) / sqrt(var_i + eps)`` per output channel ``i`` over its fan-in.
+
+  Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and Weight Standardization",
+  arXiv:1903.10520, Eq. 5-6, as the official code computes it (github.com/joe-siyuan-qiao/Batch-Channel-Normalization,
+  ``imagenet/models/layers.py``, ``Conv2d.forward``, commit 0244c3e): the variance is the *unbiased* one
+  (``torch.var``'s default) and ``eps = 1e-5`` is added under the square root. ``w`` is a Flax kernel: last axis =
+  output channel, every other axis fan-in (``Conv (kh, kw, in, out)``, ``Linear (in, out)``). Jittable,
+  differentiable, dtype of ``w`` (statistics in float32).
+
+  Raises:
+    ValueError: ``w`` with fewer than 2 axes or a fan-in of 1, or ``eps <= 0``.
+  """
+  check_positive("eps", eps)
+  if jnp.ndim(w) < 2:
+    raise ValueError(f"w must be a kernel with ndim >= 2 (last axis = output channels), got shape {jnp.shape(w)}.")
+  axes = tuple(range(w.ndim - 1))
+  fan_in = 1
+  for a in axes:
+    fan_in *= w.shape[a]
+  if fan_in < 2:
+    raise ValueError(f"w must have a fan-in of at least 2 to standardize, got shape {w.shape}.")
+  x = w.astype(jnp.float32)
+  centered = x - jnp.mean(x, axis=axes, keepdims=True)
+  var = jnp.sum(jnp.square(centered), axis=axes, keepdims=True) / (fan_in - 1)
+  return (centered / jnp.sqrt(var + eps)).astype(w.dtype)
+
+
+class StdConv(nnx.Module):
+  """A convolution whose kernel is weight-standardized at every call (:func:`weight_standardize`; Qiao et al.,
+  arXiv:1903.10520, the official ``Conv2d``). The stored ``conv.kernel`` is the raw weight; gradients flow through
+  the standardization. Arguments as ``nnx.Conv`` (Flax layout: NHWC inputs, ``(kh, kw, in, out)`` kernel)."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int | tuple[int, ...], *,
+               strides: int | tuple[int, ...] = 1, padding: Any = "SAME", use_bias: bool = True, eps: float = 1e-5,
+               rngs: nnx.Rngs):
+    check_positive("eps", eps)
+    self.conv = nnx.Conv(in_features, out_features, kernel_size, strides=strides, padding=padding,
+                         use_bias=use_bias, rngs=rngs)
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    graphdef, state = nnx.split(self.conv)
+    state["kernel"] = nnx.Param(weight_standardize(state["kernel"][...], eps=self.eps))
+    return nnx.merge(graphdef, state)(x)
+
+
+class BatchChannelNorm(nnx.Module):
+  """Batch-Channel Normalization: a batch norm over ``(batch, spatial)`` per channel, then a group norm per example
+  with one affine scale and bias per *group*.
+
+  Qiao et al., "Micro-Batch Training with Batch-Channel Normalization and Weight Standardization",
+  arXiv:1903.10520, Sec. 5, as the official code computes it (github.com/joe-siyuan-qiao/Batch-Channel-Normalization,
+  ``imagenet/models/layers.py``, class ``GN``, commit 0244c3e): ``nn.BatchNorm2d(C)`` (affine; batch statistics in
+  training, running averages with momentum 0.1 in evaluation), then ``torch.batch_norm`` on the
+  ``(1, N * G, -1)`` view (each example's group normalized by its own mean and biased variance, ``eps = 1e-5``),
+  then ``weight[g] * out + bias[g]``. Channels last (Flax): group ``g`` holds channels ``g C/G .. (g+1) C/G - 1``,
+  the contiguous chunk of the official ``view``. The paper's micro-batch variant (batch statistics replaced by
+  their running estimates) is not in that code and not here. Flax's ``BatchNorm`` keeps the biased batch variance
+  as running variance (PyTorch the unbiased one), so evaluation-mode outputs differ from PyTorch's by the factor
+  ``n / (n - 1)`` inside the variance; training-mode outputs are the same.
+
+  Args:
+    num_channels: ``C``, the last axis of the input.
+    num_groups: ``G`` (the official default 32), must divide ``C``.
+    momentum: running-average momentum of the batch norm, Flax's convention (``0.9`` = PyTorch's ``0.1``).
+    eps: both normalizations' epsilon (1e-5).
+    rngs: ``nnx.Rngs``.
+  """
+
+  def __init__(self, num_channels: int, num_groups: int = 32, *, momentum: float = 0.9, eps: float = 1e-5,
+               rngs: nnx.Rngs):
+    for name, v in (("num_channels", num_channels), ("num_groups", num_groups)):
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+    if num_channels % num_groups:
+      raise ValueError(f"num_groups must divide num_channels, got num_groups={num_groups}, "
+                       f"num_channels={num_channels}.")
+    check_positive("eps", eps)
+    self.num_groups = num_groups
+    self.eps = eps
+    self.bn = nnx.BatchNorm(num_channels, momentum=momentum, epsilon=eps, rngs=rngs)
+    self.scale = nnx.Param(jnp.ones((num_groups,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_groups,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim < 2 or x.shape[-1] != self.bn.num_features:
+      raise ValueError(f"x must have {self.bn.num_features} channels on its last axis, got shape {x.shape}.")
+    y = self.bn(x)
+    n, c, g = x.shape[0], x.shape[-1], self.num_groups
+    grouped = jnp.moveaxis(y.reshape(n, -1, g, c // g), 2, 1).reshape(n, g, -1).astype(jnp.float32)
+    mean = jnp.mean(grouped, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(grouped - mean), axis=-1, keepdims=True)
+    out = (grouped - mean) / jnp.sqrt(var + self.eps)
+    out = out * self.scale[...][None, :, None] + self.bias[...][None, :, None]
+    out = jnp.moveaxis(out.reshape(n, g, -1, c // g), 1, 2).reshape(x.shape)
+    return out.astype(x.dtype)
