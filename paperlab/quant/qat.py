@@ -29,7 +29,6 @@ Layout: a Flax kernel is ``(in, out)``; groups run along the input axis (axis 0)
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from typing import Any, Mapping, NamedTuple, Sequence

@@ -34,7 +34,7 @@ from paperlab.quant.qat import clip_open, round_ste
 __all__ = [
     "CLIPMIN", "CLIPMAX", "efficientqat_init", "affine_fake_quantize", "block_ap_optimizer", "block_ap",
     "e2e_qp_freeze", "e2e_qp_dequantize", "e2e_qp_labels", "e2e_qp_optimizer", "e2e_qp_export",
-    "qalora_init", "qalora_pool", "qalora_apply", "qalora_merge",
+    "qalora_init", "qalora_pool", "qalora_apply", "qalora_merge", "qlora_merge_requant",
 ]
 
 PyTree = Any
@@ -303,3 +303,21 @@ def qalora_merge(qw: _rtn.QuantizedWeight, adapter: Mapping[str, jax.Array], *,
   zero = qw.zero.astype(jnp.float32) - delta / (g * scale)
   w_hat = _rtn.dequantize_codes(_grouped(qw.codes, g), scale[:, None], zero[:, None]).reshape(qw.codes.shape)
   return _rtn.QuantizedWeight(w_hat.astype(qw.w_hat.dtype), qw.codes, qw.scale, zero, qw.g_idx)
+
+
+def qlora_merge_requant(qw: _rtn.QuantizedWeight, adapter: Mapping[str, jax.Array], *, bits: int = 4,
+                        alpha: float = _peft.DEFAULT_ALPHA, symmetric: bool = False) -> _rtn.QuantizedWeight:
+  """QA-LoRA's baseline (arXiv:2309.14717, section 3.2): a QLoRA-style adapter (Dettmers et al., arXiv:2305.14314)
+  with a full-input ``lora_A (r, in)`` merged into the dequantized base in float, ``W' = W_hat + (alpha / r)
+  A^T B^T``, then re-quantized by RTN on the base's groups (the lossy step QA-LoRA avoids).
+
+  Raises:
+    ValueError: adapter shapes that do not match the kernel ``(in, out)``.
+  """
+  g = _check_qw(qw)
+  d_in, d_out = qw.codes.shape
+  a, b = adapter["lora_A"], adapter["lora_B"]
+  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != d_in or b.shape != (d_out, a.shape[0]):
+    raise ValueError(f"adapter must hold lora_A (r, {d_in}) and lora_B ({d_out}, r); got {a.shape} and {b.shape}.")
+  merged = qw.w_hat.astype(jnp.float32) + _peft.lora_delta(a, b, alpha)
+  return _rtn.quantize_rtn(merged, bits=bits, group_size=g, symmetric=symmetric)

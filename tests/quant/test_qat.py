@@ -215,3 +215,14 @@ def test_qalora_merged_forward_equals_unmerged_and_codes_stay_in_the_int4_grid()
   np.testing.assert_array_equal(rec.qalora_pool(x, 16), jnp.mean(x.reshape(6, 4, 16), axis=-1))
   with pytest.raises(TypeError, match="QuantizedWeight"):
     rec.qalora_merge(w, ad)
+
+
+def test_qlora_merge_requant_is_lossy_where_the_qalora_merge_is_exact():
+  qw = rtn.quantize_rtn(_w((64, 12)), bits=4, group_size=16)
+  ad = {"lora_A": 0.2 * _w((4, 64), 5), "lora_B": 0.2 * _w((12, 4), 6)}
+  out = rec.qlora_merge_requant(qw, ad, bits=4)
+  assert int(out.codes.max()) <= 15 and out.scale.shape == qw.scale.shape
+  float_merge = qw.w_hat + (8.0 / 4) * ad["lora_A"].T @ ad["lora_B"].T
+  assert float(jnp.max(jnp.abs(out.w_hat - float_merge))) > 0.0  # re-quantization moves the merged weights
+  with pytest.raises(ValueError, match="lora_A"):
+    rec.qlora_merge_requant(qw, {"lora_A": ad["lora_A"][:, :32], "lora_B": ad["lora_B"]})
