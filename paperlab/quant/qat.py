@@ -43,7 +43,7 @@ from paperlab.quant import rtn as _rtn
 
 __all__ = [
     "round_ste", "clip_open", "fake_quantize", "lsq_quantize", "lsq_init_step", "lsq_grad_scale",
-    "oscillation_dampening_loss", "OscillationState", "oscillation_init", "oscillation_update", "apply_frozen",
+    "statsq_quantize", "cga_freeze_mask", "oscillation_dampening_loss", "OscillationState", "oscillation_init", "oscillation_update", "apply_frozen",
     "self_compress_quantize", "bit_size_penalty", "SCNN_INIT_BITS", "SCNN_INIT_EXPONENT", "SCNN_GAMMA",
     "fake_quantize_params", "lsq_init_steps", "lsq_quantize_params", "export_qat_params", "export_lsq_params",
 ]
@@ -214,6 +214,35 @@ def lsq_quantize(w: jax.Array, step: jax.Array, *, bits: int = 4, signed: bool =
     v = v - beta
   out = round_ste(clip_open(v / s, float(-qn), float(qp))) * s
   return out + beta if offset is not None else out
+
+
+def statsq_quantize(w: jax.Array, *, bits: int = 2, axis: int | None = 0) -> jax.Array:
+  """StatsQ (Liu et al., "Oscillation-free Quantization for Low-bit Vision Transformers", arXiv:2302.02210,
+  section 4.1): the step is a statistic of the current weights, recomputed at every step and not learned,
+  ``s = 2 mean|w| / sqrt(Q_P)`` over ``axis`` (LSQ's initialization, kept; per output channel with ``axis=0`` of
+  a kernel), with no gradient through ``s``; then ``round(clip(w / s, -Q_N, Q_P)) s`` with the straight-through
+  estimator (gradient 1 inside the range, 0 outside). There is no scale in the parameter tree. The catalogue marks
+  the exact constant as unverified; this is LSQ's.
+  """
+  s = jax.lax.stop_gradient(lsq_init_step(w, bits=bits, signed=True, axis=axis))
+  s = jnp.where(s > 0, s, 1.0)
+  return lsq_quantize(w, s, bits=bits, signed=True, grad_scale=0.0)
+
+
+def cga_freeze_mask(w: jax.Array, scale: jax.Array, threshold: float | jax.Array = 0.4) -> jax.Array:
+  """Confidence-guided annealing's freeze mask (Liu et al., arXiv:2302.02210, section 4.2): a weight is confident
+  when its latent value is far from a rounding boundary, ``c = 2 |w / s - floor(w / s) - 1/2|`` in [0, 1] (1 at a
+  level, 0 on a boundary); weights with ``c >= threshold`` are frozen for the rest of training: zero their
+  updates after the optimizer, ``jnp.where(mask, 0, update)`` (``optax.masked`` masks whole leaves, not
+  elements). ``threshold``
+  is the paper's hyperparameter (not given in the catalogue; 0.4 here).
+
+  Returns:
+    bool array of ``w``'s shape, True = frozen.
+  """
+  v = jnp.asarray(w, jnp.float32) / jnp.asarray(scale, jnp.float32)
+  conf = 2.0 * jnp.abs(v - jnp.floor(v) - 0.5)
+  return conf >= jnp.asarray(threshold, jnp.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -226,3 +226,22 @@ def test_qlora_merge_requant_is_lossy_where_the_qalora_merge_is_exact():
   assert float(jnp.max(jnp.abs(out.w_hat - float_merge))) > 0.0  # re-quantization moves the merged weights
   with pytest.raises(ValueError, match="lora_A"):
     rec.qlora_merge_requant(qw, {"lora_A": ad["lora_A"][:, :32], "lora_B": ad["lora_B"]})
+
+
+def test_statsq_has_no_scale_parameter_and_cga_frozen_weights_stay_bit_identical():
+  w = _w((32, 4))
+  s = qat.lsq_init_step(w, bits=2, axis=0)
+  np.testing.assert_array_equal(qat.statsq_quantize(w, bits=2), qat.lsq_quantize(w, s, bits=2))
+  g = jax.grad(lambda w: jnp.sum(qat.statsq_quantize(w, bits=2)))(w)  # STE: 1 inside the range, 0 outside
+  v = np.asarray(w) / np.asarray(s)
+  np.testing.assert_allclose(g, ((v > -2) & (v < 1)).astype(np.float32), rtol=1e-6)
+  mask = qat.cga_freeze_mask(w, s, 0.4)
+  assert 0 < int(mask.sum()) < mask.size
+  tx = optax.adam(0.1)
+  opt = tx.init(w)
+  w2 = w
+  for _ in range(2):
+    upd, opt = tx.update(jnp.ones_like(w2), opt, w2)
+    w2 = optax.apply_updates(w2, jnp.where(mask, 0.0, upd))
+  np.testing.assert_array_equal(np.asarray(w2)[np.asarray(mask)], np.asarray(w)[np.asarray(mask)])
+  assert np.all(np.asarray(w2)[~np.asarray(mask)] != np.asarray(w)[~np.asarray(mask)])
