@@ -118,7 +118,7 @@ def art_train(key: jax.Array, params: PyTree, data: tuple[jax.Array, jax.Array],
               accuracy_fn: Callable[[PyTree, jax.Array, jax.Array], jax.Array],
               optimizer: optax.GradientTransformation, prune_rate: float, batch_size: int, warmup_epochs: int,
               max_art_epochs: int, finetune_epochs: int, lam0: float = 5e-6, eta: float = 1.05,
-              regularizer: str = "hypersparse", buffer: int = 1, include: str | None = None,
+              regularizer: str | Callable[[PyTree], jax.Array] = "hypersparse", buffer: int = 1, include: str | None = None,
               exclude: str | None = None) -> ARTResult:
   """Adaptive Regularized Training (ART) with the HyperSparse (or L1) penalty, then magnitude pruning and
   fine-tuning, as the official ``train.py`` / ``utils/art.py`` (GreenAutoML4FAS/HyperSparse, commit ec945f9) run it:
@@ -145,7 +145,8 @@ def art_train(key: jax.Array, params: PyTree, data: tuple[jax.Array, jax.Array],
     prune_rate: target fraction of pruned weights ``kappa`` in ``[0, 1)``.
     batch_size, warmup_epochs, max_art_epochs, finetune_epochs: static ints.
     lam0, eta: the ART schedule (official ``lambda_init = 5e-6``, ``eta = 1.05``).
-    regularizer: ``"hypersparse"`` or ``"l1"`` (one of :data:`REGULARIZERS`).
+    regularizer: ``"hypersparse"`` or ``"l1"`` (one of :data:`REGULARIZERS`), or a callable ``params -> scalar``
+      penalty (e.g. one that picks between the two with a traced flag, so one compiled program serves both).
     buffer: the official ``size_model_buffer`` (default 1: a buffer of 3 epochs).
     include, exclude: path filter of the prunable leaves (``ndim >= 2`` by default).
 
@@ -153,7 +154,8 @@ def art_train(key: jax.Array, params: PyTree, data: tuple[jax.Array, jax.Array],
     An :class:`ARTResult`.
   """
   _checks.check_range("prune_rate", prune_rate, 0.0, 1.0, high_inclusive=False)
-  _checks.check_choice("regularizer", regularizer, REGULARIZERS)
+  if not callable(regularizer):
+    _checks.check_choice("regularizer", regularizer, REGULARIZERS)
   for name, v, low in (("batch_size", batch_size, 1), ("warmup_epochs", warmup_epochs, 0),
                        ("max_art_epochs", max_art_epochs, 1), ("finetune_epochs", finetune_epochs, 0),
                        ("buffer", buffer, 0)):
@@ -164,8 +166,12 @@ def art_train(key: jax.Array, params: PyTree, data: tuple[jax.Array, jax.Array],
     raise ValueError(f"batch_size={batch_size} exceeds the {x.shape[0]} training examples.")
   steps = x.shape[0] // batch_size
   size = 2 * buffer + 1
-  penalty = ((lambda p: hypersparse_penalty(p, prune_rate, include=include, exclude=exclude))
-             if regularizer == "hypersparse" else (lambda p: l1_penalty(p, include=include, exclude=exclude)))
+  if callable(regularizer):
+    penalty = regularizer
+  elif regularizer == "hypersparse":
+    penalty = lambda p: hypersparse_penalty(p, prune_rate, include=include, exclude=exclude)
+  else:
+    penalty = lambda p: l1_penalty(p, include=include, exclude=exclude)
   ones = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), params)
 
   def run_epoch(params, opt, ekey, masks, lam, penalize: bool):
