@@ -16,18 +16,23 @@ Targets from issue 14: TIES >= 5x faster than mergekit, <= 2x the read+write tim
 Usage: ``python -m benchmarks.merge_stream [--params 2e7] [--no-mergekit] [--out FILE]``;
 ``python -m benchmarks merge_stream --quick`` runs a ~2M-parameter smoke test.
 
-Measured (2026-12-05, a shared 2-core VM at load average ~15 from other jobs, 23 GB RAM; inputs in the page cache):
-4 x 194M parameters (``--params 2e8``, 388 MB per model): paperlab 30.1 s, read+write 9.3 s (ratio 3.2, target 2
-missed), mergekit-yaml 240 s (paperlab 8.0x faster, target 5x met); peak RSS paperlab 1.42 GB, read+write 0.50 GB,
-mergekit 2.87 GB. 89.9% of output elements are within 1 bf16 ulp of mergekit's: the synthetic fine-tunes move
-weights by at most 8 ulp, so most |delta| values tie with TIES' threshold, and mergekit keeps an arbitrary k of the
-tied entries (unstable ``torch.argsort``) where paperlab keeps all of them (the parity test checks the two agree
-everywhere else). The time goes to the exact per-tensor threshold (bracketing selection, ~60%) and the fused merge
-kernel; reading and writing overlap with it.
+Measured (2026-12-05, ``--params 1e9 --mergekit-layers 5``, a shared 2-core VM with 23 GB RAM at 1-minute load
+average 15.0 (8.1-22.7) from other jobs during the run; inputs in the page cache): 4 x 1.0B parameters (2.0 GB
+per model, 8.04 GB read, 2.01 GB written, 156 tensors): paperlab 56.7 s, read+write 42.0 s (ratio 1.35, target
+<= 2 met), peak RSS paperlab 1.34 GB (target < 3 GB met), read+write 0.76 GB. mergekit-yaml on the first 5 of 17
+layers of the same files (3.10 GB of inputs) took 291.1 s where paperlab took 25.3 s on the same subset (11.5x);
+extrapolated per input byte to the whole model, 753.7 s, 13.3x paperlab's 56.7 s (target 5x met); mergekit's peak
+RSS 4.20 GB. (The full mergekit run would have taken ~13 min more on the shared machine, so it was timed on the
+subset; mergekit streams tensor by tensor, so its time is proportional to the bytes it reads.) 89.9% of output
+elements are within 1 bf16 ulp of mergekit's: the synthetic fine-tunes move weights by at most 8 ulp, so most
+|delta| values tie with TIES' threshold, and mergekit keeps an arbitrary k of the tied entries (unstable
+``torch.argsort``) where paperlab keeps all of them (tests/parity/test_merge_mergekit_yaml.py checks that the two
+agree everywhere else, on few-ulp fine-tunes too).
 
-4 x 1.0B parameters (``--params 1e9 --no-mergekit``, 2.0 GB per model, the acceptance size; mergekit was not run at
-this size on the shared machine, ~20 min extrapolated from the 2e8 run): paperlab 145.5 s, read+write 40.9 s
-(ratio 3.6), peak RSS paperlab 2.24 GB (target < 3 GB met), read+write 0.76 GB.
+Where the time went before (3.6x read+write at 1B): the exact per-tensor TIES threshold (bracketing selection,
+~60%). Now the threshold is guessed from a 64K-entry sample when many |delta| values tie (as here) and verified by
+counting in the merge pass itself (a uint8 code per entry, counted on the host), with the exact selection as the
+fallback, so the output is bit-for-bit the exact one; reads are 64-byte aligned so XLA uses them without a copy.
 """
 
 from __future__ import annotations

@@ -15,6 +15,12 @@ Arithmetic: inputs are cast to the config's ``dtype`` when given (as mergekit do
 stored dtype and the merge functions compute in float32 (mergekit then computes in the stored dtype, e.g. bf16,
 rounding after every operation; the results agree to about one bf16 ulp). The output is cast to ``out_dtype``.
 
+TIES' per-tensor trim threshold (the ``k = max(1, int(density n))``-th largest ``|delta|``) is exact. On large
+tensors whose ``|delta|`` values tie a lot (bf16 fine-tunes that move weights by a few ulp) it is guessed from a
+sample and verified by counting in the merge pass itself (:func:`_gta_kernel_counted`); a wrong guess falls back
+to the exact selection of :mod:`~paperlab.merge.task_vectors` and the tensor is merged again, so the output is
+the same either way, at about the cost of one pass over the inputs instead of two or three.
+
 Random methods (``dare_*``, ``della*``, ``dare_x``) draw their masks from ``jax.random`` keyed by ``seed``, the
 tensor's name and the model's position, so a merge is reproducible and independent of tensor order; they match
 mergekit in distribution (keep rate, rescaling), not bit for bit (mergekit draws with ``torch.bernoulli``).
