@@ -221,6 +221,7 @@ def _char(config, ctx):
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   digits_cmp, verdict = _digits(config, ctx)
   acc = {n: digits_cmp[n].mean("accuracy") for n in digits_cmp.arms}
+  ctx.log(0, {f"digits/{n}/test_accuracy": a for n, a in acc.items()})
   results = {"digits": digits_cmp.to_json(), "protocol": {"digits": digits_cmp.to_json()}}
   bits = tuple(config.digits.bits)
   low, high = min(bits), max(bits)
@@ -234,6 +235,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     results["char"] = char_cmp.to_json()
     results["protocol"]["char"] = char_cmp.to_json()
     claim["char_ppl"] = {n: char_cmp[n].mean("ppl") for n in char_cmp.arms}
+    ctx.log(0, {f"char/{n}/test_ppl": v for n, v in claim["char_ppl"].items()})
     claim["char_ppl_std"] = {n: char_cmp[n].std("ppl") for n in char_cmp.arms}
   results["claim"] = claim
   ctx.print(json.dumps({k: v for k, v in claim.items() if k not in ("statement", "mean", "std")}, indent=1))
