@@ -53,8 +53,8 @@ def test_pure_power_law_needs_two_rungs():
 
 def test_char_transformer_ladder_through_the_runner(tmp_path):
   from paperlab.runner import ladder  # pylint: disable=g-import-not-at-top
-  overrides = {"num_layers": 1, "num_heads": 2, "seq_len": 8, "num_chars": 5000, "seeds": 2, "num_steps": 15,
-               "batch_size": 8, "eval_windows": 32, "base_d_model": 4, "learning_rate": 1e-2}
+  overrides = {"num_layers": 1, "num_heads": 2, "seq_len": 4, "num_chars": 2000, "seeds": 2, "num_steps": 4,
+               "batch_size": 4, "eval_windows": 8, "base_d_model": 4, "learning_rate": 1e-2}
   # two rungs (each width is one compile, most of this test's time) and a pure power law; the law with its
   # irreducible term is checked on synthetic rungs above
   rungs, fit = ladder.fit_char_ladder((8, 4), workdir=tmp_path, overrides=overrides, with_offset=False)
@@ -63,7 +63,7 @@ def test_char_transformer_ladder_through_the_runner(tmp_path):
   assert np.all(np.diff(rungs.num_params) > 0)
   # non-embedding count of a 1-block CharTransformer: 12 d^2 + 9 d block weights/biases/norms, final LN 2 d, head d V
   from paperlab import data  # pylint: disable=g-import-not-at-top
-  vocab = data.char_dataset("grammar", num_chars=5000).tokenizer.vocab_size
+  vocab = data.char_dataset("grammar", num_chars=2000).tokenizer.vocab_size
   d = rungs.widths
   np.testing.assert_array_equal(rungs.num_params, 12 * d**2 + 9 * d + 2 * d + d * vocab)
   for w, trial in zip(rungs.widths, rungs.trial_dirs):  # one runner trial per width, its seeds in one program
