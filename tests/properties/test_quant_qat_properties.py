@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from paperlab.quant import qat, qat_recipes, rtn
 
-SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=8, deadline=None, derandomize=True)
 
 
 @SETTINGS

@@ -174,7 +174,7 @@ def test_efficientqat_block_ap_then_e2e_qp_keeps_codes_and_trains_scales_only():
   init = rec.efficientqat_init(params["fc/kernel"], bits=2, group_size=16)
   init_loss = jnp.mean((block({**params, "fc/kernel": rec.affine_fake_quantize(params["fc/kernel"], init["scale"],
                                                                              init["zero"], bits=2)}, x) - y) ** 2)
-  p, q, losses = rec.block_ap(block, params, x, y, bits=2, group_size=16, num_steps=60, weight_lr=1e-3,
+  p, q, losses = rec.block_ap(block, params, x, y, bits=2, group_size=16, num_steps=30, weight_lr=1e-3,
                               quant_lr=1e-3)
   assert float(losses[-1]) < float(init_loss)
   frozen = rec.e2e_qp_freeze(p["fc/kernel"], q["fc/kernel"]["scale"], q["fc/kernel"]["zero"], bits=2)
