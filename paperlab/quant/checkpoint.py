@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paperlab.quant import _rules
 from paperlab.quant.qarray import QArray, Rule, _rule_kwargs, quantize
 
 __all__ = ["METADATA_KEY", "quantize_checkpoint", "load_quantized_checkpoint"]
@@ -53,14 +53,7 @@ _PARTS = ("values", "scales", "zeros")
 
 
 def _compile_rules(rules: Sequence[Rule]) -> list:
-  compiled = []
-  if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
-    raise ValueError(f"rules must be a sequence of (regex, spec) pairs, got {rules!r}.")
-  for i, rule in enumerate(rules):
-    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
-      raise ValueError(f"rules[{i}] must be a (regex, spec) pair, got {rule!r}.")
-    compiled.append((re.compile(rule[0]), rule[0], _rule_kwargs(rule[0], rule[1])))
-  return compiled
+  return _rules.compile_rules(rules, _rule_kwargs)
 
 
 def _floating(dtype: Any) -> bool:

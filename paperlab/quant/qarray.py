@@ -36,14 +36,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paperlab._tree import path_str
+from paperlab.quant import _rules
 from paperlab.quant import formats as _f
 from paperlab.quant.packing import pack_bits, unpack_bits
 
@@ -360,37 +359,11 @@ def quantize_params(params: Any, rules: Sequence[Rule]) -> Any:
     ValueError: a rule whose regex matches no floating leaf (the message lists the paths), a bad spec, or any
       :func:`quantize` error, prefixed with the leaf's path.
   """
-  compiled = []
-  for i, rule in enumerate(rules):
-    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
-      raise ValueError(f"rules[{i}] must be a (regex, spec) pair, got {rule!r}.")
-    compiled.append((re.compile(rule[0]), rule[0], _rule_kwargs(rule[0], rule[1])))
-  used = [False] * len(compiled)
-  paths = []
+  def one(p, leaf, kw):
+    kw = dict(kw)
+    return quantize(leaf, kw.pop("fmt"), **kw)
 
-  def one(path, leaf):
-    p = path_str(path)
-    if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)):
-      return leaf
-    paths.append(p)
-    for i, (rx, pattern, kw) in enumerate(compiled):
-      if rx.fullmatch(p):
-        used[i] = True
-        if kw is None:
-          return leaf
-        kw = dict(kw)
-        try:
-          return quantize(leaf, kw.pop("fmt"), **kw)
-        except (ValueError, TypeError) as e:
-          raise type(e)(f"quantize_params at {p!r} (rule {pattern!r}): {e}") from None
-    return leaf
-
-  out = jax.tree_util.tree_map_with_path(one, params)
-  unused = [pattern for (_, pattern, _), u in zip(compiled, used) if not u]
-  if unused:
-    raise ValueError(f"rules {unused} matched no floating leaf (or only leaves an earlier rule took: the first "
-                     f"match wins); the floating leaf paths are {paths}.")
-  return out
+  return _rules.map_rules(params, _rules.compile_rules(rules, _rule_kwargs), one, "quantize_params")
 
 
 def dequantize_params(params: Any, dtype: Any = None) -> Any:

@@ -30,14 +30,13 @@ Layout: a Flax kernel is ``(in, out)``; groups run along the input axis (axis 0)
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from paperlab._tree import path_str
+from paperlab.quant import _rules
 from paperlab.quant import qarray as _qa
 from paperlab.quant import rtn as _rtn
 
@@ -406,45 +405,13 @@ def bit_size_penalty(bits: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]
 # models: path-regex rules over parameter pytrees
 
 
-def _compile_rules(rules: Sequence[tuple[str, Any]], what: str) -> list:
-  out = []
-  for i, rule in enumerate(rules):
-    if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
-      raise ValueError(f"rules[{i}] must be a (regex, spec) pair, got {rule!r}.")
-    spec = rule[1]
-    if spec is not None and not isinstance(spec, Mapping):
-      raise ValueError(f"rule {rule[0]!r}: spec must be a dict of {what} arguments or None, got {spec!r}.")
-    out.append((re.compile(rule[0]), rule[0], None if spec is None else dict(spec)))
-  return out
-
-
 def _map_rules(params: PyTree, rules: Sequence[tuple[str, Any]], fn, what: str) -> PyTree:
-  compiled = _compile_rules(rules, what)
-  used = [False] * len(compiled)
-  paths = []
+  def spec_fn(pattern: str, spec: Any) -> dict | None:
+    if spec is not None and not isinstance(spec, Mapping):
+      raise ValueError(f"rule {pattern!r}: spec must be a dict of {what} arguments or None, got {spec!r}.")
+    return None if spec is None else dict(spec)
 
-  def one(path, leaf):
-    p = path_str(path)
-    if not (hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)):
-      return leaf
-    paths.append(p)
-    for i, (rx, pattern, kw) in enumerate(compiled):
-      if rx.fullmatch(p):
-        used[i] = True
-        if kw is None:
-          return leaf
-        try:
-          return fn(p, leaf, kw)
-        except (ValueError, TypeError) as e:
-          raise type(e)(f"{what} at {p!r} (rule {pattern!r}): {e}") from None
-    return leaf
-
-  out = jax.tree_util.tree_map_with_path(one, params)
-  unused = [pattern for (_, pattern, _), u in zip(compiled, used) if not u]
-  if unused:
-    raise ValueError(f"rules {unused} matched no floating leaf (the first match wins); the floating leaf paths are "
-                     f"{paths}.")
-  return out
+  return _rules.map_rules(params, _rules.compile_rules(rules, spec_fn), fn, what)
 
 
 def fake_quantize_params(params: PyTree, rules: Sequence[tuple[str, Any]]) -> PyTree:
