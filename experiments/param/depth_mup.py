@@ -36,15 +36,12 @@ from __future__ import annotations
 import math
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from paperlab import data, papers, param, train
-from paperlab.runner import protocol
-from paperlab.runner.trainer import FAST_COMPILE_CPU
+from paperlab import data, papers, param
+from paperlab.runner import lr_transfer
 
 PAPER_ID = 361
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -102,43 +99,14 @@ def _parametrization(arm: str, config, depth: int) -> param.Parametrization:
   return p
 
 
-def _compiler_options() -> dict | None:
-  """The runner's fast CPU compile (XLA's expensive LLVM passes off): compiling is most of this sweep's CPU time."""
-  return dict(FAST_COMPILE_CPU) if jax.default_backend() == "cpu" else None
-
-
-def _select(index, trees):
-  return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(l, jnp.float32) for l in leaves])[index], *trees)
-
-
 def _sweep(depth: int, config, ds) -> dict:
-  """Both arms x every learning rate x every seed at one depth, one vmapped program: ``(arms, grid, seeds)``."""
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-  xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  """Both arms x every learning rate x every seed at one depth, one vmapped program: ``(grid, seeds)`` per arm."""
   ps = [_parametrization(arm, config, depth) for arm in _ARMS]
-  model_fn = lambda rngs: ResidualMLP(64, config.width, depth, 10, rngs=rngs)
-
-  def trial(arm, lr, key):
-    mults = _select(arm, [p.multipliers for p in ps])
-    tx = param.mu_sgd(lr, _select(arm, [p.lr_multipliers for p in ps]))
-    loss_fn = lambda model, batch, rng: train.classification_loss(param.multiplied(model, mults), batch, rng)
-    graphdef, init = train.make_init(model_fn, tx)
-    step = train.make_train_step(graphdef, loss_fn, tx)
-    state = init(key)
-    state = state._replace(params=param.init_params(key, state.params, ps[0]))  # same init in both arms
-    state, _ = train.run_steps(step, state, (x, y), key, batch_size=config.batch_size, num_steps=config.steps)
-    model = param.multiplied(nnx.merge(graphdef, state.params, state.model_state), mults)
-    logits, logits_test = model(x), model(xt)
-    return {"train_loss": optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-            "test_loss": optax.softmax_cross_entropy_with_integer_labels(logits_test, yt).mean(),
-            "test_accuracy": jnp.mean(jnp.argmax(logits_test, -1) == yt)}
-
-  lrs = 2.0 ** jnp.asarray(config.log2_lrs, jnp.float32)
-  keys = jax.vmap(jax.random.key)(jnp.arange(config.seeds))
-  run = jax.vmap(jax.vmap(jax.vmap(trial, (None, None, 0)), (None, 0, None)), (0, None, None))
-  program = jax.jit(run, compiler_options=_compiler_options())
-  out = jax.tree.map(np.asarray, program(jnp.arange(len(_ARMS)), lrs, keys))
-  return {arm: {k: v[i] for k, v in out.items()} for i, arm in enumerate(_ARMS)}
+  trial = lr_transfer.classification_trial(lambda rngs: ResidualMLP(64, config.width, depth, 10, rngs=rngs), ps,
+                                           param.mu_sgd, ds, batch_size=config.batch_size, steps=config.steps,
+                                           shared_init=True)  # same init in both arms
+  return lr_transfer.sweep_program(trial, _ARMS, config.log2_lrs, config.seeds,
+                                   compiler_options=lr_transfer.fast_compile_options())
 
 
 def _diverged_as_worst(loss) -> np.ndarray:
@@ -147,47 +115,12 @@ def _diverged_as_worst(loss) -> np.ndarray:
   return np.nan_to_num(np.asarray(loss, np.float64), nan=1e30, posinf=1e30, neginf=1e30)
 
 
-def _plot(sweeps: dict, config, path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for ax, arm in zip(axes, ("unit", "depth_mup")):
-    for depth in config.depths:
-      loss = sweeps[(arm, depth)]["train_loss"].mean(axis=1)
-      ax.plot(config.log2_lrs, np.where(np.isfinite(loss), loss, np.nan), marker="o", label=f"L = {depth}")
-    ax.set_yscale("log")
-    ax.set_title(f"{arm}: training loss after {config.steps} SGD steps")
-    ax.set_xlabel("log2 learning rate")
-  axes[0].set_ylabel("training loss (mean of seeds)")
-  axes[1].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ds = data.digits()
-  sweeps = {}
-
-  def fit(arm, hparams, seeds):
-    name, depth = arm.name.split("_L")
-    key = (name, int(depth))
-    if key not in sweeps:  # one program trains the grids of both arms of a depth
-      for k, result in _sweep(int(depth), config, ds).items():
-        sweeps[(k, int(depth))] = result
-    i = list(config.log2_lrs).index(hparams["log2_lr"])
-    return {k: v[i] for k, v in sweeps[key].items()}
-
-  arms = [protocol.Arm(f"{name}_L{depth}", [{"log2_lr": k} for k in config.log2_lrs])
-          for name in _ARMS for depth in config.depths]
-  comparison = protocol.compare(arms, range(config.seeds), fit,
-                                validate=lambda out: _diverged_as_worst(out["train_loss"]),
-                                test=lambda out: {"test_loss": out["test_loss"], "test_accuracy": out["test_accuracy"],
-                                                  "train_loss": out["train_loss"]},
-                                maximize=False)
-  best = {a: [comparison[f"{a}_L{d}"].chosen["log2_lr"] for d in config.depths] for a in _ARMS}
+  grids = {a: config.log2_lrs for a in _ARMS}
+  comparison, sweeps, best = lr_transfer.compare_lrs(
+      lambda depth: _sweep(depth, config, ds), _ARMS, config.depths, grids, config.seeds, sep="_L",
+      validate=_diverged_as_worst)
   steps = {a: int(max(b) - min(b)) for a, b in best.items()}  # grid steps of 2x
 
   def deep_diverges(a):
@@ -197,13 +130,13 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     return (not math.isfinite(loss)) or loss > math.log(10.0), loss
 
   diverges = {a: deep_diverges(a) for a in _ARMS}
-  for (a, depth), sweep in sorted(sweeps.items()):
-    for k, loss in zip(config.log2_lrs, sweep["train_loss"].mean(axis=1)):
-      ctx.log(k, {f"{a}_L{depth}/train_loss": float(loss)})
+  lr_transfer.log_sweeps(ctx, sweeps, grids, "_L")
   ctx.print(f"best log2 lr by depth {list(config.depths)}: depth-muP {best['depth_mup']} ({steps['depth_mup']} "
             f"steps), unit branches {best['unit']} ({steps['unit']} steps); deepest at the shallow optimum: "
             f"{ {a: round(d[1], 4) for a, d in diverges.items()} }")
-  _plot(sweeps, config, ctx.workdir / "depth_mup_loss_vs_lr.png")
+  lr_transfer.plot_loss_vs_lr(sweeps, grids, config.depths, ctx.workdir / "depth_mup_loss_vs_lr.png",
+                              panels=("unit", "depth_mup"), size_label=lambda d: f"L = {d}",
+                              title=lambda arm: f"{arm}: training loss after {config.steps} SGD steps")
 
   def claim(method, baseline):
     return steps[method] <= 1 and (steps[baseline] >= 3 or diverges[baseline][0])

@@ -36,17 +36,13 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from paperlab import data, papers, param, train
+from paperlab import data, papers, param
 from paperlab.models import MLP
-from paperlab.runner import protocol
-from paperlab.runner.trainer import FAST_COMPILE_CPU
+from paperlab.runner import lr_transfer
 
 PAPER_ID = 270
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -88,89 +84,21 @@ def _parametrization(kind: str, width: int, base_width: int) -> param.Parametriz
                            bias_gain=_TORCH_GAIN)
 
 
-def _compiler_options() -> dict | None:
-  """The runner's fast CPU compile (XLA's expensive LLVM passes off): compiling is most of this sweep's CPU time."""
-  return dict(FAST_COMPILE_CPU) if jax.default_backend() == "cpu" else None
-
-
-def _select(index, trees):
-  """The ``index``-th of several pytrees of the same structure (``index`` may be traced)."""
-  return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(l, jnp.float32) for l in leaves])[index], *trees)
-
-
 def _sweep(width: int, config, ds) -> dict:
   """Every (parametrization, learning rate, seed) at one width as one vmapped program: final full-train loss, test
-  loss and accuracy, each ``(len(_KINDS), grid, seeds)``."""
-  x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-  xt, yt = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+  loss and accuracy, each ``(grid, seeds)`` per kind."""
   ps = [_parametrization(kind, width, min(config.widths)) for kind in _KINDS]
-  model_fn = lambda rngs: MLP(64, [width, width], 10, rngs=rngs)
-
-  def trial(kind, lr, key):
-    mults = _select(kind, [p.multipliers for p in ps])
-    tx = param.mu_adam(lr, _select(kind, [p.lr_multipliers for p in ps]))
-    loss_fn = lambda model, batch, rng: train.classification_loss(param.multiplied(model, mults), batch, rng)
-    graphdef, init = train.make_init(model_fn, tx)
-    step = train.make_train_step(graphdef, loss_fn, tx)
-    state = init(key)
-    params = _select(kind, [param.init_params(key, state.params, p) for p in ps])
-    state = state._replace(params=params)
-    state, _ = train.run_steps(step, state, (x, y), key, batch_size=config.batch_size, num_steps=config.steps)
-    model = param.multiplied(nnx.merge(graphdef, state.params, state.model_state), mults)
-    logits, logits_test = model(x), model(xt)
-    return {"train_loss": optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
-            "test_loss": optax.softmax_cross_entropy_with_integer_labels(logits_test, yt).mean(),
-            "test_accuracy": jnp.mean(jnp.argmax(logits_test, -1) == yt)}
-
-  lrs = 2.0 ** jnp.asarray([config.log2_etas[k] for k in _KINDS], jnp.float32)  # (kinds, grid)
-  keys = jax.vmap(jax.random.key)(jnp.arange(config.seeds))
-  per_kind = lambda kind, lrs: jax.vmap(jax.vmap(trial, (None, None, 0)), (None, 0, None))(kind, lrs, keys)
-  out = jax.jit(jax.vmap(per_kind), compiler_options=_compiler_options())(jnp.arange(len(_KINDS)), lrs)
-  out = jax.tree.map(np.asarray, out)
-  return {kind: {k: v[i] for k, v in out.items()} for i, kind in enumerate(_KINDS)}
-
-
-def _plot(sweeps: dict, config, path) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for ax, kind in zip(axes, ("sp", "umup")):
-    for width in config.widths:
-      loss = sweeps[(kind, width)]["train_loss"].mean(axis=1)
-      ax.plot(config.log2_etas[kind], np.where(np.isfinite(loss), loss, np.nan), marker="o", label=f"width {width}")
-    ax.set_yscale("log")
-    ax.set_title(f"{kind}: training loss after {config.steps} Adam steps")
-    ax.set_xlabel("log2 learning rate" + (" (eta)" if kind == "umup" else ""))
-  axes[0].set_ylabel("training loss (mean of seeds)")
-  axes[1].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  trial = lr_transfer.classification_trial(lambda rngs: MLP(64, [width, width], 10, rngs=rngs), ps, param.mu_adam,
+                                           ds, batch_size=config.batch_size, steps=config.steps)
+  return lr_transfer.sweep_program(trial, _KINDS, [config.log2_etas[k] for k in _KINDS], config.seeds,
+                                   compiler_options=lr_transfer.fast_compile_options())  # (kinds, grid): own grids
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   ds = data.digits()
-  sweeps = {}
-
-  def fit(arm, hparams, seeds):
-    kind, width = arm.name.split("_w")
-    key = (kind, int(width))
-    if key not in sweeps:  # one program trains the grids of both arms of a width; the protocol reads point by point
-      for k, result in _sweep(int(width), config, ds).items():
-        sweeps[(k, int(width))] = result
-    i = list(config.log2_etas[kind]).index(hparams["log2_lr"])
-    return {k: v[i] for k, v in sweeps[key].items()}
-
-  arms = [protocol.Arm(f"{kind}_w{width}", [{"log2_lr": k} for k in config.log2_etas[kind]])
-          for kind in _KINDS for width in config.widths]
-  comparison = protocol.compare(arms, range(config.seeds), fit,
-                                validate=lambda out: np.nan_to_num(out["train_loss"], nan=np.inf),
-                                test=lambda out: {"test_loss": out["test_loss"], "test_accuracy": out["test_accuracy"],
-                                                  "train_loss": out["train_loss"]},
-                                maximize=False)
-  best = {kind: [comparison[f"{kind}_w{w}"].chosen["log2_lr"] for w in config.widths] for kind in _KINDS}
+  comparison, sweeps, best = lr_transfer.compare_lrs(
+      lambda width: _sweep(width, config, ds), _KINDS, config.widths, config.log2_etas, config.seeds, sep="_w",
+      validate=lambda loss: np.nan_to_num(loss, nan=np.inf))
   shift = {kind: 2.0 ** (max(b) - min(b)) for kind, b in best.items()}
 
   def default_gap(kind):
@@ -184,13 +112,14 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     return gaps
 
   gap = {kind: default_gap(kind) for kind in _KINDS}
-  for (kind, width), sweep in sorted(sweeps.items()):
-    for k, loss in zip(config.log2_etas[kind], sweep["train_loss"].mean(axis=1)):
-      ctx.log(k, {f"{kind}_w{width}/train_loss": float(loss)})
+  lr_transfer.log_sweeps(ctx, sweeps, config.log2_etas, "_w")
   ctx.print(f"best log2 lr by width {list(config.widths)}: u-muP {best['umup']} (shift {shift['umup']:g}x), "
             f"SP {best['sp']} (shift {shift['sp']:g}x); u-muP loss at eta=1 over the optimum - 1: "
             f"{[round(g, 4) for g in gap['umup']]}")
-  _plot(sweeps, config, ctx.workdir / "umup_loss_vs_lr.png")
+  lr_transfer.plot_loss_vs_lr(sweeps, config.log2_etas, config.widths, ctx.workdir / "umup_loss_vs_lr.png",
+                              panels=("sp", "umup"), size_label=lambda w: f"width {w}",
+                              title=lambda kind: f"{kind}: training loss after {config.steps} Adam steps",
+                              xlabel=lambda kind: "log2 learning rate" + (" (eta)" if kind == "umup" else ""))
 
   def claim(method):
     return shift[method] < 2.0 and all(g <= config.tolerance for g in gap[method])
