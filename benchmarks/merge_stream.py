@@ -16,18 +16,17 @@ Targets from issue 14: TIES >= 5x faster than mergekit, <= 2x the read+write tim
 Usage: ``python -m benchmarks.merge_stream [--params 2e7] [--no-mergekit] [--out FILE]``;
 ``python -m benchmarks merge_stream --quick`` runs a ~2M-parameter smoke test.
 
-Measured (2026-12-05, ``--params 1e9 --mergekit-layers 5``, a shared 2-core VM with 23 GB RAM at 1-minute load
-average 15.0 (8.1-22.7) from other jobs during the run; inputs in the page cache): 4 x 1.0B parameters (2.0 GB
-per model, 8.04 GB read, 2.01 GB written, 156 tensors): paperlab 56.7 s, read+write 42.0 s (ratio 1.35, target
-<= 2 met), peak RSS paperlab 1.34 GB (target < 3 GB met), read+write 0.76 GB. mergekit-yaml on the first 5 of 17
-layers of the same files (3.10 GB of inputs) took 291.1 s where paperlab took 25.3 s on the same subset (11.5x);
-extrapolated per input byte to the whole model, 753.7 s, 13.3x paperlab's 56.7 s (target 5x met); mergekit's peak
-RSS 4.20 GB. (The full mergekit run would have taken ~13 min more on the shared machine, so it was timed on the
-subset; mergekit streams tensor by tensor, so its time is proportional to the bytes it reads.) 89.9% of output
-elements are within 1 bf16 ulp of mergekit's: the synthetic fine-tunes move weights by at most 8 ulp, so most
-|delta| values tie with TIES' threshold, and mergekit keeps an arbitrary k of the tied entries (unstable
-``torch.argsort``) where paperlab keeps all of them (tests/parity/test_merge_mergekit_yaml.py checks that the two
-agree everywhere else, on few-ulp fine-tunes too).
+Measured (2026-12-05, ``--params 1e9``, whole model, every contender on the same files in one run; a 2-core VM
+with 23 GB RAM at 1-minute load average 3.3 (0.6-5.0) from other jobs; inputs in the page cache): 4 x 1.0B
+parameters (2.0 GB per model, 8.04 GB read, 2.01 GB written, 156 tensors): paperlab 15.8 s, read+write 14.2 s
+(ratio 1.11, target <= 2 met), mergekit-yaml 319.0 s (paperlab 20.1x faster, target >= 5x met); peak RSS paperlab
+1.32 GB (target < 3 GB met), read+write 0.76 GB, mergekit 4.60 GB. An earlier run the same day at load average 15
+(8.1-22.7) measured paperlab 56.7 s, read+write 42.0 s (1.35x) and mergekit on the first 5 of 17 layers 291.1 s vs
+paperlab 25.3 s on that subset (11.5x). 89.9% of output elements are within 1 bf16 ulp of mergekit's: the
+synthetic fine-tunes move weights by at most 8 ulp, so most |delta| values tie with TIES' threshold, and mergekit
+keeps an arbitrary k of the tied entries (unstable ``torch.argsort``) where paperlab keeps all of them, like the
+official TIES code (tests/parity/test_merge_mergekit_yaml.py checks that the two agree everywhere else, on few-ulp
+fine-tunes too).
 
 Where the time went before (3.6x read+write at 1B): the exact per-tensor TIES threshold (bracketing selection,
 ~60%). Now the threshold is guessed from a 64K-entry sample when many |delta| values tie (as here) and verified by
