@@ -34,16 +34,19 @@ Measured at the default config (seeds 0-2, means):
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from paperlab import data, models, papers, quant, train
+from paperlab import papers, quant
 from paperlab.runner import digits_splits, protocol
+from paperlab.runner.config import load_experiment
+
+ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # the shared substrates and metrics
 
 PAPER_ID = 110
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -76,36 +79,18 @@ def _digits(config, ctx):
   c = config.digits
   (x, y), val, test = digits_splits.fit_val_test()
   splits = {"val": val, "test": test}
-  tx = optax.adam(c.learning_rate)
-  model_fn = lambda rngs: models.MLP(64, list(c.widths), 10, rngs=rngs)
-  graphdef, init = train.make_init(model_fn, tx)
-  step = train.make_train_step(graphdef, train.classification_loss, tx)
-  steps = c.epochs * (x.shape[0] // c.batch_size)
   seeds = np.arange(config.seeds)
-
-  @jax.jit
-  @jax.vmap
-  def fit_seed(key):
-    state, _ = train.run_steps(step, init(key), (x, y), key, batch_size=c.batch_size, num_steps=steps)
-    return state
-
-  states = fit_seed(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-  fp_models = []
-  for i in seeds:
-    st = jax.tree.map(lambda a, i=i: a[i], states)
-    fp_models.append(nnx.merge(graphdef, st.params, st.model_state))
+  fp_models = ptq_char.train_digits_mlps(x, y, seeds, widths=c.widths, learning_rate=c.learning_rate,
+                                         epochs=c.epochs, batch_size=c.batch_size)
   calib = [x[:c.calib]]
   eval_graphdef = nnx.split(fp_models[0])[0]
-
-  @jax.jit
-  def accuracy(state, xs, ys):
-    return jnp.mean(jnp.argmax(nnx.merge(eval_graphdef, state)(xs), -1) == ys)
 
   def quantized(method, bits, m, seed):
     if method == "fp":
       return m
     if method == "rtn":
-      return quant.replace_kernels(m, {p: quant.fake_quantize_rtn(k, bits=bits) for p, k in _kernels(m).items()})
+      return quant.replace_kernels(m, {p: quant.fake_quantize_rtn(k, bits=bits)
+                                       for p, k in ptq_char.kernels(m).items()})
     return quant.adaround_model(m, calib, bits=bits, iters=c.iters, batch_size=c.adaround_batch,
                                 key=jax.random.key(100 + int(seed)))[0]
 
@@ -115,7 +100,7 @@ def _digits(config, ctx):
     for seed, m in zip(seeds, fp_models):
       state = nnx.split(quantized(method, int(bits or 32), m, seed))[1]
       for split in out:
-        out[split].append(float(accuracy(state, *splits[split])))
+        out[split].append(float(ptq_char.accuracy(eval_graphdef, state, *splits[split])))
     return {k: np.asarray(v) for k, v in out.items()}
 
   names = ["fp"] + [f"{m}_w{b}" for b in c.bits for m in ("rtn", "adaround")]
@@ -133,70 +118,25 @@ def _digits(config, ctx):
   return comparison, verdict
 
 
-def _kernels(model, prefix: str = "") -> dict:
-  """``{path: kernel}`` of the model's Dense layers whose path starts with ``prefix``."""
-  out = {}
-  for p, m in nnx.iter_modules(model):
-    path = "/".join(map(str, p))
-    if isinstance(m, nnx.Linear) and path.startswith(prefix):
-      out[path] = m.kernel[...]
-  return out
-
-
-def _windows(tokens: np.ndarray, count: int, length: int) -> np.ndarray:
-  """``count`` evenly spaced windows of ``length + 1`` tokens (as ``ptq_char``)."""
-  starts = np.linspace(0, len(tokens) - length - 2, count).astype(np.int64)
-  return np.stack([tokens[s:s + length + 1] for s in starts])
-
-
 def _char(config, ctx):
   c = config.char
-  ds = data.char_dataset(num_chars=c.num_chars)
-  n_val = len(ds.train) // 10
-  train_tokens, val_tokens = ds.train[:-n_val], ds.train[-n_val:]
-  model_fn = lambda rngs: models.CharTransformer(ds.tokenizer.vocab_size, c.d_model, c.num_layers, c.num_heads,
-                                                 c.seq_len, rngs=rngs)
-  tx = optax.adam(c.learning_rate)
-  graphdef, init = train.make_init(model_fn, tx)
-
-  def lm_loss(model, batch, rng):
-    inputs, targets = batch
-    return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
-
-  step = train.make_train_step(graphdef, lm_loss, tx)
-  tokens = jnp.asarray(train_tokens)
-
-  @jax.jit
-  @jax.vmap
-  def fit_seed(key):
-    def body(state, k):
-      return step(state, data.sample_sequences(k, tokens, c.batch_size, c.seq_len), k)
-    state, _ = jax.lax.scan(body, init(key), jax.random.split(key, c.steps))
-    return state
-
+  ds, train_tokens, val_tokens = ptq_char.char_data(c.num_chars)
   seeds = np.arange(config.seeds)
-  states = fit_seed(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-  fp_models = []
-  for i in seeds:
-    st = jax.tree.map(lambda a, i=i: a[i], states)
-    fp_models.append(nnx.merge(graphdef, st.params, st.model_state))
-  calib = [jnp.asarray(_windows(train_tokens, c.calib_windows, c.seq_len)[:, :-1])]
-  evals = {"val": _windows(val_tokens, c.eval_windows, c.seq_len), "test": _windows(ds.test, c.eval_windows,
-                                                                                       c.seq_len)}
+  fp_models, _ = ptq_char.train_char_lms(ds.tokenizer.vocab_size, train_tokens, seeds, d_model=c.d_model,
+                                         num_layers=c.num_layers, num_heads=c.num_heads, seq_len=c.seq_len,
+                                         steps=c.steps, batch_size=c.batch_size, learning_rate=c.learning_rate)
+  calib = [jnp.asarray(ptq_char.windows(train_tokens, c.calib_windows, c.seq_len)[:, :-1])]
+  evals = {"val": ptq_char.windows(val_tokens, c.eval_windows, c.seq_len),
+           "test": ptq_char.windows(ds.test, c.eval_windows, c.seq_len)}
   eval_graphdef = nnx.split(fp_models[0])[0]
-
-  @jax.jit
-  def perplexity(state, windows):
-    logits = nnx.merge(eval_graphdef, state)(windows[:, :-1])
-    return jnp.exp(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean())
 
   def quantized(method, bits, m, seed):
     if method == "fp":
       return m
     if method == "rtn":
-      kernels = {p: quant.fake_quantize_rtn(k, bits=bits, group_size=c.group_size)
-                 for p, k in _kernels(m, "blocks/").items()}
-      return quant.replace_kernels(m, kernels)
+      new = {p: quant.fake_quantize_rtn(k, bits=bits, group_size=c.group_size)
+             for p, k in ptq_char.kernels(m, "blocks/").items()}
+      return quant.replace_kernels(m, new)
     return quant.adaround_model(m, calib, bits=bits, group_size=c.group_size, iters=c.iters,
                                 batch_size=c.adaround_batch, include=r"^blocks/",
                                 key=jax.random.key(200 + int(seed)))[0]
@@ -207,7 +147,7 @@ def _char(config, ctx):
     for seed, m in zip(seeds, fp_models):
       state = nnx.split(quantized(method, int(bits or 32), m, seed))[1]
       for split in out:
-        out[split].append(float(perplexity(state, jnp.asarray(evals[split]))))
+        out[split].append(float(ptq_char.perplexity(eval_graphdef, state, jnp.asarray(evals[split]))))
     return {k: np.asarray(v) for k, v in out.items()}
 
   names = ["fp"] + [f"{m}_w{b}" for b in c.bits for m in ("rtn", "adaround")]

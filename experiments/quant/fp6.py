@@ -46,14 +46,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from flax import nnx
 
-from paperlab import data, models, papers, quant, train
+from paperlab import papers, quant
 from paperlab.runner import protocol
 from paperlab.runner.config import load_experiment
 
-ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # the char-LM's windows and layers
+ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # the shared substrates and metrics
 
 PAPER_ID = 599
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -91,82 +90,31 @@ def _key(config) -> str:
 def _digits_models(key: str) -> dict:
   cfg = json.loads(key)
   c = cfg["digits"]
-  ds = data.digits()
-  n_val = int(0.15 * ds.x_train.shape[0])
-  perm = np.random.default_rng(0).permutation(ds.x_train.shape[0])
-  tr, va = perm[n_val:], perm[:n_val]
-  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
-  tx = optax.adam(c["learning_rate"])
-  model_fn = lambda rngs: models.MLP(64, list(c["widths"]), ds.num_classes, rngs=rngs)
-  graphdef, init = train.make_init(model_fn, tx)
-  step = train.make_train_step(graphdef, train.classification_loss, tx)
-  steps = c["epochs"] * (x.shape[0] // c["batch_size"])
-
-  @jax.jit
-  @jax.vmap
-  def fit_seed(key):
-    state, _ = train.run_steps(step, init(key), (x, y), key, batch_size=c["batch_size"], num_steps=steps)
-    return state
-
-  states = fit_seed(jax.vmap(jax.random.key)(jnp.arange(cfg["seeds"])))
-  fp = [nnx.merge(graphdef, *(jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))))
-        for i in range(cfg["seeds"])]
-  return {"models": fp, "calib": [x[:256]],
-          "splits": {"val": (jnp.asarray(ds.x_train[va]), jnp.asarray(ds.y_train[va])),
-                     "test": (jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))}}
+  (x, y), splits = ptq_char.digits_tail_split()
+  fp = ptq_char.train_digits_mlps(x, y, np.arange(cfg["seeds"]), widths=c["widths"], learning_rate=c["learning_rate"],
+                                  epochs=c["epochs"], batch_size=c["batch_size"])
+  return {"models": fp, "calib": [x[:256]], "splits": splits}
 
 
 @functools.lru_cache(maxsize=2)
 def _char_models(key: str) -> dict:
   cfg = json.loads(key)
   c = cfg["char"]
-  ds = data.char_dataset(num_chars=c["num_chars"])
-  n_val = len(ds.train) // 10
-  train_tokens, val_tokens = ds.train[:-n_val], ds.train[-n_val:]
-  model_fn = lambda rngs: models.CharTransformer(ds.tokenizer.vocab_size, c["d_model"], c["num_layers"],
-                                                 c["num_heads"], c["seq_len"], rngs=rngs)
-  tx = optax.adam(c["learning_rate"])
-  graphdef, init = train.make_init(model_fn, tx)
-
-  def lm_loss(model, batch, rng):
-    inputs, targets = batch
-    return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
-
-  step = train.make_train_step(graphdef, lm_loss, tx)
-  tokens = jnp.asarray(train_tokens)
-
-  @jax.jit
-  @jax.vmap
-  def fit_seed(key):
-    def body(state, k):
-      return step(state, data.sample_sequences(k, tokens, c["batch_size"], c["seq_len"]), k)
-    state, metrics = jax.lax.scan(body, init(key), jax.random.split(key, c["steps"]))
-    return state, metrics["loss"]
-
-  states, losses = fit_seed(jax.vmap(jax.random.key)(jnp.arange(cfg["seeds"])))
-  fp = [nnx.merge(graphdef, *(jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))))
-        for i in range(cfg["seeds"])]
-  calib = ptq_char._windows(train_tokens, c["calib_windows"], c["seq_len"])
-  return {"models": fp, "losses": np.asarray(losses), "calib": [jnp.asarray(calib[:, :-1])],
-          "splits": {"val": jnp.asarray(ptq_char._windows(val_tokens, c["eval_windows"], c["seq_len"])),
-                     "test": jnp.asarray(ptq_char._windows(ds.test, c["eval_windows"], c["seq_len"]))}}
+  ds, train_tokens, val_tokens = ptq_char.char_data(c["num_chars"])
+  fp, losses = ptq_char.train_char_lms(ds.tokenizer.vocab_size, train_tokens, np.arange(cfg["seeds"]),
+                                       d_model=c["d_model"], num_layers=c["num_layers"], num_heads=c["num_heads"],
+                                       seq_len=c["seq_len"], steps=c["steps"], batch_size=c["batch_size"],
+                                       learning_rate=c["learning_rate"])
+  calib = ptq_char.windows(train_tokens, c["calib_windows"], c["seq_len"])
+  return {"models": fp, "losses": losses, "calib": [jnp.asarray(calib[:, :-1])],
+          "splits": {"val": jnp.asarray(ptq_char.windows(val_tokens, c["eval_windows"], c["seq_len"])),
+                     "test": jnp.asarray(ptq_char.windows(ds.test, c["eval_windows"], c["seq_len"]))}}
 
 
 def substrates(config) -> tuple[dict, dict]:
   """``(digits, char)``: the trained full-precision models per seed, calibration batches and eval splits."""
   key = _key(config)
   return _digits_models(key), _char_models(key)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _accuracy(graphdef, state, xs, ys):
-  return jnp.mean(jnp.argmax(nnx.merge(graphdef, state)(xs), -1) == ys)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _perplexity(graphdef, state, windows):
-  logits = nnx.merge(graphdef, state)(windows[:, :-1])
-  return jnp.exp(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean())
 
 
 def evaluate(kind: str, sub: dict, quantized_models) -> dict:
@@ -176,15 +124,10 @@ def evaluate(kind: str, sub: dict, quantized_models) -> dict:
     graphdef, state = nnx.split(m)
     for split in out:
       if kind == "digits":
-        out[split].append(float(_accuracy(graphdef, state, *sub["splits"][split])))
+        out[split].append(float(ptq_char.accuracy(graphdef, state, *sub["splits"][split])))
       else:
-        out[split].append(float(_perplexity(graphdef, state, sub["splits"][split])))
+        out[split].append(float(ptq_char.perplexity(graphdef, state, sub["splits"][split])))
   return {k: np.asarray(v) for k, v in out.items()}
-
-
-def kernels(model, prefix: str = "") -> dict:
-  """``{path: kernel}`` of the Dense layers under ``prefix`` (``ptq_char``'s helper)."""
-  return ptq_char._kernels(model, prefix)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -211,7 +154,7 @@ def _compare(kind: str, sub: dict, names: list[str], prefix: str):
       qmodels, stored, count = [], 0, 0
       for m in sub["models"]:
         new = {}
-        for p, k in kernels(m, prefix).items():
+        for p, k in ptq_char.kernels(m, prefix).items():
           new[p], nbytes = _quantize_kernel(arm.name, k)
           stored, count = stored + nbytes, count + k.size
         qmodels.append(quant.replace_kernels(m, new))
@@ -244,10 +187,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   results = {"protocol": {"digits": d_cmp.to_json(), "char": c_cmp.to_json()}}
   results["claim"] = {
       "statement": CLAIM,
-      "passed": bool(d_verdict["passed"] and c_verdict["passed"]),
-      "holds": bool(d_verdict["holds"] and c_verdict["holds"]),
-      "control_passes": bool(d_verdict["control_passes"] or c_verdict["control_passes"]),
-      "digits_passed": bool(d_verdict["passed"]), "char_passed": bool(c_verdict["passed"]),
+      **ptq_char.joint_verdict(d_verdict, c_verdict),
       "digits_accuracy": acc, "digits_acc_drop_fp6": acc["fp"] - acc["fp6"],
       "char_ppl": ppl, "char_ppl_rise_fp6": ppl["fp6"] / ppl["fp"] - 1.0,
       "char_ppl_std": {n: c_cmp[n].std("ppl") for n in c_cmp.arms},

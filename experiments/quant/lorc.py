@@ -43,6 +43,7 @@ from paperlab.runner import protocol
 from paperlab.runner.config import load_experiment
 
 fp6 = load_experiment(pathlib.Path(__file__).with_name("fp6.py"))  # the shared trained substrates
+ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # Dense-kernel walk, verdict fields
 
 PAPER_ID = 572
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -85,7 +86,7 @@ def _compare(kind: str, sub: dict, bits: int, group_size: int, rank: int, prefix
     base = arm.name.split("_")[0]
     qmodels, extra, count = [], 0, 0
     for i, m in enumerate(sub["models"]):
-      ks = fp6.kernels(m, prefix)
+      ks = ptq_char.kernels(m, prefix)
       if base == "rtn":
         w_hat = {p: quant.fake_quantize_rtn(k, bits=bits, group_size=group_size) for p, k in ks.items()}
       else:
@@ -138,10 +139,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   results = {"protocol": {"digits": d_cmp.to_json(), "char": c_cmp.to_json()}}
   results["claim"] = {
       "statement": CLAIM,
-      "passed": bool(d_verdict["passed"] and c_verdict["passed"]),
-      "holds": bool(d_verdict["holds"] and c_verdict["holds"]),
-      "control_passes": bool(d_verdict["control_passes"] or c_verdict["control_passes"]),
-      "digits_passed": bool(d_verdict["passed"]), "char_passed": bool(c_verdict["passed"]),
+      **ptq_char.joint_verdict(d_verdict, c_verdict),
       "digits_accuracy": acc,
       "digits_gap_closed": (acc["rtn_lorc"] - acc["rtn"]) / gap if gap > 0 else float("nan"),
       "digits_overhead": d_cmp["rtn_lorc"].mean("overhead"),

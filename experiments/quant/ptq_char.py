@@ -38,6 +38,7 @@ Measured at the default config (seeds 0-2, means; std in the record):
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -79,6 +80,118 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# The shared substrates (also used by adaround.py, fp6.py, lorc.py and qat.py, which load this file)
+
+
+def digits_tail_split():
+  """``((x, y), {"val": (x, y), "test": (x, y)})``: digits' train split minus a 15% validation tail (perm seed 0)."""
+  ds = data.digits()
+  n_val = int(0.15 * ds.x_train.shape[0])
+  perm = np.random.default_rng(0).permutation(ds.x_train.shape[0])
+  tr, va = perm[n_val:], perm[:n_val]
+  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
+  return (x, y), {"val": (jnp.asarray(ds.x_train[va]), jnp.asarray(ds.y_train[va])),
+                  "test": (jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))}
+
+
+def train_digits_mlps(x, y, seeds, *, widths, learning_rate: float, epochs: int, batch_size: int,
+                      num_classes: int = 10) -> list:
+  """The full-precision DIGITS-MLP ``64-widths-num_classes`` (ReLU, Adam) of each seed, trained vmapped over seeds."""
+  tx = optax.adam(learning_rate)
+  model_fn = lambda rngs: models.MLP(64, list(widths), num_classes, rngs=rngs)
+  graphdef, init = train.make_init(model_fn, tx)
+  step = train.make_train_step(graphdef, train.classification_loss, tx)
+  steps = epochs * (x.shape[0] // batch_size)
+
+  @jax.jit
+  @jax.vmap
+  def fit_seed(key):
+    state, _ = train.run_steps(step, init(key), (x, y), key, batch_size=batch_size, num_steps=steps)
+    return state
+
+  states = fit_seed(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+  return [nnx.merge(graphdef, *(jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))))
+          for i in range(len(seeds))]
+
+
+def char_data(num_chars: int):
+  """``(dataset, train_tokens, val_tokens)``: the grammar corpus with a 10% validation tail of its train split."""
+  ds = data.char_dataset(num_chars=num_chars)
+  n_val = len(ds.train) // 10
+  return ds, ds.train[:-n_val], ds.train[-n_val:]
+
+
+def char_model_fn(vocab_size: int, d_model: int, num_layers: int, num_heads: int, seq_len: int):
+  """``rngs -> CharTransformer``: the 2-layer pre-LN character transformer of CHAR-LM."""
+  return lambda rngs: models.CharTransformer(vocab_size, d_model, num_layers, num_heads, seq_len, rngs=rngs)
+
+
+def lm_loss(model, batch, rng):
+  """Next-token cross entropy of ``model`` on ``batch = (inputs, targets)``."""
+  inputs, targets = batch
+  return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
+
+
+def train_char_lms(vocab_size: int, train_tokens, seeds, *, d_model: int, num_layers: int, num_heads: int,
+                   seq_len: int, steps: int, batch_size: int, learning_rate: float) -> tuple[list, np.ndarray]:
+  """``(models, losses[seed, step])``: the full-precision CHAR-LM of each seed (Adam, vmapped over seeds)."""
+  tx = optax.adam(learning_rate)
+  graphdef, init = train.make_init(char_model_fn(vocab_size, d_model, num_layers, num_heads, seq_len), tx)
+  step = train.make_train_step(graphdef, lm_loss, tx)
+  tokens = jnp.asarray(train_tokens)
+
+  @jax.jit
+  @jax.vmap
+  def fit_seed(key):
+    def body(state, k):
+      return step(state, data.sample_sequences(k, tokens, batch_size, seq_len), k)
+    state, metrics = jax.lax.scan(body, init(key), jax.random.split(key, steps))
+    return state, metrics["loss"]
+
+  states, losses = fit_seed(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
+  fp = [nnx.merge(graphdef, *(jax.tree.map(lambda a, i=i: a[i], (states.params, states.model_state))))
+        for i in range(len(seeds))]
+  return fp, np.asarray(losses)
+
+
+def windows(tokens: np.ndarray, count: int, length: int) -> np.ndarray:
+  """``count`` evenly spaced windows of ``length + 1`` tokens."""
+  starts = np.linspace(0, len(tokens) - length - 2, count).astype(np.int64)
+  return np.stack([tokens[s:s + length + 1] for s in starts])
+
+
+def kernels(model, prefix: str = "") -> dict:
+  """``{path: kernel}`` of the model's Dense layers whose path starts with ``prefix``."""
+  out = {}
+  for p, m in nnx.iter_modules(model):
+    path = "/".join(map(str, p))
+    if isinstance(m, nnx.Linear) and path.startswith(prefix):
+      out[path] = m.kernel[...]
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def accuracy(graphdef, state, xs, ys):
+  """Top-1 accuracy of ``nnx.merge(graphdef, state)`` on ``(xs, ys)``."""
+  return jnp.mean(jnp.argmax(nnx.merge(graphdef, state)(xs), -1) == ys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def perplexity(graphdef, state, wins):
+  """Next-token perplexity of ``nnx.merge(graphdef, state)`` on windows ``wins`` of ``length + 1`` tokens."""
+  logits = nnx.merge(graphdef, state)(wins[:, :-1])
+  return jnp.exp(optax.softmax_cross_entropy_with_integer_labels(logits, wins[:, 1:]).mean())
+
+
+def joint_verdict(first: dict, second: dict, names=("digits", "char")) -> dict:
+  """The claim fields of a two-part claim: passed/holds need both parts, the control may pass in either."""
+  return {"passed": bool(first["passed"] and second["passed"]),
+          "holds": bool(first["holds"] and second["holds"]),
+          "control_passes": bool(first["control_passes"] or second["control_passes"]),
+          f"{names[0]}_passed": bool(first["passed"]), f"{names[1]}_passed": bool(second["passed"])}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # DIGITS-MLP-OUT
 
 
@@ -98,46 +211,20 @@ def _inject_outliers(model: models.MLP, key: jax.Array, units: int, factor: floa
 
 def _digits(config, ctx):
   c = config.digits
-  ds = data.digits()
-  n_val = int(0.15 * ds.x_train.shape[0])
-  perm = np.random.default_rng(0).permutation(ds.x_train.shape[0])
-  tr, va = perm[n_val:], perm[:n_val]
-  x, y = jnp.asarray(ds.x_train[tr]), jnp.asarray(ds.y_train[tr])
-  splits = {"val": (jnp.asarray(ds.x_train[va]), jnp.asarray(ds.y_train[va])),
-            "test": (jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))}
-  tx = optax.adam(c.learning_rate)
-  model_fn = lambda rngs: models.MLP(64, list(c.widths), ds.num_classes, rngs=rngs)
-  graphdef, init = train.make_init(model_fn, tx)
-  step = train.make_train_step(graphdef, train.classification_loss, tx)
-  steps = c.epochs * (x.shape[0] // c.batch_size)
+  (x, y), splits = digits_tail_split()
   seeds = np.arange(config.seeds)
-
-  @jax.jit
-  @jax.vmap
-  def fit_seed(key):
-    state, _ = train.run_steps(step, init(key), (x, y), key, batch_size=c.batch_size, num_steps=steps)
-    return state
-
-  states = fit_seed(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-  fp_models = []
-  for i in seeds:
-    st = jax.tree.map(lambda a, i=i: a[i], states)
-    m = nnx.merge(graphdef, st.params, st.model_state)
-    fp_models.append(_inject_outliers(m, jax.random.key(1000 + int(i)), c.outlier_units, c.outlier_factor))
+  fp_models = [_inject_outliers(m, jax.random.key(1000 + int(i)), c.outlier_units, c.outlier_factor)
+               for i, m in zip(seeds, train_digits_mlps(x, y, seeds, widths=c.widths, learning_rate=c.learning_rate,
+                                                         epochs=c.epochs, batch_size=c.batch_size))]
   calib = [x[:c.calib]]
   eval_graphdef = nnx.split(fp_models[0])[0]
-
-  @jax.jit
-  def accuracy(state, xs, ys):
-    return jnp.mean(jnp.argmax(nnx.merge(eval_graphdef, state)(xs), -1) == ys)
 
   def quantized(arm, m):
     if arm == "fp":
       return m
     if arm == "rtn":
-      kernels = {p: quant.fake_quantize_rtn(k, bits=c.bits, group_size=c.group_size)
-                 for p, k in _kernels(m).items()}
-      return quant.replace_kernels(m, kernels)
+      new = {p: quant.fake_quantize_rtn(k, bits=c.bits, group_size=c.group_size) for p, k in kernels(m).items()}
+      return quant.replace_kernels(m, new)
     return quant.awq_model(m, calib, bits=c.bits, group_size=c.group_size, no_clip=None)[0]
 
   def fit(arm, hparams, seeds):
@@ -145,7 +232,7 @@ def _digits(config, ctx):
     for m in fp_models:
       state = nnx.split(quantized(arm.name, m))[1]
       for split in out:
-        out[split].append(float(accuracy(state, *splits[split])))
+        out[split].append(float(accuracy(eval_graphdef, state, *splits[split])))
     return {k: np.asarray(v) for k, v in out.items()}
 
   arms = [protocol.Arm(name) for name in ("fp", "rtn", "awq")]
@@ -159,70 +246,23 @@ def _digits(config, ctx):
   return comparison, verdict
 
 
-def _kernels(model, prefix: str = "") -> dict:
-  """``{path: kernel}`` of the model's Dense layers whose path starts with ``prefix``."""
-  out = {}
-  for p, m in nnx.iter_modules(model):
-    path = "/".join(map(str, p))
-    if isinstance(m, nnx.Linear) and path.startswith(prefix):
-      out[path] = m.kernel[...]
-  return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # CHAR-LM
 
 
-def _windows(tokens: np.ndarray, count: int, length: int) -> np.ndarray:
-  """``count`` evenly spaced windows of ``length + 1`` tokens."""
-  starts = np.linspace(0, len(tokens) - length - 2, count).astype(np.int64)
-  return np.stack([tokens[s:s + length + 1] for s in starts])
-
-
 def _char(config, ctx):
   c = config.char
-  ds = data.char_dataset(num_chars=c.num_chars)
-  n_val = len(ds.train) // 10
-  train_tokens, val_tokens = ds.train[:-n_val], ds.train[-n_val:]
-  model_fn = lambda rngs: models.CharTransformer(ds.tokenizer.vocab_size, c.d_model, c.num_layers, c.num_heads,
-                                                 c.seq_len, rngs=rngs)
-  tx = optax.adam(c.learning_rate)
-  graphdef, init = train.make_init(model_fn, tx)
-
-  def lm_loss(model, batch, rng):
-    inputs, targets = batch
-    return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
-
-  step = train.make_train_step(graphdef, lm_loss, tx)
-  tokens = jnp.asarray(train_tokens)
-
-  @jax.jit
-  @jax.vmap
-  def fit_seed(key):
-    def body(state, k):
-      batch = data.sample_sequences(k, tokens, c.batch_size, c.seq_len)
-      return step(state, batch, k)
-    state = init(key)
-    state, metrics = jax.lax.scan(body, state, jax.random.split(key, c.steps))
-    return state, metrics["loss"]
-
+  ds, train_tokens, val_tokens = char_data(c.num_chars)
   seeds = np.arange(config.seeds)
-  states, losses = fit_seed(jax.vmap(jax.random.key)(jnp.asarray(seeds)))
-  ctx.log_curve("char/train_loss", np.asarray(losses).mean(0), every=max(1, c.steps // 10))
-  fp_models = []
-  for i in seeds:
-    st = jax.tree.map(lambda a, i=i: a[i], states)
-    fp_models.append(nnx.merge(graphdef, st.params, st.model_state))
-  calib_w = _windows(train_tokens, c.calib_windows, c.seq_len)
+  fp_models, losses = train_char_lms(ds.tokenizer.vocab_size, train_tokens, seeds, d_model=c.d_model,
+                                     num_layers=c.num_layers, num_heads=c.num_heads, seq_len=c.seq_len,
+                                     steps=c.steps, batch_size=c.batch_size, learning_rate=c.learning_rate)
+  ctx.log_curve("char/train_loss", losses.mean(0), every=max(1, c.steps // 10))
+  calib_w = windows(train_tokens, c.calib_windows, c.seq_len)
   calib = [jnp.asarray(calib_w[:, :-1])]
-  evals = {"val": _windows(val_tokens, c.eval_windows, c.seq_len),
-           "test": _windows(ds.test, c.eval_windows, c.seq_len)}
+  evals = {"val": windows(val_tokens, c.eval_windows, c.seq_len),
+           "test": windows(ds.test, c.eval_windows, c.seq_len)}
   eval_graphdef = nnx.split(fp_models[0])[0]
-
-  @jax.jit
-  def perplexity(state, windows):
-    logits = nnx.merge(eval_graphdef, state)(windows[:, :-1])
-    return jnp.exp(optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:]).mean())
 
   include = r"^blocks/"
 
@@ -230,9 +270,9 @@ def _char(config, ctx):
     if method == "fp":
       return m
     if method == "rtn":
-      kernels = {p: quant.fake_quantize_rtn(k, bits=bits, group_size=c.group_size)
-                 for p, k in _kernels(m, "blocks/").items()}
-      return quant.replace_kernels(m, kernels)
+      new = {p: quant.fake_quantize_rtn(k, bits=bits, group_size=c.group_size)
+             for p, k in kernels(m, "blocks/").items()}
+      return quant.replace_kernels(m, new)
     if method == "gptq":
       return quant.gptq_model(m, calib, bits=bits, group_size=c.group_size, include=include)[0]
     return quant.awq_model(m, calib, bits=bits, group_size=c.group_size, include=include)[0]
@@ -243,7 +283,7 @@ def _char(config, ctx):
     for m in fp_models:
       state = nnx.split(quantized(method, int(bits or 16), m))[1]
       for split in out:
-        out[split].append(float(perplexity(state, jnp.asarray(evals[split]))))
+        out[split].append(float(perplexity(eval_graphdef, state, jnp.asarray(evals[split]))))
     return {k: np.asarray(v) for k, v in out.items()}
 
   names = ["fp"] + [f"{m}_w{b}" for b in c.bits for m in ("rtn", "gptq", "awq")]
@@ -307,10 +347,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
              "protocol": {"digits": digits_cmp.to_json(), "char": char_cmp.to_json()}}
   results["claim"] = {
       "statement": CLAIM,
-      "passed": bool(digits_verdict["passed"] and char_verdict["passed"]),
-      "holds": bool(digits_verdict["holds"] and char_verdict["holds"]),
-      "control_passes": bool(digits_verdict["control_passes"] or char_verdict["control_passes"]),
-      "digits_passed": bool(digits_verdict["passed"]), "char_passed": bool(char_verdict["passed"]),
+      **joint_verdict(digits_verdict, char_verdict),
       "digits_accuracy": digits_acc,
       "digits_drop_rtn": digits_acc["fp"] - digits_acc["rtn"], "digits_drop_awq": digits_acc["fp"] - digits_acc["awq"],
       "char_ppl": {n: char_cmp[n].mean("ppl") for n in char_cmp.arms},

@@ -48,7 +48,7 @@ from paperlab._tree import path_str
 from paperlab.runner import digits_splits, protocol
 from paperlab.runner.config import load_experiment
 
-ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # its window helper (not edited)
+ptq_char = load_experiment(pathlib.Path(__file__).with_name("ptq_char.py"))  # the shared char-LM data and windows
 
 PAPER_ID = 210
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -199,11 +199,8 @@ def _get(tree, path: str):
 
 def _char(config, ctx):
   c = config.char
-  ds = data.char_dataset(num_chars=c.num_chars)
-  n_val = len(ds.train) // 10
-  train_tokens, val_tokens = ds.train[:-n_val], ds.train[-n_val:]
-  model_fn = lambda rngs: models.CharTransformer(ds.tokenizer.vocab_size, c.d_model, c.num_layers, c.num_heads,
-                                                 c.seq_len, rngs=rngs)
+  ds, train_tokens, val_tokens = ptq_char.char_data(c.num_chars)
+  model_fn = ptq_char.char_model_fn(ds.tokenizer.vocab_size, c.d_model, c.num_layers, c.num_heads, c.seq_len)
   graphdef, init = train.make_init(model_fn, optax.adam(c.learning_rate))
   tokens = jnp.asarray(train_tokens)
   rules = [(r"blocks/.*kernel", {"bits": c.bits, "group_size": c.group_size})]
@@ -248,9 +245,9 @@ def _char(config, ctx):
       cache[(lr, qat)] = finetune(base_params, keys, jnp.float32(lr), qat)
     return cache[(lr, qat)]
   per_seed = lambda tree, i: jax.tree.map(lambda a: a[i], tree)
-  calib = [jnp.asarray(ptq_char._windows(train_tokens, c.calib_windows, c.seq_len)[:, :-1])]  # pylint: disable=protected-access
-  evals = {"val": jnp.asarray(ptq_char._windows(val_tokens, c.eval_windows, c.seq_len)),  # pylint: disable=protected-access
-           "test": jnp.asarray(ptq_char._windows(ds.test, c.eval_windows, c.seq_len))}  # pylint: disable=protected-access
+  calib = [jnp.asarray(ptq_char.windows(train_tokens, c.calib_windows, c.seq_len)[:, :-1])]
+  evals = {"val": jnp.asarray(ptq_char.windows(val_tokens, c.eval_windows, c.seq_len)),
+           "test": jnp.asarray(ptq_char.windows(ds.test, c.eval_windows, c.seq_len))}
 
   @jax.jit
   def perplexity(params, windows):
