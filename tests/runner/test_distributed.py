@@ -10,13 +10,13 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from _jax_procs import cpu_env as _env, free_port as _free_port
 from paperlab.runner import distributed, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,19 +24,6 @@ DEMO = str(ROOT / "experiments" / "runner_demo.py")
 NUM_STEPS = 400  # long enough that process 1 is killed mid-run (a 20-step chunk takes well under a second)
 ARGS = [f"--config.train.num_steps={NUM_STEPS}", "--config.train.log_every=20", "--config.train.checkpoint_every=20",
         "--config.train.data_parallel=True", "--quiet"]
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             PAPERLAB_COMPILATION_CACHE="0")
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-  return env
 
 
 def _launch(workdir: pathlib.Path, args, num_processes: int = 2, devices: int = 2):

@@ -12,9 +12,7 @@ the closed form of gradient descent on ``0.5 * |w - t|^2``: ``w_k = t (1 - (1 - 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
@@ -22,22 +20,11 @@ import time
 import numpy as np
 import pytest
 
+from _jax_procs import cpu_env as _env, free_port as _free_port
 from paperlab.runner import distributed, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-             PAPERLAB_COMPILATION_CACHE="0")
-  env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-  return env
 
 EXPERIMENT = '''
 """Gradient descent on 0.5 * |w - t|^2 with w sharded over the global device mesh (test fixture)."""
