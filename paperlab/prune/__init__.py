@@ -13,3 +13,9 @@ from paperlab.prune.isoflop import *  # noqa: F401,F403
 from paperlab.prune import masks, schedules, regrow, perp, regularizers, analysis, scores, isoflop  # noqa: E402
 
 __all__ = sorted(set().union(*(m.__all__ for m in (masks, schedules, regrow, perp, regularizers, analysis, scores, isoflop))))
+
+from paperlab.prune.structured import *  # noqa: F401,F403,E402
+from paperlab.prune.oracle import *  # noqa: F401,F403,E402
+from paperlab.prune import structured, oracle  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(structured.__all__) | set(oracle.__all__))
