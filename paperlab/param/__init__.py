@@ -4,7 +4,13 @@ from paperlab.param.parametrization import *  # noqa: F401,F403
 from paperlab.param.coordinates import *  # noqa: F401,F403
 from paperlab.param.inits import *  # noqa: F401,F403
 from paperlab.param.reparam import *  # noqa: F401,F403
+from paperlab.param.norm_constraints import *  # noqa: F401,F403
 
-from paperlab.param import coordinates, inits, parametrization, reparam  # noqa: E402
+from paperlab.param import coordinates, inits, norm_constraints, parametrization, reparam  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (coordinates, inits, parametrization, reparam))))
+__all__ = sorted(set().union(*(m.__all__ for m in (coordinates, inits, norm_constraints, parametrization, reparam))))
+
+from paperlab.param.subcloning import *  # noqa: F401,F403,E402
+from paperlab.param import subcloning  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(subcloning.__all__))

@@ -13,20 +13,20 @@ kernels back inside the loss, so any optimizer and any NNX model work unchanged:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from paperlab._checks import check_positive
-from paperlab._tree import path_str
+from paperlab._checks import check_choice, check_positive
+from paperlab._tree import path_mask, path_str
 from paperlab.param.coordinates import layer_outputs
 
 PyTree = Any
 
 __all__ = ["weight_norm", "to_weight_norm", "from_weight_norm", "weight_norm_init", "weight_standardize", "StdConv",
-           "BatchChannelNorm"]
+           "BatchChannelNorm", "reparametrize", "compander", "make_conditioner", "weight_condition"]
 
 
 def _norm(v: jax.Array) -> jax.Array:
@@ -227,3 +227,120 @@ class BatchChannelNorm(nnx.Module):
     out = out * self.scale[...][None, :, None] + self.bias[...][None, :, None]
     out = jnp.moveaxis(out.reshape(n, g, -1, c // g), 1, 2).reshape(x.shape)
     return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# elementwise and matrix reparametrizations applied inside the loss: weight compander, weight conditioning
+
+
+def reparametrize(params: PyTree, fn: Callable[[jax.Array], jax.Array], *, include: str = r"kernel$") -> PyTree:
+  """``fn`` applied to every selected leaf (regex ``include`` searched in the ``/``-joined path, ``ndim >= 2``);
+  the other leaves pass through. The trainable parameters stay the raw ones and the model runs on the result, so
+  gradients flow through ``fn``::
+
+      loss = lambda raw: model_loss(reparametrize(raw, lambda w: compander(w, a=0.5, b=2.0)))
+
+  Shared by the elementwise and matrix reparametrizations of this module (:func:`compander`,
+  :func:`weight_condition`, :func:`weight_standardize`). Pure, jittable.
+
+  Raises:
+    ValueError: ``include`` selects no leaf with ``ndim >= 2``.
+  """
+  mask = path_mask(params, include)
+  if not any(m and jnp.ndim(x) >= 2 for m, x in zip(jax.tree.leaves(mask), jax.tree.leaves(params))):
+    raise ValueError(f"include={include!r} selects no kernel (ndim >= 2).")
+  return jax.tree.map(lambda m, x: fn(x) if m and jnp.ndim(x) >= 2 else x, mask, params)
+
+
+def compander(w: jax.Array, *, a: float | jax.Array, b: float | jax.Array) -> jax.Array:
+  """Weight compander: an odd, monotone, bounded elementwise map ``w_eff = a * tanh(b * w / a)``.
+
+  Cakaj, Mehnert & Yang, "Weight Compander: A Simple Weight Reparameterization for Regularization",
+  arXiv:2306.16993 (IJCNN 2023). Each weight is used through a nonlinear function that restricts its magnitude
+  (``|w_eff| < a``) and pushes it away from zero (slope ``b > 1`` at the origin, so ``|w_eff| > |w|`` for small
+  ``|w|``); ``a`` and ``b`` may be learned (pass traced arrays). **The paper's exact function could not be read in
+  this workplace** (no code was released and its full text is not in the stored corpora): this is the ``tanh``
+  form with the properties the paper states -- saturation at ``a``, expansion near zero with gain ``b`` -- not a
+  transcription of its equation, and the paper's default ``(a, b)`` are unknown, so both are required.
+
+  Args:
+    w: raw weights, any shape (floating).
+    a: the bound of ``|w_eff|`` (> 0).
+    b: the slope ``d w_eff / d w`` at ``w = 0`` (> 0; ``> 1`` expands small weights).
+
+  Returns:
+    ``w_eff`` with the shape and dtype of ``w`` (computed in float32). Jittable, differentiable in ``w``, ``a`` and
+    ``b``.
+
+  Raises:
+    ValueError: ``a <= 0`` or ``b <= 0`` (when concrete); TypeError: a non-floating ``w``.
+  """
+  check_positive("a", a)
+  check_positive("b", b)
+  if not jnp.issubdtype(jnp.result_type(w), jnp.floating):
+    raise TypeError(f"w must be a floating array, got dtype {jnp.result_type(w)}.")
+  x = jnp.asarray(w).astype(jnp.float32)
+  a = jnp.asarray(a, jnp.float32)
+  return (a * jnp.tanh(jnp.asarray(b, jnp.float32) * x / a)).astype(jnp.result_type(w))
+
+
+_CONDITIONER_KINDS = ("row", "column", "row_column")
+
+
+def _as_matrix(w: jax.Array, name: str) -> jax.Array:
+  if jnp.ndim(w) < 2:
+    raise ValueError(f"{name} must be a kernel with ndim >= 2 (last axis = output units), got shape {jnp.shape(w)}.")
+  return jnp.asarray(w).reshape(-1, w.shape[-1]).astype(jnp.float32)  # (fan_in, out) = the paper's W transposed
+
+
+def make_conditioner(w: jax.Array, *, kind: str = "row", eps: float = 1e-12) -> tuple[jax.Array, jax.Array]:
+  """The diagonal equilibration conditioner of weight conditioning: ``(r, c)`` with ``W_cond = diag(r) W diag(c)``.
+
+  Saratchandran, Wang & Lucey, "Weight Conditioning for Smooth Optimization of Neural Networks", arXiv:2409.03424
+  (ECCV 2024). A weight matrix ``W`` (the paper's layout: ``out x in``) is multiplied by a conditioner that narrows
+  the spread of its singular values; the conditioner is row equilibration, ``r_i = 1 / ||W_i,:||_2`` (every output
+  unit's weight vector scaled to unit norm), the diagonal scaling that by van der Sluis' theorem minimizes
+  ``kappa_2(D W)`` over diagonal ``D`` up to a factor ``sqrt(out)``. ``kind="column"`` equilibrates the columns
+  (``c_j = 1 / ||W_:,j||``) and ``"row_column"`` the rows, then the columns of the row-equilibrated matrix.
+
+  ``w`` is a Flax kernel (last axis = output unit; every other axis is flattened into the fan-in), so the paper's
+  ``W`` is ``w.reshape(-1, out).T``; the conditioner is computed from the current ``w`` (in float32), not frozen.
+
+  Args:
+    w: a kernel with ``ndim >= 2``.
+    kind: ``"row"`` (the paper's), ``"column"`` or ``"row_column"``.
+    eps: floor of every norm (a zero row stays zero instead of dividing by zero).
+
+  Returns:
+    ``(r, c)``: ``r`` of shape ``(out,)``, ``c`` of shape ``(fan_in,)`` (ones where ``kind`` does not scale).
+
+  Raises:
+    ValueError: ``kind`` not one of the accepted kinds, ``eps <= 0``, or ``w`` with fewer than 2 axes.
+  """
+  check_choice("kind", kind, _CONDITIONER_KINDS)
+  check_positive("eps", eps)
+  m = _as_matrix(w, "w")
+  r = jnp.ones((m.shape[1],), jnp.float32)
+  c = jnp.ones((m.shape[0],), jnp.float32)
+  if kind in ("row", "row_column"):
+    r = 1.0 / jnp.maximum(jnp.linalg.norm(m, axis=0), eps)
+  if kind in ("column", "row_column"):
+    c = 1.0 / jnp.maximum(jnp.linalg.norm(m * r[None, :], axis=1), eps)
+  return r, c
+
+
+def weight_condition(w: jax.Array, *, kind: str = "row", eps: float = 1e-12) -> jax.Array:
+  """Weight conditioning: ``W_cond = diag(r) W diag(c)`` with the equilibration conditioner of
+  :func:`make_conditioner` (Saratchandran, Wang & Lucey, arXiv:2409.03424; default: row equilibration).
+
+  Used as a reparametrization (``reparametrize(params, weight_condition)``): the raw kernel is trained and the
+  layer computes with its conditioned form; gradients flow through the conditioner, which is recomputed from the
+  current weights at every call. For ``kind="row"`` this is weight normalization (Salimans & Kingma) with every
+  gain fixed at 1. Shape and dtype of ``w``; jittable, differentiable.
+
+  Raises:
+    ValueError: as :func:`make_conditioner`.
+  """
+  r, c = make_conditioner(w, kind=kind, eps=eps)
+  m = _as_matrix(w, "w") * c[:, None] * r[None, :]
+  return m.reshape(jnp.shape(w)).astype(jnp.result_type(w))
