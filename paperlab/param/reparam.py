@@ -26,7 +26,7 @@ from paperlab.param.coordinates import layer_outputs
 PyTree = Any
 
 __all__ = ["weight_norm", "to_weight_norm", "from_weight_norm", "weight_norm_init", "weight_standardize", "StdConv",
-           "BatchChannelNorm", "reparametrize", "compander", "make_conditioner", "weight_condition"]
+           "BatchChannelNorm", "reparametrize", "compander", "compander_inverse", "make_conditioner", "weight_condition"]
 
 
 def _norm(v: jax.Array) -> jax.Array:
@@ -282,6 +282,27 @@ def compander(w: jax.Array, *, a: float | jax.Array, b: float | jax.Array) -> ja
   x = jnp.asarray(w).astype(jnp.float32)
   a = jnp.asarray(a, jnp.float32)
   return (a * jnp.tanh(jnp.asarray(b, jnp.float32) * x / a)).astype(jnp.result_type(w))
+
+
+def compander_inverse(w_eff: jax.Array, *, a: float | jax.Array, b: float | jax.Array) -> jax.Array:
+  """The raw weights whose :func:`compander` is ``w_eff``: ``(a / b) artanh(w_eff / a)``, for ``|w_eff| < a``.
+
+  Starts a compander-reparametrized model at a given effective init (e.g. the plain model's), so that the
+  reparametrization changes the training dynamics and not the initial function. Shape and dtype of ``w_eff``.
+
+  Raises:
+    ValueError: ``a <= 0``, ``b <= 0``, or a concrete ``w_eff`` with an entry ``|w_eff| >= a`` (outside the range).
+  """
+  check_positive("a", a)
+  check_positive("b", b)
+  x = jnp.asarray(w_eff).astype(jnp.float32)
+  if not isinstance(x, jax.core.Tracer) and not isinstance(a, jax.core.Tracer):
+    worst = float(jnp.max(jnp.abs(x))) if x.size else 0.0
+    if worst >= float(a):
+      raise ValueError(f"w_eff must lie in (-a, a) = (-{float(a)}, {float(a)}) to be inverted, got max |w_eff| = "
+                       f"{worst}.")
+  a = jnp.asarray(a, jnp.float32)
+  return (a / jnp.asarray(b, jnp.float32) * jnp.arctanh(x / a)).astype(jnp.result_type(w_eff))
 
 
 _CONDITIONER_KINDS = ("row", "column", "row_column")

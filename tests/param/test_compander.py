@@ -68,3 +68,11 @@ def test_reparametrize_touches_only_selected_kernels_and_passes_gradients():
   np.testing.assert_allclose(g["head"]["kernel"], 2.0 / np.cosh(2.0 * 0.1 / 0.5) ** 2, rtol=1e-5)
   with pytest.raises(ValueError, match="selects no kernel"):
     param.reparametrize(params, fn, include="nothing")
+
+
+def test_compander_inverse_round_trips_and_rejects_out_of_range():
+  w = jnp.linspace(-0.45, 0.45, 19)
+  np.testing.assert_allclose(param.compander(param.compander_inverse(w, a=0.5, b=2.0), a=0.5, b=2.0), w,
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="w_eff must lie in"):
+    param.compander_inverse(jnp.array([0.1, 0.5]), a=0.5, b=2.0)
