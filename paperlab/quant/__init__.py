@@ -21,6 +21,8 @@ from paperlab.quant.flexround import *  # noqa: F401,F403
 from paperlab.quant.checkpoint import *  # noqa: F401,F403
 from paperlab.quant.leanquant import *  # noqa: F401,F403
 from paperlab.quant.billm import *  # noqa: F401,F403
+from paperlab.quant.adaquant import *  # noqa: F401,F403
+from paperlab.quant.bitalloc import *  # noqa: F401,F403
 from paperlab.quant.bitmod import *  # noqa: F401,F403
 from paperlab.quant.distill import *  # noqa: F401,F403
 
@@ -28,5 +30,5 @@ from paperlab.quant.distill import *  # noqa: F401,F403
 # the star imports, so their modules are looked up in sys.modules rather than as attributes.
 _MODULES = ("formats", "packing", "qarray", "dot", "dfloat", "rtn", "calibration", "gptq", "awq", "lorc",
             "smoothquant", "adaround", "flexround", "qat", "qat_recipes", "checkpoint", "leanquant", "billm", "distill",
-            "bitmod")
+            "bitmod", "adaquant", "bitalloc")
 __all__ = sorted({name for _m in _MODULES for name in _sys.modules[f"{__name__}.{_m}"].__all__})
