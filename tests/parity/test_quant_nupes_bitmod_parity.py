@@ -120,3 +120,34 @@ def test_bitmod_single_datatypes_match_official_quant_datatype():
     got = quant.quantize_datatype(jnp.asarray(w), name, group_size=32, scale_dtype=jnp.float32)
     np.testing.assert_allclose(np.asarray(got.dequantize()), want, rtol=2.4e-7, atol=0, err_msg=name)
     np.testing.assert_array_equal(np.asarray(got.dequantize())[:8, 0], want[:8, 0])  # ties, exact scale
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NUPES / PowerQuant: closed forms (the catalogue lists no reference code)
+
+
+def test_power_quant_with_exponent_one_is_symmetric_int_rtn_exactly():
+  """``a = 1``: the codes and values of paperlab's symmetric ``intK`` format (absmax / (2^(b-1) - 1), float32)."""
+  w = jnp.asarray(_weights(2)[:, :8])
+  for bits in (3, 4):
+    got = quant.power_quant(w, 1.0, bits=bits)
+    ref = quant.quantize(w, f"int{bits}", axis=0, scale_dtype=jnp.float32)
+    np.testing.assert_array_equal(np.asarray(got.codes), np.asarray(ref.codes()))
+    np.testing.assert_array_equal(np.asarray(got.w_hat), np.asarray(ref.dequantize()))
+
+
+def test_power_automorphism_inverts_and_is_multiplicative():
+  """``phi_a^-1(phi_a(x)) = x`` within 1e-6 (relative), and ``phi_a(x y)`` and ``phi_a(x) phi_a(y)`` both equal
+  NumPy's float64 ``sign(x y) |x y|^a`` to 2e-6 (relative)."""
+  from paperlab.quant import nupes  # the private automorphism, checked in float64 against NumPy's power
+
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=1000).astype(np.float32)
+  y = rng.normal(size=1000).astype(np.float32)
+  for a in (0.25, 0.5, 0.8, 1.0, 1.7):
+    back = np.asarray(nupes._phi_inv(nupes._phi(jnp.asarray(x), a), a))
+    np.testing.assert_allclose(back, x, rtol=1e-6, atol=1e-30)
+    want = np.sign(x * y) * np.abs(x.astype(np.float64) * y) ** a
+    np.testing.assert_allclose(np.asarray(nupes._phi(jnp.asarray(x * y), a)), want, rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(nupes._phi(jnp.asarray(x), a) * nupes._phi(jnp.asarray(y), a)), want,
+                               rtol=2e-6)
