@@ -1,0 +1,24 @@
+"""Reproduction: LeanQuant-nu vs GPTQ at W3/W2 per output channel on DIGITS-MLP and CHAR-LM (catalogue [177])."""
+
+from __future__ import annotations
+
+import pytest
+
+from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason=(
+    "does not reproduce (3 seeds, p = 4): the W3 layer objective is above GPTQ's on 3 of 11 layers (DIGITS head "
+    "1.03x, CHAR-LM qkv0 1.05x, fc1_0 1.03x); CHAR-LM W3 ppl 2.757 vs GPTQ 2.735; DIGITS W2 acc 0.9667 vs GPTQ "
+    "0.9696 (claim +2pt)"))
+def test_leanquant_beats_gptq(run_claim, tmp_path):
+  result = run_claim("quant/leanquant", tmp_path, paper_id=177)
+  claim = result["claim"]
+  assert not claim["control_passes"], "GPTQ passed as LeanQuant must fail the claim"
+  ppl, acc = claim["char_ppl"], claim["digits_accuracy"]
+  # the calibrated methods are real PTQ: both beat round-to-nearest at W3 on CHAR-LM and at W2 on DIGITS
+  assert ppl["leanquant_w3"] < ppl["rtn_w3"] and ppl["gptq_w3"] < ppl["rtn_w3"]
+  assert acc["leanquant_w2"] > acc["rtn_w2"] and acc["gptq_w2"] > acc["rtn_w2"]
+  assert len(claim["layer_objective_ratio_leanquant_over_gptq"]) == 11  # 3 DIGITS + 8 CHAR-LM layers compared
+  require_reproduced(claim)
