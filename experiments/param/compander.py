@@ -119,7 +119,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   results = {name: {k: v.tolist() for k, v in arm.test.items()} for name, arm in comparison.arms.items()}
   results["protocol"] = comparison.to_json()
   results["claim"] = {**verdict, "statement": CLAIM,
-                      "gap_compander": comparison["compander"].mean("gap"), "gap_plain": comparison["plain"].mean("gap"),
+                      "gap_compander": comparison["compander"].mean("gap"),
+                      "gap_plain": comparison["plain"].mean("gap"),
                       "frac_small_compander": comparison["compander"].mean("frac_small"),
                       "frac_small_plain": comparison["plain"].mean("frac_small")}
   return results

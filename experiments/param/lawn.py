@@ -107,6 +107,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   lawn, plain = comparison["lawn"], comparison["plain"]
   results["claim"] = {**verdict, "statement": CLAIM,
                       "logit_ratio": lawn.mean("max_abs_logit") / plain.mean("max_abs_logit"),
-                      "max_abs_logit_lawn": lawn.mean("max_abs_logit"), "max_abs_logit_plain": plain.mean("max_abs_logit"),
-                      "test_accuracy_lawn": lawn.mean("test_accuracy"), "test_accuracy_plain": plain.mean("test_accuracy")}
+                      "max_abs_logit_lawn": lawn.mean("max_abs_logit"),
+                      "max_abs_logit_plain": plain.mean("max_abs_logit"),
+                      "test_accuracy_lawn": lawn.mean("test_accuracy"),
+                      "test_accuracy_plain": plain.mean("test_accuracy")}
   return results

@@ -75,7 +75,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   x_fit = np.arange(config.points) / config.points
   x_mid = x_fit + 0.5 / config.points
   inputs, targets = jnp.asarray(_encode(config, x_fit)), jnp.asarray(_signal(config, x_fit), jnp.float32)[:, None]
-  inputs_mid, targets_mid = jnp.asarray(_encode(config, x_mid)), jnp.asarray(_signal(config, x_mid), jnp.float32)[:, None]
+  inputs_mid = jnp.asarray(_encode(config, x_mid))
+  targets_mid = jnp.asarray(_signal(config, x_mid), jnp.float32)[:, None]
   model_fn = lambda seed: MLP(inputs.shape[1], [config.width] * config.hidden_layers, 1, rngs=nnx.Rngs(seed))
   graphdef, _, rest = nnx.split(model_fn(0), nnx.Param, ...)
   tx = optax.adam(config.learning_rate)

@@ -26,7 +26,8 @@ from paperlab.param.coordinates import layer_outputs
 PyTree = Any
 
 __all__ = ["weight_norm", "to_weight_norm", "from_weight_norm", "weight_norm_init", "weight_standardize", "StdConv",
-           "BatchChannelNorm", "reparametrize", "compander", "compander_inverse", "make_conditioner", "weight_condition"]
+           "BatchChannelNorm", "reparametrize", "compander", "compander_inverse", "make_conditioner",
+           "weight_condition"]
 
 
 def _norm(v: jax.Array) -> jax.Array:
@@ -321,8 +322,10 @@ def make_conditioner(w: jax.Array, *, kind: str = "row", eps: float = 1e-12) -> 
   (ECCV 2024). A weight matrix ``W`` (the paper's layout: ``out x in``) is multiplied by a conditioner that narrows
   the spread of its singular values; the conditioner is row equilibration, ``r_i = 1 / ||W_i,:||_2`` (every output
   unit's weight vector scaled to unit norm), the diagonal scaling that by van der Sluis' theorem minimizes
-  ``kappa_2(D W)`` over diagonal ``D`` up to a factor ``sqrt(out)``. ``kind="column"`` equilibrates the columns
-  (``c_j = 1 / ||W_:,j||``) and ``"row_column"`` the rows, then the columns of the row-equilibrated matrix.
+  ``kappa_2(D W)`` over diagonal ``D`` up to a factor ``sqrt(out)`` (for a square ``W``). ``kind="column"``
+  equilibrates the columns (``c_j = 1 / ||W_:,j||``) and ``"row_column"`` the rows, then the columns of the
+  row-equilibrated matrix. Where the paper's text was not available here the construction follows its description
+  of weight conditioning as equilibration (no official code was released).
 
   ``w`` is a Flax kernel (last axis = output unit; every other axis is flattened into the fan-in), so the paper's
   ``W`` is ``w.reshape(-1, out).T``; the conditioner is computed from the current ``w`` (in float32), not frozen.
