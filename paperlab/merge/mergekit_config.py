@@ -20,6 +20,11 @@ mergekit import at run time):
   model and tensor. Shared parameters (``t``, ``lambda``, ``normalize``...) skip the first level. Per-model
   parameters of the base model are not read, except for methods that weight every input (``linear``).
 
+One parameter goes beyond mergekit's schema: ``tie_break`` (``ties``, ``breadcrumbs``, ``breadcrumbs_ties``) says which
+entries tied with a magnitude threshold survive: ``index`` (default; exactly mergekit's count ``k`` per tensor,
+the tied ones in row-major order, i.e. the order of a stable sort) or ``keep`` (all of them, the TIES authors'
+``>= kthvalue``). mergekit's own choice among tied entries follows ``torch.argsort``'s unspecified order.
+
 Beyond mergekit, the data-free paperlab methods run under their own names: ``ties_global`` (TIES with the
 paper's whole-model threshold, :func:`~paperlab.merge.task_vectors.ties` with ``scope="global"``), ``pcb``
 (per tensor), ``iso_c``, ``iso_cts`` and ``dare_x`` (DARE with a ``1/q`` rescale).
@@ -58,6 +63,7 @@ class ParamSpec:
   kind: str
   scope: str = "shared"
   default: Any = MISSING
+  choices: tuple | None = None
 
   @property
   def required(self) -> bool:
@@ -91,7 +97,10 @@ def _gta(name: str, normalize: bool, rescale: bool, extra: tuple[ParamSpec, ...]
                            ParamSpec("density", "float", "non_base", 1.0), *extra), base="required", reference=ref)
 
 
-_GAMMA = (ParamSpec("gamma", "float", "non_base", 0.01),)
+# paperlab's extension: which entries tied with a magnitude threshold survive (see task_vectors.ties); "index"
+# keeps mergekit's count, exactly k per tensor, the tied ones in row-major order.
+_TIE = (ParamSpec("tie_break", "str", default="index", choices=("index", "keep")),)
+_GAMMA = (ParamSpec("gamma", "float", "non_base", 0.01), *_TIE)
 _EPS = (ParamSpec("epsilon", "float", "non_base", 0.15),)
 
 METHODS: dict[str, MethodSpec] = {m.name: m for m in (
@@ -103,7 +112,7 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                            ParamSpec("nuslerp_flatten", "bool", default=True)),
                base="optional", min_non_base=2, max_non_base=2),
     _gta("task_arithmetic", False, False, ref="arXiv:2212.04089"),
-    _gta("ties", True, False, ref="arXiv:2306.01708"),
+    _gta("ties", True, False, _TIE, ref="arXiv:2306.01708"),
     _gta("dare_ties", False, True, ref="arXiv:2311.03099"),
     _gta("dare_linear", False, True, ref="arXiv:2311.03099"),
     _gta("breadcrumbs", False, False, _GAMMA, ref="arXiv:2312.06795"),
@@ -402,6 +411,10 @@ def _resolve(spec: ParamSpec, levels: Sequence[Mapping | None], tensor_name: str
     if level is not None and spec.name in level:
       value = evaluate_setting(tensor_name, level[spec.name], t, spec.kind, spec.name)
       if value is not None:
+        if spec.choices is not None and value not in spec.choices:
+          close = difflib.get_close_matches(str(value), list(spec.choices), n=1, cutoff=0.5)
+          raise ConfigError(f"parameter {spec.name!r} must be one of {', '.join(map(repr, spec.choices))}, got "
+                            f"{value!r}" + (f"; did you mean {close[0]!r}?" if close else "."))
         return value
   if spec.required:
     raise ConfigError(f"missing required parameter {spec.name!r} for {where}.")

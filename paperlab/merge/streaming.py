@@ -15,7 +15,10 @@ Arithmetic: inputs are cast to the config's ``dtype`` when given (as mergekit do
 stored dtype and the merge functions compute in float32 (mergekit then computes in the stored dtype, e.g. bf16,
 rounding after every operation; the results agree to about one bf16 ulp). The output is cast to ``out_dtype``.
 
-TIES' per-tensor trim threshold (the ``k = max(1, int(density n))``-th largest ``|delta|``) is exact. On large
+TIES' per-tensor trim threshold (the ``k = max(1, int(density n))``-th largest ``|delta|``) is exact. With
+``tie_break: index`` (the default) exactly ``k`` entries are kept, those tied with the threshold in row-major order
+(found from the counted pass's per-entry code, then a second merge pass where some model has surplus ties);
+``tie_break: keep`` keeps every tied entry in one pass. On large
 tensors whose ``|delta|`` values tie a lot (bf16 fine-tunes that move weights by a few ulp) it is guessed from a
 sample and verified by counting in the merge pass itself (:func:`_gta_kernel_counted`); a wrong guess falls back
 to the exact selection of :mod:`~paperlab.merge.task_vectors` and the tensor is merged again, so the output is
@@ -90,17 +93,21 @@ def _della_mask(key: jax.Array, d: jax.Array, density: jax.Array, epsilon: jax.A
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "consensus", "normalize", "rescale"))
-def _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale):
+def _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale, edges=None):
   """mergekit's generalized task arithmetic on one tensor: sparsify each delta (keep ``lo <= |d| <= hi`` for the
   magnitude methods, a random mask for DARE/DELLA), L1-rescale, weight, combine (TIES sign consensus and
-  disjoint merge, or a sum), normalize, scale by ``lam`` and add to the base."""
+  disjoint merge, or a sum), normalize, scale by ``lam`` and add to the base. With ``edges`` (``tie_break:
+  index``) the magnitude methods keep of the entries equal to ``lo``/``hi`` only those in the flat index ranges
+  ``edges[j]`` (see ``task_vectors._edge_keep``): exactly mergekit's count, ties in row-major order."""
   ct = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
   bc = b.astype(ct)
   deltas = []
   for j, m in enumerate(ms):
     d = m.astype(ct) - bc
     a = jnp.abs(d)
-    if kind in ("magnitude", "outliers"):
+    if kind in ("magnitude", "outliers") and edges is not None:
+      keep = task_vectors._edge_keep(a, lo[j].astype(ct), hi[j].astype(ct), edges[j])
+    elif kind in ("magnitude", "outliers"):
       keep = (a >= lo[j].astype(ct)) & (a <= hi[j].astype(ct))
     elif kind == "random":
       keep = task_vectors._draw_mask(keys[j], dens[j], d.shape, "hash")
@@ -224,6 +231,25 @@ def _bounds(kind: str | None, base: jax.Array, ms: list[jax.Array], ps: list[dic
   return lo, hi, guessed
 
 
+def _spans(kind: str | None, n: int, ps: list[dict]) -> np.ndarray:
+  """Per model, the kept sorted positions ``[start, stop)`` for ``tie_break="index"``: ``[0, k)`` of a descending
+  sort for TIES' trim (``k = max(1, int(density n))``; all ``n`` at density 1), mergekit's
+  ``magnitude_outliers`` positions of an ascending sort for breadcrumbs."""
+  out = np.zeros((len(ps), 2), np.int32)
+  for j, p in enumerate(ps):
+    density = p.get("density", 1.0)
+    if density >= 1:
+      out[j] = (0, n)
+    elif density <= 0:
+      out[j] = (0, 0)
+    elif kind == "magnitude":
+      out[j] = (0, max(1, int(density * n)))
+    elif kind == "outliers":
+      lo_r, _, n_keep = task_vectors._band_ranks(n, density, p.get("gamma", 0.01))
+      out[j] = (lo_r, lo_r + max(n_keep, 0))
+  return out
+
+
 def _exact_lo(base: jax.Array, ms: Sequence[jax.Array], k: int) -> np.ndarray:
   return np.asarray(task_vectors._kth_largest_deltas((base,), [(m,) for m in ms], k))
 
@@ -280,9 +306,14 @@ def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], share
   dens = jnp.asarray([min(max(p.get("density", 1.0), 0.0), 1.0) for p in ps], jnp.float32)
   eps = jnp.asarray([p.get("epsilon", 0.0) if 0 < p.get("density", 1.0) < 1 else 0.0 for p in ps], jnp.float32)
   w = jnp.asarray([p["weight"] for p in ps], jnp.float32)
+  tie_break = shared.get("tie_break", "keep") if kind in ("magnitude", "outliers") else "keep"
+  if tie_break == "index":
+    task_vectors._check_tie_break(tie_break, "tensor", [int(base.size)])
   static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
                 rescale=bool(shared["rescale"]) and kind is not None)
   args = lambda: (base, tuple(ms), jnp.asarray(lo), jnp.asarray(hi), keys, dens, eps, w, jnp.float32(shared["lambda"]))
+  if tie_break == "index":
+    return _gta_index(base, ms, lo, hi, guessed, _spans(kind, int(base.size), ps), kind, static, args)
   if not guessed or len(ms) > 32:
     return _gta_kernel(*args(), **static)
   out, code = _gta_kernel_counted(*args(), **static)
@@ -293,6 +324,53 @@ def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], share
   for j in wrong:  # the bracket missed: select exactly and merge again
     lo[j] = _exact_lo(base, [ms[j]], guessed[j])[0]
   return _gta_kernel(*args(), **static)
+
+
+def _code_edges(code: np.ndarray, n_models: int, j: int, need: int) -> int:
+  """Flat index just past the ``need``-th entry tied with model ``j``'s threshold (bit ``j`` of
+  :func:`_gta_kernel_counted`'s code set, bit ``n_models + j`` clear), counted per row of
+  ``task_vectors._TIE_BLOCK`` entries on the host."""
+  flat = code.reshape(-1)
+  tie = ((flat >> j) & 1) & ~((flat >> (n_models + j)) & 1)
+  width = min(task_vectors._TIE_BLOCK, flat.size)
+  rows = flat.size // width
+  per_row = np.count_nonzero(tie[: rows * width].reshape(rows, width), axis=1)
+  cum = np.cumsum(np.append(per_row, np.count_nonzero(tie[rows * width:])))
+  if need <= 0:
+    return 0
+  if need > cum[-1]:
+    return flat.size
+  r = int(np.searchsorted(cum, need, side="left"))
+  seg = tie[r * width: r * width + width]
+  return r * width + int(np.flatnonzero(seg)[need - (cum[r] - np.count_nonzero(seg)) - 1]) + 1
+
+
+def _gta_index(base, ms, lo, hi, guessed: dict, spans: np.ndarray, kind: str, static: dict, args) -> jax.Array:
+  """``tie_break: index``: keep exactly mergekit's count per model, the entries tied with a threshold in row-major
+  order. TIES: the counted merge pass (:func:`_gta_kernel_counted`) verifies the thresholds and gives, per entry,
+  which models tie there; where some model has more tied entries than it may keep, the boundaries are found on the
+  host from that code and the tensor is merged again with them. Breadcrumbs' two-sided band takes
+  ``task_vectors._index_edges_host``."""
+  n = int(base.size)
+  if kind != "magnitude" or len(ms) > 32:
+    edges = task_vectors._index_edges_host(base, ms, lo, hi, spans, kind == "magnitude")
+    return _gta_kernel(*args(), **static, edges=jnp.asarray(edges))
+  out, code = _gta_kernel_counted(*args(), **static)
+  ge, gt = _code_counts(np.asarray(code), len(ms))
+  wrong = [j for j, k in guessed.items() if not ge[j] >= k > gt[j]]
+  if wrong:  # a guessed threshold was not the k-th largest: select exactly and count again
+    for j in wrong:
+      lo[j] = _exact_lo(base, [ms[j]], guessed[j])[0]
+    out, code = _gta_kernel_counted(*args(), **static)
+    ge, gt = _code_counts(np.asarray(code), len(ms))
+  ks = spans[:, 1]
+  if np.all(ge <= ks):  # no model has surplus ties: keeping every tie keeps exactly k
+    return out
+  code = np.asarray(code)
+  edges = np.zeros((len(ms), 4), np.int32)
+  for j in range(len(ms)):
+    edges[j, 1] = n if ge[j] <= ks[j] else _code_edges(code, len(ms), j, int(ks[j] - gt[j]))
+  return _gta_kernel(*args(), **static, edges=jnp.asarray(edges))
 
 
 def _nuslerp(t: float, v0: jax.Array, v1: jax.Array, row_wise: bool, flatten: bool, eps: float = 1e-8):

@@ -11,12 +11,13 @@ from the base. Integer and bool leaves are never merged: equal across base and f
 
 Magnitude thresholds ("keep the top ``density`` fraction of |tau|") are exact by default: the k-th largest
 magnitude with ``k = max(1, int(density * n))`` (mergekit's convention), so entries tied with the threshold are all
-kept. TIES finds it without sorting, by bracketing (:func:`_kth_largest_deltas`): a hashed sample of each task
-vector brackets the k-th largest, one pass codes every entry as below / inside / above the bracket (4 models per
-byte), the ~0.7% inside are gathered and the exact order statistic is selected among them; an exact fallback
-bisects over all entries if the bracket missed (probability ~1e-9) -- about one extra pass over memory for all
-models together, where a sort of 100M entries takes seconds. ``threshold="sample"`` stops at the sample's
-estimate (the kept fraction is then within about ``sqrt(density (1 - density) / sample_size)`` of ``density``).
+kept (``tie_break="index"`` keeps exactly ``k``, the tied ones in row-major order). TIES finds it without
+sorting, by bracketing (:func:`_kth_largest_deltas`): a hashed sample of each task vector brackets the k-th
+largest, one pass codes every entry as below / inside / above the bracket (4 models per byte), the ~0.7% inside
+are gathered and the exact order statistic is selected among them; an exact fallback bisects over all entries if
+the bracket missed (probability ~1e-9) -- about one extra pass over memory for all models together, where a sort
+of 100M entries takes seconds. ``threshold="sample"`` stops at the sample's estimate (the kept fraction is then
+within about ``sqrt(density (1 - density) / sample_size)`` of ``density``).
 
 DARE's Bernoulli masks come by default from a keyed counter-based hash (``sampler="hash"``, see
 :func:`random_mask`), ``sampler="threefry"`` gives ``jax.random.bernoulli`` exactly.
@@ -444,6 +445,173 @@ def trim_to_density(x: jax.Array, density: float, *, threshold: str = "exact",
   return jnp.where(jnp.abs(x) >= thr.astype(x.dtype), x, jnp.zeros_like(x))
 
 
+_TIE_BREAKS = ("keep", "index")
+_TIE_BLOCK = 4096  # entries per row when locating the m-th tied entry (rows are counted, one row is scanned)
+
+
+def _check_tie_break(tie_break: str, scope: str, sizes: Sequence[int]) -> None:
+  _checks.check_choice("tie_break", tie_break, _TIE_BREAKS)
+  if tie_break == "index" and scope != "tensor":
+    raise ValueError(f"tie_break='index' orders tied entries by their flat index within one tensor, so it needs "
+                     f"scope='tensor', got scope={scope!r}.")
+  if tie_break == "index" and sizes and max(sizes) >= 2 ** 31:
+    raise ValueError(f"tie_break='index' counts positions in int32; a leaf of {max(sizes)} entries is too large "
+                     f"(use tie_break='keep').")
+
+
+def _rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """A flat view of ``x`` as rows of :data:`_TIE_BLOCK` entries and the remaining tail."""
+  flat = x.reshape(-1)
+  width = min(_TIE_BLOCK, flat.size)
+  rows = flat.size // width
+  return flat[: rows * width].reshape(rows, width), flat[rows * width:]
+
+
+def _count(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-row counts of a boolean ``x`` (see :func:`_rows`) and the total. Row reductions over the same operands
+  fuse into one pass on XLA, where a full reduction would be a separate (and on CPU slower) pass."""
+  main, tail = _rows(x)
+  per_row = jnp.sum(main, axis=1, dtype=jnp.int32)
+  return per_row, jnp.sum(per_row) + jnp.sum(tail, dtype=jnp.int32)
+
+
+def _tie_boundary(tie: jax.Array, m: jax.Array, per_row: jax.Array | None = None) -> jax.Array:
+  """Flat (row-major) index just past the ``m``-th ``True`` of ``tie`` (``0`` when ``m <= 0``, ``tie.size`` when
+  there are fewer): the first ``m`` tied entries are exactly those at flat index below it. Rows of
+  :data:`_TIE_BLOCK` entries are counted (``per_row``, from :func:`_count`, when the caller has it) and only the
+  row holding the ``m``-th tie is scanned, so no prefix sum over the whole tensor is materialized."""
+  n = tie.size
+  if n == 0:
+    return jnp.zeros((), jnp.int32)
+  main, tail = _rows(tie)
+  rows, width = main.shape
+  cnt = jnp.sum(main, axis=1, dtype=jnp.int32) if per_row is None else per_row
+  cum = jnp.cumsum(cnt)
+  m = jnp.asarray(m, jnp.int32)
+  r = jnp.minimum(jnp.searchsorted(cum, m, side="left"), rows - 1)
+  row = jax.lax.dynamic_index_in_dim(main, r, 0, keepdims=False)
+  j = jnp.searchsorted(jnp.cumsum(row, dtype=jnp.int32), m - (cum[r] - cnt[r]), side="left")
+  found = r * width + j + 1
+  if tail.size:
+    jt = jnp.searchsorted(jnp.cumsum(tail, dtype=jnp.int32), m - cum[-1], side="left")
+    found = jnp.where(m > cum[-1], rows * width + jt + 1, found)
+  else:
+    found = jnp.where(m > cum[-1], n, found)
+  return jnp.where(m <= 0, 0, jnp.minimum(found, n))
+
+
+def _flat_index(shape) -> jax.Array:
+  return jax.lax.broadcasted_iota(jnp.int32, (int(np.prod(shape)),), 0).reshape(shape)
+
+
+def _edge_keep(a: jax.Array, lo: jax.Array, hi: jax.Array, e: jax.Array) -> jax.Array:
+  """Keep mask of an exact-count selection: entries strictly inside ``(lo, hi)``, entries equal to ``lo`` at flat
+  index in ``[e[0], e[1])`` and entries equal to ``hi`` at flat index in ``[e[2], e[3])`` (from
+  :func:`_edges_traced` or :func:`_index_edges_host`)."""
+  idx = _flat_index(a.shape)
+  e = jnp.asarray(e, jnp.int32)
+  return (((a > lo) & (a < hi)) | ((a == lo) & (idx >= e[0]) & (idx < e[1]))
+          | ((a == hi) & (idx >= e[2]) & (idx < e[3])))
+
+
+def _edges_traced(a: jax.Array, lo: jax.Array, hi: jax.Array, start, stop, descending: bool) -> jax.Array:
+  """:func:`_edge_keep`'s index ranges inside a traced computation. ``descending``: the first ``stop`` entries of a
+  stable descending sort (TIES' top ``k``, ``lo`` its ``k``-th largest, ``hi = inf``); else the positions
+  ``[start, stop)`` of a stable ascending sort (``lo``/``hi`` the values at ``start`` and ``stop - 1``). An entry
+  equal to an edge ``v`` sits at position (entries before it in that order) + (its rank among the entries equal to
+  ``v``, in flat index order)."""
+  start, stop = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
+  tie_lo, tie_hi = a == lo, a == hi
+  rows_lo, n_lo = _count(tie_lo)
+  if descending:
+    _, n_gt = _count(a > lo)
+    return jnp.stack([0, _tie_boundary(tie_lo, stop - n_gt, rows_lo), 0, 0]).astype(jnp.int32)
+  rows_hi, _ = _count(tie_hi)
+  _, below_lo = _count(a < lo)
+  _, below_hi = _count(a < hi)
+  return jnp.stack([_tie_boundary(tie_lo, start - below_lo, rows_lo), _tie_boundary(tie_lo, stop - below_lo, rows_lo),
+                    _tie_boundary(tie_hi, start - below_hi, rows_hi),
+                    _tie_boundary(tie_hi, stop - below_hi, rows_hi)]).astype(jnp.int32)
+
+
+def _index_top_k(a: jax.Array, thr: jax.Array, k) -> jax.Array:
+  """Keep mask of exactly the ``k`` largest ``a`` given ``thr``, the ``k``-th largest: everything above it and the
+  first ``k - #(a > thr)`` entries equal to it in flat index order (the first ``k`` of a stable descending sort,
+  e.g. ``torch.sort(stable=True)``)."""
+  inf = jnp.asarray(jnp.inf, a.dtype)
+  return _edge_keep(a, thr, inf, _edges_traced(a, thr, inf, 0, k, True))
+
+
+def _index_band(a: jax.Array, lo: jax.Array, hi: jax.Array, start, stop) -> jax.Array:
+  """Keep mask of the entries at positions ``[start, stop)`` of a stable ascending sort of ``a``, given ``lo`` and
+  ``hi``, the values at positions ``start`` and ``stop - 1``."""
+  return _edge_keep(a, lo, hi, _edges_traced(a, lo, hi, start, stop, False))
+
+
+@jax.jit
+def _edge_counts(b: jax.Array, ms: tuple, lo: jax.Array, hi: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per model ``j`` with ``a = |m_j - b|``: ``#(a < lo_j)``, ``#(a < hi_j)`` (shape ``(n_models, 2)``) and the
+  per-row counts of ``a == lo_j`` and ``a == hi_j``, the tail as a last row (``(n_models, 2, rows + 1)``). Only
+  reductions: cheap to compile for every tensor shape."""
+  ct = _compute_dtype(b.dtype)
+  bc = b.astype(ct)
+  below, rows = [], []
+  for j, m in enumerate(ms):
+    a = jnp.abs(m.astype(ct) - bc)
+    edges = (lo[j].astype(ct), hi[j].astype(ct))
+    below.append(jnp.stack([_count(a < v)[1] for v in edges]))
+    per_row = []
+    for v in edges:
+      main, tail = _rows(a == v)
+      per_row.append(jnp.concatenate([jnp.sum(main, axis=1, dtype=jnp.int32), jnp.sum(tail, dtype=jnp.int32)[None]]))
+    rows.append(jnp.stack(per_row))
+  return jnp.stack(below), jnp.stack(rows)
+
+
+@jax.jit
+def _segment_ties(b: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
+  ct = _compute_dtype(b.dtype)
+  return jnp.abs(m.astype(ct) - b.astype(ct)) == v.astype(ct)
+
+
+def _index_edges_host(b, ms: Sequence, lo, hi, spans: np.ndarray, descending: bool,
+                      counts: list | None = None) -> np.ndarray:
+  """:func:`_edges_traced` for concrete arrays: one jitted pass of counts (:func:`_edge_counts`), then on the host
+  the row holding each boundary, and its ties from a :data:`_TIE_BLOCK`-entry slice of the inputs. Returns
+  ``(n_models, 4)`` int32 ranges for :func:`_edge_keep`; ``counts``, when given, receives per model
+  ``(#(a >= lo), #(a > lo))`` (what verifies a guessed top-k threshold: ``ge >= k > gt``)."""
+  n = int(b.size)
+  lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+  below, rows = (np.asarray(x, np.int64) for x in _edge_counts(b, tuple(ms), lo, hi))
+  width = min(_TIE_BLOCK, max(n, 1))
+  flat_b = b.reshape(-1)
+  out = np.zeros((len(ms), 4), np.int64)
+
+  def boundary(j, e, m):
+    if m <= 0:
+      return 0
+    cum = np.cumsum(rows[j, e])
+    if m > cum[-1]:
+      return n
+    r = int(np.searchsorted(cum, m, side="left"))
+    s0 = r * width  # the tail row starts where the full rows end, also at r * width
+    seg = slice(s0, min(n, s0 + width))
+    ties = np.asarray(_segment_ties(flat_b[seg], ms[j].reshape(-1)[seg], (lo, hi)[e][j]))
+    return s0 + int(np.flatnonzero(ties)[m - (cum[r] - rows[j, e, r]) - 1]) + 1
+
+  if counts is not None:
+    counts.extend((n - below[j, 0], n - below[j, 0] - rows[j, 0].sum()) for j in range(len(ms)))
+  for j in range(len(ms)):
+    start, stop = int(spans[j][0]), int(spans[j][1])
+    if descending:
+      n_gt = n - below[j, 0] - rows[j, 0].sum()
+      out[j] = (0, boundary(j, 0, stop - n_gt), 0, 0)
+    else:
+      out[j] = (boundary(j, 0, start - below[j, 0]), boundary(j, 0, stop - below[j, 0]),
+                boundary(j, 1, start - below[j, 1]), boundary(j, 1, stop - below[j, 1]))
+  return out.astype(np.int32)
+
+
 def elect_sign(deltas: Sequence[jax.Array]) -> jax.Array:
   """TIES sign election (arXiv:2306.01708, Sec. 4, step 2): ``+1`` where ``sum_t delta_t >= 0``, else ``-1``
   (the total mass decides; a zero sum elects ``+1`` as mergekit does)."""
@@ -550,14 +718,20 @@ def _agreeing_merge(ts, ws, merge):
   return num / jnp.where(den == 0, 1, den)
 
 
-@functools.partial(jax.jit, static_argnames=("merge",))
-def _ties_leaf(b, ms, thr, w, lam, merge):
+@functools.partial(jax.jit, static_argnames=("merge", "tie_break"))
+def _ties_leaf(b, ms, thr, w, lam, merge, ks=None, tie_break="keep", edges=None):
   ct = _compute_dtype(b.dtype)
   bc = b.astype(ct)
   ts = []
   for i, m in enumerate(ms):
     d = m.astype(ct) - bc
-    ts.append(jnp.where(jnp.abs(d) >= thr[i].astype(ct), w[i].astype(ct) * d, 0))
+    a, t = jnp.abs(d), thr[i].astype(ct)
+    if tie_break == "index":
+      inf = jnp.asarray(jnp.inf, ct)
+      keep = _edge_keep(a, t, inf, _edges_traced(a, t, inf, 0, ks[i], True) if edges is None else edges[i])
+    else:
+      keep = a >= t
+    ts.append(jnp.where(keep, w[i].astype(ct) * d, 0))
   merged = _agreeing_merge(ts, [w[i].astype(ct) for i in range(len(ms))], merge)
   return (bc + lam.astype(ct) * merged).astype(b.dtype)
 
@@ -609,8 +783,9 @@ def _delta_order_stats(bs: tuple, ms: tuple, ranks: jax.Array, threshold: str, s
 
 def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: float | jax.Array = 1.0, *,
          scope: str = "global", merge: str = "mean", weights: Sequence[float] | jax.Array | None = None,
-         threshold: str = "exact", sample_size: int = 1 << 16, include: str | None = None,
-         exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
+         threshold: str = "exact", sample_size: int = 1 << 16, tie_break: str = "keep",
+         include: str | None = None, exclude: str | None = None,
+         integer_leaves: IntegerLeaves = "error") -> PyTree:
   """TIES-Merging: trim, elect sign, disjoint merge (Yadav et al., "TIES-Merging: Resolving Interference When
   Merging Models", arXiv:2306.01708, Sec. 4 and Alg. 1).
 
@@ -632,6 +807,12 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
       accelerators it is ``jnp.nonzero``) or ``"sample"`` (the estimate from ``sample_size``
       hashed entries; see the module docstring).
     sample_size: entries drawn per threshold when ``threshold="sample"``.
+    tie_break: entries whose magnitude equals the threshold: ``"keep"`` keeps them all (default; the official
+      code's ``|tau| >= kthvalue``, github.com/prateeky2806/ties-merging ``src/utils/merge_utils.py``
+      ``topk_values_mask`` at 641600e), so a little more than ``k`` may survive when magnitudes tie (bf16 deltas
+      often do); ``"index"`` keeps exactly ``k`` per leaf, the tied ones in row-major order (the first ``k`` of a stable
+      descending sort; needs ``scope="tensor"`` and ``threshold="exact"``). mergekit keeps exactly ``k`` with
+      ``torch.argsort``, whose order among ties is unspecified.
     include, exclude: path filters; unselected leaves are the base's.
     integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
       ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
@@ -642,6 +823,9 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
   _checks.check_choice("merge", merge, ("mean", "sum"))
   _checks.check_choice("threshold", threshold, _THRESHOLDS)
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
+  _check_tie_break(tie_break, scope, [int(x.size) for x in b])
+  if tie_break == "index" and threshold != "exact":
+    raise ValueError(f"tie_break='index' needs the exact threshold, got threshold={threshold!r}.")
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
@@ -664,6 +848,14 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
       thr = thr_g
     else:
       thr = thr_t[i]
+    if tie_break == "index":
+      k = max(1, int(density * b[i].size)) if density < 1 else b[i].size
+      ks = jnp.full((len(ms),), k, jnp.int32)
+      edges = None
+      if _compaction("auto", (b[i], *leaves)) == "host":
+        spans = np.tile(np.array([0, k]), (len(ms), 1))
+        edges = jnp.asarray(_index_edges_host(b[i], leaves, thr, np.full(len(ms), np.inf, np.float32), spans, True))
+      return _ties_leaf(b[i], leaves, thr, w, lam_a, merge, ks, "index", edges)
     return _ties_leaf(b[i], leaves, thr, w, lam_a, merge)
 
   return _finish(treedef, b, sel, leaf)
@@ -839,22 +1031,27 @@ def _band_ranks(n: int, density: float, gamma: float) -> tuple[int, int, int]:
   return n_bot, n_bot + n_keep - 1, n_keep
 
 
-@functools.partial(jax.jit, static_argnames=("sign_consensus",))
-def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus):
+@functools.partial(jax.jit, static_argnames=("sign_consensus", "tie_break"))
+def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus, span=None, tie_break="keep", edges=None):
   ct = _compute_dtype(b.dtype)
   bc = b.astype(ct)
   ds = []
   for i, m in enumerate(ms):
     d = m.astype(ct) - bc
-    a = jnp.abs(d)
-    ds.append(w[i].astype(ct) * jnp.where((a >= lo[i].astype(ct)) & (a <= hi[i].astype(ct)), d, 0))
+    a, l, h = jnp.abs(d), lo[i].astype(ct), hi[i].astype(ct)
+    if tie_break == "index":
+      keep = _edge_keep(a, l, h, _edges_traced(a, l, h, span[0], span[1], False) if edges is None else edges[i])
+    else:
+      keep = (a >= l) & (a <= h)
+    ds.append(w[i].astype(ct) * jnp.where(keep, d, 0))
   merged = _agreeing_merge(ds, None, "sum") if sign_consensus else sum(ds)
   return (bc + lam.astype(ct) * merged).astype(b.dtype)
 
 
 def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, gamma: float = 0.01,
                 lam: float | jax.Array = 0.3, *, scope: str = "tensor", sign_consensus: bool = False,
-                weights: Sequence[float] | jax.Array | None = None, include: str | None = None,
+                weights: Sequence[float] | jax.Array | None = None, tie_break: str = "keep",
+                include: str | None = None,
                 exclude: str | None = None, integer_leaves: IntegerLeaves = "error") -> PyTree:
   """Model Breadcrumbs (Davari & Belilovsky, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse
   Masks", arXiv:2312.06795, Sec. 3): per layer, drop the ``gamma`` fraction of largest-magnitude entries of each
@@ -873,6 +1070,9 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
       top (0.01); both >= 0 with ``beta + gamma < 1``. ``beta = gamma = 0`` is task arithmetic.
     lam: scaling (the paper tunes it once on validation data, ~0.3).
     scope: ``"tensor"`` (per layer, the paper and mergekit) or ``"global"``.
+    tie_break: entries equal to a band edge: ``"keep"`` keeps them all (default); ``"index"`` keeps exactly the
+      positions ``[n_bot, n_bot + n_keep)`` of a stable ascending sort of ``|tau|`` per leaf (ties in row-major
+      order; ``scope="tensor"`` only), mergekit's ``magnitude_outliers`` with a stable ``torch.sort``.
     include, exclude: path filters; unselected leaves are the base's.
     integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
       ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
@@ -885,6 +1085,7 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
   _checks.check_choice("scope", scope, _SCOPES)
   density = _kept_density(beta, gamma)
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
+  _check_tie_break(tie_break, scope, [int(x.size) for x in b])
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
@@ -909,6 +1110,14 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
 
   def leaf(i):
     lo, hi = g if scope == "global" else bands([i])
+    if tie_break == "index" and not (beta == 0 and gamma == 0):
+      lo_r, _, n_keep = _band_ranks(b[i].size, density, gamma)
+      span = np.array([lo_r, lo_r + max(n_keep, 0)])
+      leaves = tuple(m[i] for m in ms)
+      edges = None
+      if _compaction("auto", (b[i], *leaves)) == "host":
+        edges = jnp.asarray(_index_edges_host(b[i], leaves, lo, hi, np.tile(span, (len(ms), 1)), False))
+      return _bc_leaf(b[i], leaves, lo, hi, w, lam_a, sign_consensus, jnp.asarray(span, jnp.int32), "index", edges)
     return _bc_leaf(b[i], tuple(m[i] for m in ms), lo, hi, w, lam_a, sign_consensus)
 
   return _finish(treedef, b, sel, leaf)
