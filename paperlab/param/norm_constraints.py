@@ -57,7 +57,8 @@ def lawn(base: optax.GradientTransformation, *, free_steps: int, mask: str | PyT
 
   Args:
     base: the optimizer, learning rate included (e.g. ``optax.adam(1e-3)``).
-    free_steps: the length of the free phase (>= 0; ``0`` freezes the initial norms).
+    free_steps: the length of the free phase (>= 0; ``0`` freezes the initial norms); a Python int, static under
+      ``optax.inject_hyperparams`` (list it in ``static_args``).
     mask: which leaves are constrained: a regex searched in the ``/``-joined key path, a pytree of bools like the
       params, or a callable ``params -> such a pytree``.
     granularity: ``"layer"`` (one norm per leaf, the paper's) or ``"neuron"`` (one per output unit).
