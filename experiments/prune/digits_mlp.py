@@ -9,6 +9,7 @@ Not an experiment itself (no ``PAPER_ID``): the reproductions load it with ``loa
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -70,12 +71,14 @@ def train(layers, key, x, y, *, epochs: int, learning_rate=1e-3, batch_size: int
   return jax.lax.scan(step, (layers, tx.init(layers)), order)[0][0]
 
 
+@functools.partial(jax.jit, static_argnames=("widths", "epochs", "learning_rate"))
+def _pretrain(keys, x, y, *, widths, epochs, learning_rate):
+  return jax.vmap(lambda k: train(init_layers(k, widths), k, x, y, epochs=epochs, learning_rate=learning_rate))(keys)
+
+
 def pretrain(seeds, widths, x, y, *, epochs: int, learning_rate: float = 1e-3) -> list:
-  """The dense pre-trained layers of every seed, stacked on a leading seed axis (one vmapped program)."""
-
-  @jax.jit
-  @jax.vmap
-  def one(key):
-    return train(init_layers(key, widths), key, x, y, epochs=epochs, learning_rate=learning_rate)
-
-  return one(jax.vmap(jax.random.key)(jnp.asarray(list(seeds))))
+  """The dense pre-trained layers of every seed, stacked on a leading seed axis (one vmapped program, compiled
+  once per shape and setting: data of the same shape reuse it)."""
+  keys = jax.vmap(jax.random.key)(jnp.asarray(list(seeds)))
+  return _pretrain(keys, x, y, widths=tuple(int(w) for w in widths), epochs=int(epochs),
+                   learning_rate=float(learning_rate))
