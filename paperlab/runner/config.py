@@ -14,8 +14,9 @@ import importlib.util
 import json
 import pathlib
 import sys
+import threading
 import types
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import ml_collections
 
@@ -24,8 +25,23 @@ class ConfigError(ValueError):
   """A user error in an experiment path, an override or a sweep; its message is one line."""
 
 
+_LOADING = threading.local()  # per thread, a stack of [(path, digest)] lists: the files each pending import loaded
+
+
+def _current(deps: Sequence[tuple[str, str]]) -> bool:
+  try:
+    return all(code_digest(p) == d for p, d in deps)
+  except OSError:
+    return False
+
+
 def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
-  """Import an experiment file by path (it needs ``get_config``)."""
+  """Import an experiment file by path (it needs ``get_config``).
+
+  An experiment may load shared helper files the same way (``load_experiment(pathlib.Path(__file__).with_name(
+  "substrate.py"))``); their bytes then count in its digest (``__paperlab_code_sha256__``, part of its trial ids),
+  so editing a helper gives every experiment built on it new trial ids, and a cached import whose helpers changed
+  is imported again."""
   path = pathlib.Path(path)
   if not path.is_file():
     hint = ""
@@ -36,12 +52,19 @@ def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
   code = code_digest(path)
   # The module name carries the code's digest: an edited file is imported again, not served from the cache.
   name = "paperlab_experiment_" + hashlib.sha1(f"{path.resolve()}:{code}".encode()).hexdigest()[:10]
-  if name in sys.modules:
-    return sys.modules[name]
+  stack = getattr(_LOADING, "stack", None)
+  if stack is None:
+    stack = _LOADING.stack = []
+  cached = sys.modules.get(name)
+  if cached is not None and _current(getattr(cached, "__paperlab_deps__", ())):
+    if stack:
+      stack[-1].extend([(str(path.resolve()), code), *cached.__paperlab_deps__])
+    return cached
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   module.__paperlab_code_sha256__ = code
   sys.modules[name] = module  # dataclasses and pickling look modules up by name
+  stack.append([])
   try:
     spec.loader.exec_module(module)
   except Exception as e:  # a broken experiment file: one line naming the file, the line and the error
@@ -50,6 +73,13 @@ def load_experiment(path: str | pathlib.Path) -> types.ModuleType:
   except BaseException:
     del sys.modules[name]
     raise
+  finally:
+    deps = sorted(set(stack.pop()))
+  module.__paperlab_deps__ = deps  # every experiment file it loaded, transitively: (path, digest)
+  if deps:
+    module.__paperlab_code_sha256__ = hashlib.sha256("\n".join([code, *(d for _, d in deps)]).encode()).hexdigest()
+  if stack:
+    stack[-1].extend([(str(path.resolve()), code), *deps])
   if not callable(getattr(module, "get_config", None)):
     del sys.modules[name]
     raise ConfigError(f"experiment {str(path)!r} defines no get_config() function")
@@ -293,9 +323,11 @@ def config_json(config: Mapping[str, Any]) -> str:
 def trial_id(config: Mapping[str, Any], code: str | None = None) -> str:
   """Stable 12-hex-digit id of a resolved config and (when given) the experiment code's digest.
 
-  The same config of the same experiment file always gets the same id; the runner passes
-  :func:`code_digest`, so editing an experiment's ``run()`` gives its trials new ids and they run again (the
-  old trials stay in their directories). Modules the experiment imports are not hashed.
+  The same config of the same experiment file always gets the same id; the runner passes the
+  experiment's digest (:func:`code_digest` of its file, and of the helper files it loads with
+  :func:`load_experiment`), so editing an experiment's ``run()`` or a shared helper gives its trials new ids and they
+  run again (the old trials stay in their directories). Python modules it imports (paperlab itself) are not
+  hashed.
   """
   text = config_json(config) if code is None else config_json(config) + "\n" + code
   return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -494,3 +494,44 @@ def test_lock_files_are_opened_without_following_links(tmp_path):
     store.open_nofollow(link, os.O_RDWR | os.O_CREAT)
   assert target.read_text() == "x"
   np.testing.assert_equal(store.TrialLocks(tmp_path / "exp").lock("abc"), True)
+
+
+def test_editing_a_shared_helper_gives_the_experiments_on_it_new_trial_ids(write_experiment, tmp_path):
+  """Experiments that load a sibling helper with load_experiment (as experiments/quant/*.py load ptq_char.py)
+  hash the helper's bytes too, transitively; a cached import whose helper changed is imported again."""
+  helper_src = """
+      import ml_collections
+      FACTOR = {factor}
+      def get_config():
+        return ml_collections.ConfigDict()
+      """
+  inner = write_experiment(helper_src.format(factor=2), name="helper_inner")
+  write_experiment("""
+      import pathlib
+      import ml_collections
+      from paperlab.runner.config import load_experiment
+      inner = load_experiment(pathlib.Path(__file__).with_name("helper_inner.py"))
+      def get_config():
+        return ml_collections.ConfigDict()
+      def factor():
+        return inner.FACTOR
+      """, name="helper_outer")
+  exp = write_experiment("""
+      import pathlib
+      import ml_collections
+      from paperlab.runner.config import load_experiment
+      helper = load_experiment(pathlib.Path(__file__).with_name("helper_outer.py"))
+      def get_config():
+        c = ml_collections.ConfigDict()
+        c.x = 1.0
+        return c
+      def run(config, ctx):
+        return {"value": config.x * helper.factor()}
+      """, name="uses_helper")
+  (first,) = run_experiment(exp, workdir=tmp_path / "runs", quiet=True)
+  (again,) = run_experiment(exp, workdir=tmp_path / "runs", quiet=True)
+  assert again["trial_id"] == first["trial_id"]  # nothing changed: the done trial is reused
+  inner.write_text(textwrap.dedent(helper_src.format(factor=5)))  # two levels down
+  (second,) = run_experiment(exp, workdir=tmp_path / "runs", quiet=True)
+  assert first["result"] == {"value": 2.0} and second["result"] == {"value": 5.0}
+  assert second["trial_id"] != first["trial_id"]
