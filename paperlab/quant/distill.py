@@ -129,7 +129,7 @@ def quantized_distillation_loss(student_logits: chex.Array, teacher_logits: chex
     teacher_logits: same shape.
     labels: integer labels ``(...)``.
     temperature: ``T > 0``.
-    alpha: weight of the distillation term in ``[0, 1]``.
+    alpha: weight of the distillation term in ``[0, 1]`` (may be traced: ``alpha = 0`` is plain cross entropy).
     where: optional mask; masked examples give 0.
 
   Returns:
@@ -138,7 +138,7 @@ def quantized_distillation_loss(student_logits: chex.Array, teacher_logits: chex
   Raises:
     ValueError: ``alpha`` outside ``[0, 1]``, non-positive ``temperature``, mismatched shapes.
   """
-  if not 0.0 <= float(alpha) <= 1.0:
+  if not isinstance(alpha, jax.core.Tracer) and not 0.0 <= float(alpha) <= 1.0:  # a traced alpha is not checked
     raise ValueError(f"alpha must be in [0, 1], got {alpha!r}.")
   kd = _losses.kd_loss(student_logits, teacher_logits, temperature=temperature, where=where)
   ce = optax.losses.softmax_cross_entropy_with_integer_labels(jnp.asarray(student_logits, jnp.float32), labels)

@@ -42,8 +42,8 @@ def _official_uniform_quantization(tensor, s, bucket_size):
   return t.reshape(-1)[:length].view(original_size)
 
 
-@pytest.mark.parametrize("shape,bits,bucket", [((40, 17), 2, 256), ((40, 17), 4, 256), ((300,), 3, 256),
-                                               ((100,), 2, 256), ((9, 11), 4, None), ((33, 8), 1, 64)])
+@pytest.mark.parametrize("shape,bits,bucket", [((40, 17), 2, 256), ((100,), 4, 256), ((9, 11), 3, None),
+                                               ((33, 8), 1, 64)])
 def test_bucket_quantize_matches_official_code(shape, bits, bucket):
   torch = pytest.importorskip("torch")
   w = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 0.3
@@ -129,3 +129,5 @@ def test_distillation_loss_interpolates_cross_entropy_and_kd():
   assert float(jnp.sum(jnp.abs(jax.grad(lambda t: quant.quantized_distillation_loss(s, t, y).sum())(t)))) == 0.0
   with pytest.raises(ValueError, match="alpha"):
     quant.quantized_distillation_loss(s, t, y, alpha=1.5)
+  traced = jax.jit(lambda a: quant.quantized_distillation_loss(s, t, y, alpha=a))(0.0)  # alpha as a traced scalar
+  np.testing.assert_allclose(np.asarray(traced), np.asarray(ce), rtol=1e-6)
