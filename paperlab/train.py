@@ -272,6 +272,8 @@ def evaluate(graphdef: nnx.GraphDef, state: TrainState, x: jax.Array, y: jax.Arr
              batch_size: int = 1024) -> dict:
   """Mean of ``metrics_fn(model(x), y)`` over a dataset, in evaluation mode, in chunks of ``batch_size``.
 
+  ``metrics_fn`` returns per-example values of shape ``(batch,)``, or with trailing axes (e.g. ``(batch, T)``
+  per-token losses of a sequence model), which are averaged per example first: every example weighs the same.
   Jittable (``metrics_fn`` and ``batch_size`` static) and vmappable over stacked states.
   """
   x, y = jnp.asarray(x), jnp.asarray(y)
@@ -286,7 +288,15 @@ def evaluate(graphdef: nnx.GraphDef, state: TrainState, x: jax.Array, y: jax.Arr
   model.eval()
   per_chunk = jax.lax.map(lambda xy: metrics_fn(model(xy[0]), xy[1]), (xs, ys))
   valid = (jnp.arange(chunks * batch_size) < n).astype(jnp.float32)
-  return jax.tree.map(lambda m: jnp.sum(m.reshape(-1) * valid) / n, per_chunk)
+
+  def mean(m):
+    if m.shape[:2] != (chunks, batch_size):
+      raise ValueError(f"metrics_fn must return per-example values with a leading batch axis of {batch_size}, "
+                       f"got shape {m.shape[1:]}.")
+    per_example = m.reshape(chunks * batch_size, -1).mean(axis=-1)
+    return jnp.sum(per_example * valid) / n
+
+  return jax.tree.map(mean, per_chunk)
 
 
 def classification_loss(model: nnx.Module, batch, rng: jax.Array) -> tuple[jax.Array, dict]:

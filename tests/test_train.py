@@ -199,3 +199,26 @@ def test_run_adversarial_steps_trains_on_the_attacked_batches(digits_jnp):
     ref, metrics = step(ref, (x_adv, y), jax.random.fold_in(keys[2], t))
     np.testing.assert_allclose(losses[t], metrics["loss"], rtol=1e-5)
   chex.assert_trees_all_close(state.params, ref.params, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_averages_per_token_metrics_of_a_sequence_model():
+  """A sequence model's per-token losses (batch, T) are averaged per example, then over the (padded) dataset."""
+
+  class Seq(nnx.Module):
+    def __init__(self, rngs):
+      self.embed = nnx.Embed(7, 7, rngs=rngs)
+
+    def __call__(self, x):
+      return self.embed(x)  # (batch, T, vocab) logits
+
+  graphdef, init = train.make_init(Seq, optax.sgd(0.1))
+  state = init(jax.random.key(0))
+  x = jax.random.randint(jax.random.key(1), (10, 5), 0, 7)
+  y = jnp.roll(x, -1, axis=1)
+  got = train.evaluate(graphdef, state, x, y, batch_size=4)  # 3 chunks, 2 padded examples
+  logits = nnx.merge(graphdef, state.params, state.model_state)(x)
+  want = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  np.testing.assert_allclose(got["loss"], want, rtol=1e-6)
+  np.testing.assert_allclose(got["accuracy"], (jnp.argmax(logits, -1) == y).mean(), rtol=1e-6)
+  with pytest.raises(ValueError, match="leading batch axis"):
+    train.evaluate(graphdef, state, x, y, batch_size=4, metrics_fn=lambda logits, labels: {"s": logits.sum()})
