@@ -104,8 +104,15 @@ def _substrate_config(config):
   return c
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _quantize(arm: str, k, group_size: int, scale_dtype):
+def _padded(fn, k, *args):
+  """``fn(k, *args)`` on the kernel with its output columns zero-padded to a multiple of 256 (every method here
+  treats output columns independently, and a zero column stays zero), so kernels of one input width share one
+  compiled program."""
+  return fn(quant.pad_outputs(k), *args)[:, :k.shape[1]]
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _quantize(k, arm: str, group_size: int, scale_dtype):
   """The dequantized kernel of a BitMoD-comparison arm (one compiled program per arm and kernel shape)."""
   if arm in ("int3_asym", "int4_asym"):
     return quant.fake_quantize_rtn(k, bits=int(arm[3]), group_size=group_size)
@@ -156,7 +163,7 @@ def _mse_below(m: dict, b: dict, layers) -> bool:
 
 def _bitmod(config, ctx, digits, char):
   g, sdt = config.group_size, jnp.dtype(config.scale_dtype)
-  qf = lambda arm, model, ks: {p: _quantize(arm, k, g, sdt.name) for p, k in ks.items()}
+  qf = lambda arm, model, ks: {p: _padded(_quantize, k, arm, g, sdt.name) for p, k in ks.items()}
   d_cmp, d_layers = _compare("digits", digits, _DIGITS_ARMS, "", qf)
   c_cmp, c_layers = _compare("char", char, _CHAR_ARMS, "blocks/", qf)
   acc = {n: d_cmp[n].mean("accuracy") for n in d_cmp.arms}
@@ -189,7 +196,7 @@ def _nupes(config, ctx, digits):
 
   def qf(arm, model, ks):
     if arm in ("uniform_w3", "power_w3"):
-      return {p: _power(k, c.bits, arm == "power_w3") for p, k in ks.items()}
+      return {p: _padded(_power, k, c.bits, arm == "power_w3") for p, k in ks.items()}
     _, res = quant.nupes_model(model, [digits["calib"][0][:c.calib]], bits=c.bits, steps=c.steps, lr=c.lr,
                                lr_a=c.lr_a)
     cache.setdefault("a", []).append({p: float(r.a) for p, r in res.items()})

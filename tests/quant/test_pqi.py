@@ -57,7 +57,7 @@ def test_requant_with_zero_budget_is_the_base_quantizer_and_detached_weights_are
   rng = np.random.default_rng(1)
   params = {"a": jnp.asarray(rng.normal(size=(32, 8)).astype(np.float32)),
             "b": jnp.asarray(rng.normal(size=(8,)).astype(np.float32))}
-  qfn = lambda t: {"a": quant.fake_quantize_rtn(t["a"], bits=3), "b": t["b"]}
+  qfn = jax.jit(lambda t: {"a": quant.fake_quantize_rtn(t["a"], bits=3), "b": t["b"]})
   sens = {"a": jnp.abs(params["a"]), "b": None}  # bias never detached
   base = qfn(params)
   same, res0 = quant.requant(params, qfn, sens, sparse_frac=0.0)
