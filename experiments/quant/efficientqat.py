@@ -15,12 +15,18 @@ Arms, from the same float model of each seed:
   only the step sizes trained end to end on the training cross entropy (:func:`paperlab.quant.e2e_qp_optimizer`:
   AdamW on the ``scale`` leaves, gradient clipping 0.3, everything else frozen).
 
-The two trained arms share a 2-point grid of Block-AP learning rates (weights, quantization parameters) chosen on
+The two trained arms share a 3-point grid of Block-AP learning rates (weights, quantization parameters) chosen on
 validation accuracy; RTN has no hyperparameter. Claim (seed means): acc(RTN) < acc(Block-AP) <= acc(Block-AP +
 E2E-QP) + 0.2pt and acc(Block-AP + E2E-QP) >= acc(RTN) + 10pt; control: RTN passed as the method. The catalogue's
 second part (CHAR-LM W2 g32, same perplexity ordering) is not run (see DEVIATIONS).
 
-MEASURED
+Measured at the default config (seeds 0-2, mean +- std over seeds; record experiments/records/113.json): float model
+0.9665 test accuracy. RTN W2 g16: 0.9603 +- 0.0046; Block-AP (chose w 1e-4, s/z 1e-3): 0.9603 +- 0.0018; Block-AP +
+E2E-QP: 0.9665 +- 0.0000 (the integer codes bit-identical after E2E-QP). The claim does not reproduce: Block-AP only
+ties RTN (claim: RTN < Block-AP), and Block-AP + E2E-QP is +0.6pt over RTN, not +10pt. The +10pt cannot hold on this
+substrate: W2 g16 RTN loses only 0.6pt against the float model (the catalogue's "(calibrate)" threshold assumed a
+much larger RTN loss). At hidden width 128 (otherwise the default config): RTN 0.9492, Block-AP 0.9641, Block-AP +
+E2E-QP 0.9678 -- the ordering holds there, the +10pt does not.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ PAPER_ID = 113
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = (
     "the CHAR-LM W2 g32 part of the claim is not run (only the DIGITS-MLP part is tested)",
-    "Block-AP learning rates: a 2-point grid {(w 1e-4, s/z 1e-3), (w 1e-3, s/z 1e-2)} chosen on validation "
-    "accuracy, for 200 full-batch steps per layer on the 1257 fit images (paper: w 2e-5, s/z 1e-4, 2 epochs over "
-    "4096 x 2048 tokens); E2E-QP: AdamW lr 1e-3 for 10 epochs of batch 64 (paper: 2e-5, 1 epoch)",
+    "Block-AP learning rates: a 3-point grid {(w 2e-5, s/z 1e-4) (the paper's), (w 1e-4, s/z 1e-3), "
+    "(w 1e-3, s/z 1e-2)} chosen on validation accuracy, for 200 full-batch steps per layer on the 1257 fit images "
+    "(paper: 2 epochs over 4096 x 2048 tokens); E2E-QP: AdamW lr 1e-3 for 10 epochs of batch 64 (paper: 2e-5, "
+    "1 epoch)",
     "RTN has no hyperparameter, so its grid has one point (equal_budget=False)",
     "E2E-QP trains the step sizes only; the float biases stay at their Block-AP values",
     "digits split 70/15/15 by paperlab.runner.digits_splits (stratified)",
@@ -64,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.bits = 2
   c.group_size = 16
   c.block_ap_steps = 200
-  c.block_ap_lrs = ((1e-4, 1e-3), (1e-3, 1e-2))  # (weight_lr, quant_lr)
+  c.block_ap_lrs = ((2e-5, 1e-4), (1e-4, 1e-3), (1e-3, 1e-2))  # (weight_lr, quant_lr)
   c.e2e_epochs = 10
   c.e2e_learning_rate = 1e-3
   return c

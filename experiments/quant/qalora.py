@@ -14,7 +14,7 @@ the same quantized base of each seed, the base and biases frozen, rank 4 on ever
 * ``qlora``: LoRA on the full input over the dequantized base (``lora_A (4, in)``), merged in float and re-quantized
   by RTN on the base's groups (:func:`paperlab.quant.qlora_merge_requant`).
 
-Both arms get the same 2-point learning-rate grid, chosen on the validation accuracy of the *merged* W4 model (the
+Both arms get the same 3-point learning-rate grid, chosen on the validation accuracy of the *merged* W4 model (the
 model that is deployed). Claim (seed means, rot90 test accuracy): QA-LoRA merged == QA-LoRA unmerged exactly; QLoRA
 merged <= QLoRA unmerged (merge + requant loses >= 0pt); QA-LoRA merged >= QLoRA merged - 0.5pt. Control: QLoRA passed
 as the method. Also reported: the largest logit difference between QA-LoRA merged and unmerged (closed form: float
@@ -47,7 +47,7 @@ DEVIATIONS = (
     "rot90 is applied to digits_splits' standardized 70/15/15 splits (a fixed pixel permutation) instead of "
     "paperlab.data.transformed_digits' ROT-DIGITS splits, so the base model and the shifted task share one split",
     "rank 4 on every Dense layer, alpha 8 (paperlab.peft's default; the paper: r 64, alpha 16), Adam on a "
-    "2-point learning-rate grid {1e-3, 3e-3} for 30 epochs chosen on merged validation accuracy; base and biases "
+    "3-point learning-rate grid {3e-3, 1e-2, 3e-2} for 30 epochs chosen on merged validation accuracy; base and biases "
     "frozen; lora_A drawn with peft's kaiming_uniform (the official QA-LoRA code: xavier_uniform)",
     "'QA-LoRA merged acc == unmerged acc exactly' is judged on the seed-mean test accuracy (and the per-seed "
     "accuracies and logits are reported)",
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rank = 4
   c.alpha = 8.0
   c.epochs = 30
-  c.learning_rates = (1e-3, 3e-3)
+  c.learning_rates = (3e-3, 1e-2, 3e-2)
   return c
 
 

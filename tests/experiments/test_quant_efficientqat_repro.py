@@ -1,8 +1,8 @@
 """Reproduction: EfficientQAT (Block-AP, then E2E-QP, vs RTN at W2 g16 on DIGITS-MLP), catalogue [113].
 
 CI scale (the CPU budget): hidden width 128 instead of 256, 20 float epochs instead of 40, 100 Block-AP steps per layer
-instead of 200 5 E2E-QP epochs instead of 10 and one Block-AP learning-rate pair (1e-3, 1e-2) instead of the 2-point grid; the recorded run (experiments/records/113.json) uses the
-experiment's default config."""
+instead of 200, 5 E2E-QP epochs instead of 10 and one Block-AP learning-rate pair (1e-3, 1e-2) instead of the 2-point
+grid. The recorded run (experiments/records/113.json) uses the experiment's default config."""
 
 from __future__ import annotations
 

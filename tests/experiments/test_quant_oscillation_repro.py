@@ -1,7 +1,8 @@
 """Reproduction: oscillation-free quantization (StatsQ + CGA vs LSQ at W2 on DIGITS-MLP), catalogue [7].
 
-CI scale (the CPU budget): hidden width 128 instead of 256, 20 float epochs instead of 40, 10 QAT epochs instead of
-20 and one learning rate (3e-4, chosen for both arms in the recorded run) instead of the 2-point grid; the recorded run (experiments/records/7.json) uses the experiment's default config."""
+CI scale (the CPU budget): hidden width 128 instead of 256, 20 float epochs instead of 40, 10 QAT epochs instead of 20
+and one learning rate (3e-4, chosen for both arms in the recorded run) instead of the 2-point grid. The recorded run
+(experiments/records/7.json) uses the experiment's default config."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Reproduction: QA-LoRA vs QLoRA on a W4 g16 DIGITS-MLP fine-tuned to rot90 digits, catalogue [124].
 
-CI scale (the CPU budget): hidden width 128 instead of 256, 20 float epochs instead of 40 10 fine-tuning epochs
-instead of 30 and one learning rate (3e-3, chosen for both arms in the recorded run) instead of the 2-point grid; the recorded run (experiments/records/124.json) uses the experiment's default config."""
+CI scale (the CPU budget): hidden width 128 instead of 256, 20 float epochs instead of 40, 10 fine-tuning epochs instead
+of 30 and one learning rate (3e-3, chosen for both arms in the recorded run) instead of the 2-point grid. The recorded
+run (experiments/records/124.json) uses the experiment's default config."""
 
 from __future__ import annotations
 
