@@ -22,7 +22,7 @@ def _layer(seed: int, n_in: int = 32, n_out: int = 16, tokens: int = 128):
   return 0.1 * jax.random.normal(k3, (n_in, n_out)), jax.random.normal(k2, (tokens, n_in)) @ mix
 
 
-KW = dict(bits=3, group_size=16, act_order=True)  # one GPTQ configuration: one compiled solve per kernel shape
+KW = dict(bits=3, group_size=16, act_order=True, static_groups=True)  # one GPTQ configuration: one compile per shape
 
 
 def test_unit_gradients_in_one_group_are_gptq_bit_for_bit():
@@ -45,9 +45,9 @@ def test_guided_hessian_is_the_saliency_weighted_sum_per_group():
 def test_each_channel_group_is_gptq_with_its_own_hessian():
   w, x = _layer(3)
   h = gq.guided_hessian(x, jax.random.uniform(jax.random.key(4), (128, 2)) ** 4)
-  q = gq.guided_gptq_layer(w, h, bits=3, group_size=16, act_order=True, static_groups=True)
+  q = gq.guided_gptq_layer(w, h, **KW)
   for g in range(2):
-    ref = gptq.gptq_layer(w[:, 8 * g:8 * (g + 1)], h[g], bits=3, group_size=16, act_order=True, static_groups=True)
+    ref = gptq.gptq_layer(w[:, 8 * g:8 * (g + 1)], h[g], **KW)
     np.testing.assert_array_equal(q.w_hat[:, 8 * g:8 * (g + 1)], ref.w_hat)
     np.testing.assert_array_equal(q.scale[:, 8 * g:8 * (g + 1)], ref.scale)
   assert q.codes.shape == w.shape and q.scale.shape == (2, 16)
@@ -57,13 +57,13 @@ def test_guided_solution_has_the_lower_guided_objective():
   w, x = _layer(5)
   # skewed saliency: a few tokens carry most of the loss gradient, differently per channel group
   h = gq.guided_hessian(x, jax.random.uniform(jax.random.key(6), (128, 2)) ** 6)
-  guided = gq.guided_gptq_layer(w, h, bits=3)
-  plain = gq.guided_gptq_layer(w, gptq.hessian(x), bits=3)
+  guided = gq.guided_gptq_layer(w, h, **KW)
+  plain = gq.guided_gptq_layer(w, gptq.hessian(x), **KW)
   assert float(gq.guided_objective(w, guided.w_hat, h)) < float(gq.guided_objective(w, plain.w_hat, h))
   np.testing.assert_allclose(gq.guided_objective(w, w, h), 0.0)
 
 
-def test_saliency_is_the_group_mean_of_squared_output_gradients():
+def test_saliency_is_the_group_mean_of_squared_output_gradients_and_drives_the_model_walk():
   m = models.MLP(8, [16], 4, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(7), (12, 8))
   y = jax.random.randint(jax.random.key(8), (12,), 0, 4)
@@ -76,13 +76,8 @@ def test_saliency_is_the_group_mean_of_squared_output_gradients():
     g_o = jax.grad(loss)(m(x[sl]))
     np.testing.assert_allclose(s["hidden/0"][sl], (g_z ** 2).reshape(6, 2, 8).mean(-1), rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(s["head"][sl], (g_o ** 2).reshape(6, 2, 2).mean(-1), rtol=1e-5, atol=1e-12)
-
-
-def test_guidedquant_model_quantizes_every_layer_in_forward_order():
-  m = models.MLP(8, [16], 4, rngs=nnx.Rngs(1))
-  x = jax.random.normal(jax.random.key(9), (32, 8))
-  y = jax.random.randint(jax.random.key(10), (32,), 0, 4)
-  qm, res = gq.guidedquant_model(m, [x], [y], n_groups=2, bits=4)
+  # the model-level driver: every layer quantized, in forward order, on the same calibration data
+  qm, res = gq.guidedquant_model(m, [x[:6], x[6:]], [y[:6], y[6:]], n_groups=2, bits=4)
   assert list(res) == ["hidden/0", "head"]
   np.testing.assert_array_equal(qm.head.kernel[...], res["head"].w_hat)
   assert not np.array_equal(qm.head.kernel[...], m.head.kernel[...])

@@ -20,10 +20,13 @@ def _layer(seed: int, seqs: int = 4, tokens: int = 32, n_in: int = 32, n_out: in
   return 0.1 * jax.random.normal(k3, (n_in, n_out)), x
 
 
+KW = dict(bits=3, group_size=16, act_order=True, static_groups=True)  # one GPTQ configuration: one compile per shape
+
+
 def test_uniform_token_weights_without_rotation_is_gptq_bit_for_bit():
   w, x = _layer(0)
-  ours = rsq.rsq_layer(w, x, jnp.ones(x.shape[:-1]), bits=3, group_size=16, act_order=True)
-  ref = gptq.gptq_layer(w, gptq.hessian(x), bits=3, group_size=16, act_order=True)
+  ours = rsq.rsq_layer(w, x, jnp.ones(x.shape[:-1]), **KW)
+  ref = gptq.gptq_layer(w, gptq.hessian(x), **KW)
   np.testing.assert_array_equal(ours.w_hat, ref.w_hat)
   np.testing.assert_array_equal(ours.codes, ref.codes)
 
@@ -52,8 +55,8 @@ def test_rotation_spreads_an_outlier_input_row():
   w, x = _layer(5)
   w = w.at[3].multiply(10.0)  # one input feature with large weights: a min-max grid wastes its range on it
   q = rsq.random_hadamard(32, jax.random.key(6))
-  plain = rsq.rsq_layer(w, x, bits=3, group_size=16, act_order=True)
-  rotated = rsq.rsq_layer(w, x, rotation=q, bits=3, group_size=16, act_order=True)
+  plain = rsq.rsq_layer(w, x, **KW)
+  rotated = rsq.rsq_layer(w, x, rotation=q, **KW)
   err = lambda w_hat: float(jnp.sum((x @ (w_hat - w)) ** 2))
   assert err(rotated.w_hat) < err(plain.w_hat)
   assert rotated.codes.shape == w.shape and rotated.w_hat.dtype == w.dtype
@@ -63,8 +66,7 @@ def test_importance_weighting_lowers_the_importance_weighted_error():
   w, x = _layer(7)
   r = jnp.where(jnp.arange(32) < 4, 1.0, 0.005)[None].repeat(4, axis=0)  # the first tokens matter most
   weighted_err = lambda w_hat: float(jnp.sum(r[..., None] * (x @ (w_hat - w)) ** 2))
-  kw = dict(bits=3, group_size=16, act_order=True)
-  assert weighted_err(rsq.rsq_layer(w, x, r, **kw).w_hat) < weighted_err(rsq.rsq_layer(w, x, **kw).w_hat)
+  assert weighted_err(rsq.rsq_layer(w, x, r, **KW).w_hat) < weighted_err(rsq.rsq_layer(w, x, **KW).w_hat)
 
 
 def test_attention_concentration_sums_heads_and_queries_then_min_max_scales():
@@ -82,8 +84,8 @@ def test_attention_concentration_sums_heads_and_queries_then_min_max_scales():
 
 
 def test_rsq_model_with_uniform_weights_matches_gptq_model():
-  m = models.MLP(16, [32], 8, rngs=nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(8), (64, 16))
+  m = models.MLP(8, [16], 4, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(8), (64, 8))
   _, res = rsq.rsq_model(m, [x], bits=3)
   _, ref_res = gptq.gptq_model(m, [x], bits=3)
   for p in ref_res:
@@ -120,7 +122,7 @@ def test_errors_name_the_argument():
   with pytest.raises(ValueError, match="x must have shape"):
     rsq.rsq_layer(w, x[..., :16])
   with pytest.raises(ValueError, match="key"):
-    rsq.rsq_model(models.MLP(16, [32], 8, rngs=nnx.Rngs(0)), [jnp.ones((4, 16))], rotate=True)
+    rsq.rsq_model(models.MLP(8, [16], 4, rngs=nnx.Rngs(0)), [jnp.ones((4, 8))], rotate=True)
   with pytest.raises(ValueError, match="one weight per captured input row"):
-    rsq.rsq_model(models.MLP(16, [32], 8, rngs=nnx.Rngs(0)), [jnp.ones((4, 16))],
+    rsq.rsq_model(models.MLP(8, [16], 4, rngs=nnx.Rngs(0)), [jnp.ones((4, 8))],
                   token_weights=lambda path, m: jnp.ones(5))
