@@ -93,12 +93,27 @@ def _layers(model) -> list:
   return [(m.kernel[...].astype(jnp.float32), m.bias[...].astype(jnp.float32)) for m in mods]
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _forward(bits: tuple, layers: list, x: jax.Array) -> jax.Array:
-  """The MLP with layer ``i`` quantized at ``bits[i]`` (W=A bits; ``None``: the float ``(kernel, bias)``)."""
+def _as_bits(bits: tuple) -> jax.Array:
+  """A per-layer bit assignment (``None``: float) as the traced vector of :func:`_forward` (0 = float)."""
+  return jnp.asarray([0 if v is None else v for v in bits], jnp.float32)
+
+
+def _fp_params(kernel: jax.Array, bias: jax.Array) -> quant.AdaQuantParams:
+  """A float layer in the quantized layers' structure (its grids are never used)."""
+  one, zero = jnp.ones(kernel.shape[1]), jnp.zeros(kernel.shape[1])
+  return quant.AdaQuantParams(kernel, bias, one, zero, jnp.float32(1.0), jnp.float32(0.0))
+
+
+@jax.jit
+def _forward(params: tuple, x: jax.Array) -> jax.Array:
+  """``params = (layers, bits)``: the MLP with layer ``i`` at ``bits[i]`` (W=A bits; 0: float). One compiled
+  program serves every assignment (the float and quantized branches are both computed; where selects)."""
+  layers, bits = params
   h = x.astype(jnp.float32)
-  for i, (b, p) in enumerate(zip(bits, layers)):
-    h = h @ p[0] + p[1] if b is None else quant.adaquant_forward(p, h, b, b)
+  for i, p in enumerate(layers):
+    b = jax.lax.stop_gradient(bits[i])
+    hq = quant.adaquant_forward(p, h, jnp.where(b > 0, b, 8.0), jnp.where(b > 0, b, 8.0))
+    h = jnp.where(b > 0, hq, h @ p.kernel + p.bias)
     if i < len(layers) - 1:
       h = jax.nn.relu(h)
   return h
@@ -138,36 +153,34 @@ def _adaquant_sequential(fp_layers, x_calib, bits, cfg, key):
   return done
 
 
-@functools.lru_cache(maxsize=None)
-def _apply_fn(bits: tuple):
-  """One ``(layers, x) -> logits`` object per bit assignment, so that bias tuning compiles once per assignment."""
-  return functools.partial(_forward, bits)
-
-
 def _bias_tune(bits, layers, x_calib, ref_logits, cfg):
-  apply_fn = _apply_fn(bits)
-  tuned, _ = quant.bias_tuning(apply_fn, layers, x_calib, ref_logits, select=r"\d+/bias", iters=cfg.iters,
-                               lr=cfg.lr)
+  (tuned, _), _ = quant.bias_tuning(_forward, (list(layers), _as_bits(bits)), x_calib, ref_logits,
+                                    select=r"0/\d+/bias", iters=cfg.iters, lr=cfg.lr)
   return tuned
 
 
+def _logits(bits, layers, x):
+  return _forward((list(layers), _as_bits(bits)), x)
+
+
 def _ce(bits, layers, x, y) -> float:
-  return float(optax.softmax_cross_entropy_with_integer_labels(_forward(bits, layers, x), y).mean())
+  return float(optax.softmax_cross_entropy_with_integer_labels(_logits(bits, layers, x), y).mean())
 
 
 def _acc(bits, layers, x, y) -> float:
-  return float(jnp.mean(jnp.argmax(_forward(bits, layers, x), -1) == y))
+  return float(jnp.mean(jnp.argmax(_logits(bits, layers, x), -1) == y))
 
 
 def _quantize_seed(m, x_calib, y_calib, c, key) -> dict:
   """All quantized networks of one seed: ``{arm: (bits tuple, layers)}`` plus the IP's allocation."""
-  fp = _layers(m)
+  fp_raw = _layers(m)
+  fp = [_fp_params(k, b) for k, b in fp_raw]
   n = len(fp)
   fp_bits = (None,) * n
-  ref = _forward(fp_bits, fp, x_calib)
-  per_bits = {b: _adaquant_sequential(fp, x_calib, b, c.adaquant, jax.random.fold_in(key, b)) for b in c.ip_bits}
+  ref = _logits(fp_bits, fp, x_calib)
+  per_bits = {b: _adaquant_sequential(fp_raw, x_calib, b, c.adaquant, jax.random.fold_in(key, b)) for b in c.ip_bits}
   u = c.bits
-  out = {"fp": (fp_bits, fp), "rtn": ((u,) * n, _rtn(fp, x_calib, u)),
+  out = {"fp": (fp_bits, fp), "rtn": ((u,) * n, _rtn(fp_raw, x_calib, u)),
          "adaquant_only": ((u,) * n, per_bits[u]),
          "adaquant": ((u,) * n, _bias_tune((u,) * n, per_bits[u], x_calib, ref, c.bias_tuning))}
   names = [str(i) for i in range(n)]
@@ -178,7 +191,7 @@ def _quantize_seed(m, x_calib, y_calib, c, key) -> dict:
     return _ce(bits, layers, x_calib, y_calib)
 
   delta = quant.measure_sensitivities(evaluate, names, c.ip_bits)
-  sizes = [int(k.size) for k, _ in fp]
+  sizes = [int(k.size) for k, _ in fp_raw]
   cost = quant.allocation_cost(sizes, c.ip_bits)
   budget = float(u * sum(sizes))
   chosen = tuple(int(b) for b in quant.bit_allocation_ip(delta, cost, budget, bits=c.ip_bits))

@@ -151,10 +151,16 @@ def adaquant_loss(params: AdaQuantParams, x: jax.Array, y: jax.Array, bits: int 
   return jnp.mean(jnp.square(adaquant_forward(params, x, bits, act_bits) - y))
 
 
-@functools.partial(jax.jit, static_argnames=("iters", "batch_size", "quantize_inputs", "keep_best"))
-def _optimize(p0, x, y, key, bits, act_bits, lrs, *, iters, batch_size, quantize_inputs, keep_best):
-  a_bits = act_bits if quantize_inputs else None
-  full_loss = lambda p: adaquant_loss(p, x, y, bits, a_bits)
+def _loss_switch(p, x, y, bits, act_bits, quantize_inputs):
+  """:func:`adaquant_loss` with the input quantizer switched by a traced flag (one program for both modes)."""
+  w_hat = fake_quantize_range(p.kernel, p.w_range, p.w_offset, bits)
+  x = jnp.where(quantize_inputs, fake_quantize_range(x, p.x_range, p.x_offset, act_bits), x)
+  return jnp.mean(jnp.square(x @ w_hat + p.bias - y))
+
+
+@functools.partial(jax.jit, static_argnames=("iters", "batch_size"))
+def _optimize(p0, x, y, key, bits, act_bits, lrs, quantize_inputs, keep_best, *, iters, batch_size):
+  full_loss = lambda p: _loss_switch(p, x, y, bits, act_bits, quantize_inputs)
   # torch's Adam with one learning rate per parameter group == the lr-free Adam direction times a per-leaf lr
   tx = optax.scale_by_adam()
 
@@ -166,19 +172,18 @@ def _optimize(p0, x, y, key, bits, act_bits, lrs, *, iters, batch_size, quantize
     else:  # official: torch.randperm(n)[:batch_size] each step
       idx = jax.random.permutation(sub, x.shape[0])[:batch_size]
       xb, yb = x[idx], y[idx]
-    loss, g = jax.value_and_grad(adaquant_loss)(p, xb, yb, bits, a_bits)
+    loss, g = jax.value_and_grad(_loss_switch)(p, xb, yb, bits, act_bits, quantize_inputs)
     direction, opt_state = tx.update(g, opt_state, p)
     p = jax.tree.map(lambda a, d, lr: a - lr * d, p, direction, lrs)
-    if keep_best:
-      new_loss = full_loss(p)
-      better = new_loss < best_loss
-      best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
-      best_loss = jnp.minimum(new_loss, best_loss)
+    new_loss = full_loss(p)
+    better = new_loss < best_loss
+    best = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best)
+    best_loss = jnp.minimum(new_loss, best_loss)
     return (p, opt_state, key, best, best_loss), loss
 
-  init = (p0, tx.init(p0), key, p0, full_loss(p0) if keep_best else jnp.float32(0))
+  init = (p0, tx.init(p0), key, p0, full_loss(p0))
   (p, _, _, best, _), losses = jax.lax.scan(step, init, None, length=iters)
-  p = best if keep_best else p
+  p = jax.tree.map(lambda a, b: jnp.where(keep_best, a, b), best, p)
   return p, fake_quantize_range(p.kernel, p.w_range, p.w_offset, bits), losses
 
 
@@ -249,9 +254,9 @@ def adaquant_layer(w: jax.Array, x_q: jax.Array, y_fp: jax.Array, *, bias: jax.A
   lrs = AdaQuantParams(*(jnp.float32(v) for v in (lr_w, lr_b, lr_w_qparams, lr_w_qparams, lr_x_qparams,
                                                   lr_x_qparams)))
   key = jax.random.key(0) if key is None else key
-  p, w_hat, losses = _optimize(p0, x_q, y_fp, key, jnp.float32(bits), jnp.float32(act_bits or 8), lrs, iters=iters,
-                               batch_size=batch_size, quantize_inputs=act_bits is not None,
-                               keep_best=bool(keep_best))
+  p, w_hat, losses = _optimize(p0, x_q, y_fp, key, jnp.float32(bits), jnp.float32(act_bits or 8), lrs,
+                               jnp.bool_(act_bits is not None), jnp.bool_(keep_best), iters=iters,
+                               batch_size=batch_size)
   return AdaQuantResult(p, w_hat, losses)
 
 
