@@ -21,12 +21,11 @@ E2E-QP) + 0.2pt and acc(Block-AP + E2E-QP) >= acc(RTN) + 10pt; control: RTN pass
 second part (CHAR-LM W2 g32, same perplexity ordering) is not run (see DEVIATIONS).
 
 Measured at the default config (seeds 0-2, mean +- std over seeds; record experiments/records/113.json): float model
-0.9665 test accuracy. RTN W2 g16: 0.9603 +- 0.0046; Block-AP (chose w 1e-4, s/z 1e-3): 0.9603 +- 0.0018; Block-AP +
-E2E-QP: 0.9665 +- 0.0000 (the integer codes bit-identical after E2E-QP). The claim does not reproduce: Block-AP only
-ties RTN (claim: RTN < Block-AP), and Block-AP + E2E-QP is +0.6pt over RTN, not +10pt. The +10pt cannot hold on this
-substrate: W2 g16 RTN loses only 0.6pt against the float model (the catalogue's "(calibrate)" threshold assumed a
-much larger RTN loss). At hidden width 128 (otherwise the default config): RTN 0.9492, Block-AP 0.9641, Block-AP +
-E2E-QP 0.9678 -- the ordering holds there, the +10pt does not.
+0.9665 test accuracy. RTN W2 g16: 0.9603 +- 0.0046; Block-AP (chose the paper's w 2e-5, s/z 1e-4): 0.9678 +- 0.0018;
+Block-AP + E2E-QP: 0.9653 +- 0.0018 (the integer codes bit-identical after E2E-QP). The claim does not reproduce:
+RTN < Block-AP holds (+0.74pt), but Block-AP <= Block-AP + E2E-QP + 0.2pt misses by 0.05pt and Block-AP + E2E-QP is
++0.5pt over RTN, not +10pt. The +10pt cannot hold on this substrate: W2 g16 RTN loses only 0.6pt against the float
+model (the catalogue's "(calibrate)" threshold assumed a much larger RTN loss).
 """
 
 from __future__ import annotations

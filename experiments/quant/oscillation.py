@@ -21,12 +21,13 @@ steps per epoch: the "final-epoch" reading). Claim (on seed means): oscillating 
 LSQ's and test accuracy >= LSQ's - 0.3pt; control: LSQ passed as the method.
 
 Measured at the default config (seeds 0-2, mean +- std over seeds; record experiments/records/7.json): float model
-0.9665 test accuracy; both arms chose lr 3e-4. LSQ: accuracy 0.9678 +- 0.0018, oscillating fraction 0.00136 +- 0.00012;
-StatsQ+CGA: accuracy 0.9665 +- 0.0030 (-0.12pt: the accuracy part holds), oscillating fraction 0.00145 +- 0.00022 with
-60.3% of the weights frozen by CGA. The claim does not reproduce: StatsQ+CGA oscillates as much as LSQ (ratio 1.07,
-claim <= 0.5). With CGA over the last 50% of the steps at confidence >= 0.2 (80% frozen) the fraction stays 0.00141;
-at hidden width 128 (otherwise the default config) it is 0.0025 vs LSQ's 0.0040 (ratio 0.64). A possible cause, not
-measured: a frozen weight can still change level because StatsQ's step follows mean|W_c|, which unfrozen weights move.
+0.9665 test accuracy; both arms chose lr 1e-4 (the grid's lower end). LSQ: accuracy 0.9616 +- 0.0018, oscillating
+fraction 0.00074 +- 0.00006; StatsQ+CGA: accuracy 0.9653 +- 0.0035 (+0.37pt: the accuracy part holds), oscillating
+fraction 0.00072 +- 0.00010 with 60.3% of the weights frozen by CGA. The claim does not reproduce: StatsQ+CGA
+oscillates as much as LSQ (ratio 0.97, claim <= 0.5). Earlier runs on the 2-point grid {3e-4, 1e-3} (both chose 3e-4):
+0.00145 vs 0.00136 (ratio 1.07); with CGA over the last 50% of the steps at confidence >= 0.2 (80% frozen) 0.00141;
+at hidden width 128: 0.0025 vs 0.0040 (ratio 0.64). A possible cause, not measured: a frozen weight can still change
+level because StatsQ's step follows mean|W_c|, which the unfrozen weights move.
 """
 
 from __future__ import annotations
