@@ -104,7 +104,7 @@ def paper_bits(bw, blocksize: int) -> tuple[float, float]:
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   c = config.ptq
-  sub, _ = fp6.substrates(config)
+  sub = fp6._digits_models(fp6._key(config))  # pylint: disable=protected-access  (fp6's cache, digits only)
   calib, splits = sub["calib"], sub["splits"]
   graphdef = nnx.split(sub["models"][0])[0]
   include = f"^{c.layer}$"

@@ -26,9 +26,10 @@ test read once per arm, claim judged on seed means; control "RTN passed as FlexR
 Measured at the default config (seeds 0-2, means +- std over seeds; 1 test image = 0.37pt, test once per arm):
 
 * full precision 0.9733 +- 0.0018; W32A8 (activations only) 0.9726 +- 0.0028;
-* W3A8 per tensor: RTN 0.9696 +- 0.0010, AdaRound 0.9696 +- 0.0021, FlexRound 0.9733 +- 0.0000.
+* W3A8 per tensor: RTN 0.9696 +- 0.0010, AdaRound 0.9711 +- 0.0031, FlexRound 0.9726 +- 0.0010 (at 300 steps per
+  layer: AdaRound 0.9696, FlexRound 0.9733).
 
-FlexRound >= AdaRound - 0.5pt holds (+0.37pt), but FlexRound >= RTN + 3pt does not (+0.37pt): the claim does not
+FlexRound >= AdaRound - 0.5pt holds (+0.15pt), but FlexRound >= RTN + 3pt does not (+0.30pt): the claim does not
 reproduce. On this MLP round-to-nearest at W3 per tensor already stays within 0.37pt of full precision, so no
 rounding method can gain 3pt over it; the "+3pt" was a guess to calibrate, and it stays asserted as stated.
 """
@@ -53,7 +54,7 @@ fp6 = load_experiment(pathlib.Path(__file__).with_name("fp6.py"))  # the shared 
 PAPER_ID = 14
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = (
-    "reconstruction steps: 300 Adam steps per layer for both FlexRound and AdaRound (paper: 5000 per block for "
+    "reconstruction steps: 200 Adam steps per layer for both FlexRound and AdaRound (paper: 5000 per block for "
     "FlexRound, 10k for AdaRound; AdaRound's beta schedule is compressed accordingly) so the run fits the CI budget",
     "layer-wise reconstruction of each Dense layer's pre-activation output (the catalogue's layer-wise setting; the "
     "paper's main results reconstruct blocks)",
@@ -71,7 +72,7 @@ DEVIATIONS = (
 def get_config() -> ml_collections.ConfigDict:
   c = fp6.get_config()  # seeds, digits and char as fp6.py, so its trained substrates are shared
   del c.claim
-  c.ptq = ml_collections.ConfigDict(dict(bits=3, act_bits=8, iters=300, recon_batch=32, adaround_lr=1e-3,
+  c.ptq = ml_collections.ConfigDict(dict(bits=3, act_bits=8, iters=200, recon_batch=32, adaround_lr=1e-3,
                                          flexround_lr=2.5e-3))
   return c
 
@@ -154,7 +155,7 @@ def _accuracy(layers, act_q, xs, ys, *, act_bits):
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   c = config.ptq
-  sub, _ = fp6.substrates(config)
+  sub = fp6._digits_models(fp6._key(config))  # pylint: disable=protected-access  (fp6's cache, digits only)
   splits = sub["splits"]
   seeds = np.arange(config.seeds)
   fp_layers = [mlp_layers(m) for m in sub["models"]]
