@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,11 @@ def _measure(params, mergekit, workdir, timeout, mergekit_layers) -> dict:
     rw_in = _inner(out)
     pl_s, pl_rss, out = _child(_OURS.format(cfg=cfg, out=os.path.join(root, "pl")), timeout)
     pl_in = _inner(out)
+    index_cfg = os.path.join(root, "ties_index.yml")  # the same merge keeping exactly k (mergekit's count)
+    with open(index_cfg, "w") as f:
+      f.write(_config(paths).replace("merge_method: ties", "merge_method: ties\nparameters: {tie_break: index}"))
+    _, _, index_out = _child(_OURS.format(cfg=index_cfg, out=os.path.join(root, "pl_index")), timeout)
+    shutil.rmtree(os.path.join(root, "pl_index"))
     # times exclude interpreter start and imports (seconds of work); the *_process_seconds include them
     summary = json.loads(out.strip().splitlines()[-1])
     rec |= {"op_seconds": pl_in, "baseline_seconds": rw_in, "ratio": pl_in / rw_in, "target": 2.0,
@@ -248,7 +254,8 @@ def _measure(params, mergekit, workdir, timeout, mergekit_layers) -> dict:
             "peak_rss_target_bytes": 3e9 if n_params >= 9e8 else None,
             "meets_peak_rss_target": pl_rss < 3e9 if n_params >= 9e8 else None,
             "bytes_read": summary["bytes_read"], "bytes_written": summary["bytes_written"],
-            "tensors": summary["tensors"]}
+            "tensors": summary["tensors"], "tie_break": "keep",
+            "op_seconds_tie_break_index": _inner(index_out)}
     if mergekit:
       mk_cfg, sub = cfg, None
       if mergekit_layers is not None:

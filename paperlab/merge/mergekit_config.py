@@ -20,10 +20,11 @@ mergekit import at run time):
   model and tensor. Shared parameters (``t``, ``lambda``, ``normalize``...) skip the first level. Per-model
   parameters of the base model are not read, except for methods that weight every input (``linear``).
 
-One parameter goes beyond mergekit's schema: ``tie_break`` (``ties``, ``breadcrumbs``, ``breadcrumbs_ties``) says which
-entries tied with a magnitude threshold survive: ``index`` (default; exactly mergekit's count ``k`` per tensor,
-the tied ones in row-major order, i.e. the order of a stable sort) or ``keep`` (all of them, the TIES authors'
-``>= kthvalue``). mergekit's own choice among tied entries follows ``torch.argsort``'s unspecified order.
+One parameter goes beyond mergekit's schema: ``tie_break`` (``ties``, ``breadcrumbs``, ``breadcrumbs_ties``) says
+which entries tied with a magnitude threshold survive: ``keep`` (default; all of them, the TIES authors'
+``>= kthvalue`` and :func:`~paperlab.merge.task_vectors.ties`' default) or ``index`` (exactly mergekit's count ``k``
+per tensor, the tied ones in row-major order, i.e. the order of a stable sort). mergekit's own choice among tied
+entries follows ``torch.argsort``'s unspecified order.
 
 Beyond mergekit, the data-free paperlab methods run under their own names: ``ties_global`` (TIES with the
 paper's whole-model threshold, :func:`~paperlab.merge.task_vectors.ties` with ``scope="global"``), ``pcb``
@@ -97,9 +98,9 @@ def _gta(name: str, normalize: bool, rescale: bool, extra: tuple[ParamSpec, ...]
                            ParamSpec("density", "float", "non_base", 1.0), *extra), base="required", reference=ref)
 
 
-# paperlab's extension: which entries tied with a magnitude threshold survive (see task_vectors.ties); "index"
-# keeps mergekit's count, exactly k per tensor, the tied ones in row-major order.
-_TIE = (ParamSpec("tie_break", "str", default="index", choices=("index", "keep")),)
+# paperlab's extension: which entries tied with a magnitude threshold survive (see task_vectors.ties); "keep" all
+# of them (the TIES authors' rule, the Python default), "index" mergekit's count: exactly k, ties in row-major order.
+_TIE = (ParamSpec("tie_break", "str", default="keep", choices=("keep", "index")),)
 _GAMMA = (ParamSpec("gamma", "float", "non_base", 0.01), *_TIE)
 _EPS = (ParamSpec("epsilon", "float", "non_base", 0.15),)
 

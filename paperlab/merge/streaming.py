@@ -15,12 +15,12 @@ Arithmetic: inputs are cast to the config's ``dtype`` when given (as mergekit do
 stored dtype and the merge functions compute in float32 (mergekit then computes in the stored dtype, e.g. bf16,
 rounding after every operation; the results agree to about one bf16 ulp). The output is cast to ``out_dtype``.
 
-TIES' per-tensor trim threshold (the ``k = max(1, int(density n))``-th largest ``|delta|``) is exact. With
-``tie_break: index`` (the default) exactly ``k`` entries are kept, those tied with the threshold in row-major order
-(found from the counted pass's per-entry code, then a second merge pass where some model has surplus ties);
-``tie_break: keep`` keeps every tied entry in one pass. On large
-tensors whose ``|delta|`` values tie a lot (bf16 fine-tunes that move weights by a few ulp) it is guessed from a
-sample and verified by counting in the merge pass itself (:func:`_gta_kernel_counted`); a wrong guess falls back
+TIES' per-tensor trim threshold (the ``k = max(1, int(density n))``-th largest ``|delta|``) is exact. By default
+(``tie_break: keep``) every entry tied with the threshold is kept, in one pass; ``tie_break: index`` keeps exactly
+``k``, those tied in row-major order (one pass codes which models are above / at their threshold per entry, the
+boundaries are found on the host from it, then one merge pass). On large tensors whose ``|delta|`` values tie a lot
+(bf16 fine-tunes that move weights by a few ulp) the threshold is guessed from a sample and verified by counting in
+the merge pass itself (:func:`_gta_kernel_counted`); a wrong guess falls back
 to the exact selection of :mod:`~paperlab.merge.task_vectors` and the tensor is merged again, so the output is
 the same either way, at about the cost of one pass over the inputs instead of two or three.
 
@@ -257,13 +257,8 @@ def _exact_lo(base: jax.Array, ms: Sequence[jax.Array], k: int) -> np.ndarray:
 _CODE_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)  # 2 bits per model: up to 32 models
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "consensus", "normalize", "rescale"))
-def _gta_kernel_counted(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale):
-  """:func:`_gta_kernel` plus, in the same pass, a code per entry: bit ``j`` set where ``|delta_j| >= lo[j]``,
-  bit ``n_models + j`` where ``|delta_j| > lo[j]``. ``lo[j]`` is the exact k-th largest iff ``count_ge >= k >
-  count_gt`` (the check of a guessed threshold). The counts are taken on the host (:func:`_code_counts`), where
-  counting bits runs at memory speed and XLA's CPU reductions do not."""
-  out = _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale)
+def _code(b, ms, lo):
+  """Per entry, bit ``j`` set where ``|delta_j| >= lo[j]`` and bit ``n_models + j`` where ``|delta_j| > lo[j]``."""
   ct = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
   dt = next(d for d in _CODE_DTYPES if np.dtype(d).itemsize * 8 >= 2 * len(ms))
   code = jnp.zeros(b.shape, dt)
@@ -271,7 +266,18 @@ def _gta_kernel_counted(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus,
     a = jnp.abs(m.astype(ct) - b.astype(ct))
     t = lo[j].astype(ct)
     code = code | ((a >= t).astype(dt) << j) | ((a > t).astype(dt) << (len(ms) + j))
-  return out, code
+  return code
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "consensus", "normalize", "rescale"))
+def _gta_kernel_counted(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale):
+  """:func:`_gta_kernel` plus, in the same pass, the code of :func:`_code`. ``lo[j]`` is the exact k-th largest iff
+  ``count_ge >= k > count_gt`` (the check of a guessed threshold). The counts are taken on the host
+  (:func:`_code_counts`), where counting bits runs at memory speed and XLA's CPU reductions do not."""
+  return _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale), _code(b, ms, lo)
+
+
+_code_kernel = jax.jit(_code)  # the code alone, without the merge (tie_break: index)
 
 
 _SCRATCH = threading.local()  # one reusable buffer per thread: fresh pages would cost a page fault each
@@ -347,26 +353,23 @@ def _code_edges(code: np.ndarray, n_models: int, j: int, need: int) -> int:
 
 def _gta_index(base, ms, lo, hi, guessed: dict, spans: np.ndarray, kind: str, static: dict, args) -> jax.Array:
   """``tie_break: index``: keep exactly mergekit's count per model, the entries tied with a threshold in row-major
-  order. TIES: the counted merge pass (:func:`_gta_kernel_counted`) verifies the thresholds and gives, per entry,
-  which models tie there; where some model has more tied entries than it may keep, the boundaries are found on the
-  host from that code and the tensor is merged again with them. Breadcrumbs' two-sided band takes
+  order. TIES: one pass codes, per entry, which models' ``|delta|`` is above / at their threshold
+  (:func:`_code_kernel`; the counts verify guessed thresholds); where a model has more tied entries than it may
+  keep, its boundary is found on the host from that code; then one merge pass. Breadcrumbs' two-sided band takes
   ``task_vectors._index_edges_host``."""
   n = int(base.size)
   if kind != "magnitude" or len(ms) > 32:
     edges = task_vectors._index_edges_host(base, ms, lo, hi, spans, kind == "magnitude")
     return _gta_kernel(*args(), **static, edges=jnp.asarray(edges))
-  out, code = _gta_kernel_counted(*args(), **static)
-  ge, gt = _code_counts(np.asarray(code), len(ms))
+  code = np.asarray(_code_kernel(base, tuple(ms), jnp.asarray(lo)))
+  ge, gt = _code_counts(code, len(ms))
   wrong = [j for j, k in guessed.items() if not ge[j] >= k > gt[j]]
   if wrong:  # a guessed threshold was not the k-th largest: select exactly and count again
     for j in wrong:
       lo[j] = _exact_lo(base, [ms[j]], guessed[j])[0]
-    out, code = _gta_kernel_counted(*args(), **static)
-    ge, gt = _code_counts(np.asarray(code), len(ms))
+    code = np.asarray(_code_kernel(base, tuple(ms), jnp.asarray(lo)))
+    ge, gt = _code_counts(code, len(ms))
   ks = spans[:, 1]
-  if np.all(ge <= ks):  # no model has surplus ties: keeping every tie keeps exactly k
-    return out
-  code = np.asarray(code)
   edges = np.zeros((len(ms), 4), np.int32)
   for j in range(len(ms)):
     edges[j, 1] = n if ge[j] <= ks[j] else _code_edges(code, len(ms), j, int(ks[j] - gt[j]))

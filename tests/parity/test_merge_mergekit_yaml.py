@@ -4,8 +4,9 @@ bf16 checkpoints made here with ``transformers`` (hidden 64, 4 layers, shards of
 
 Tolerance: every output tensor within 1 bf16 ulp (of the larger of the two magnitudes) of mergekit's on >= 99.9%
 of its elements. TIES and breadcrumbs select the top-k magnitudes of bf16 deltas, which tie often (bf16 deltas
-take few distinct values). Both keep exactly k entries per tensor (paperlab's default ``tie_break: index``), but
-which of the tied entries survive is a matter of sort order: mergekit's unstable ``torch.argsort`` (libstdc++'s
+take few distinct values). paperlab keeps all of them by default (``tie_break: keep``, the TIES authors' rule);
+with ``tie_break: index`` both keep exactly k entries per tensor, and which of the tied entries survive is a matter
+of sort order: mergekit's unstable ``torch.argsort`` (libstdc++'s
 introsort order on CPU, another on CUDA) against paperlab's row-major order. So those methods are checked twice:
 against mergekit as it is, where the elements beyond 1 ulp must all be entries whose |delta| equals a model's
 selection threshold (checked element by element) and the >= 99.9% bound is asserted on the other elements; and
@@ -256,7 +257,7 @@ out_dtype: bfloat16
 @pytest.fixture
 def stable_mergekit(monkeypatch):
   """mergekit with a stable sort: ``sparsify.magnitude`` / ``magnitude_outliers`` then order tied magnitudes by
-  index, the order ``tie_break: index`` (paperlab's default for these methods) uses. Only the order among equal
+  index, the order ``tie_break: index`` uses. Only the order among equal
   magnitudes changes; which magnitudes are kept and how many do not."""
   argsort, sort = torch.argsort, torch.sort
   monkeypatch.setattr(torch, "argsort", lambda x, *a, **k: argsort(x, *a, **{**k, "stable": True}))
@@ -271,6 +272,7 @@ models:
     parameters: {weight: 0.5, density: [0.6, 0.8], gamma: 0.05}
 base_model: <base>
 merge_method: <method>
+parameters: {tie_break: index}
 dtype: float32
 out_dtype: bfloat16
 """
@@ -285,7 +287,8 @@ def test_ties_keeps_mergekits_entries_given_a_stable_tie_order(fixture, request,
   from paperlab.merge import streaming
 
   monkeypatch.setattr(streaming, "_SPECULATE_MIN", 1024)
-  ours, theirs = _both(_fill(TIES_YAML, request.getfixturevalue(fixture)), tmp_path)
+  yml = TIES_YAML.replace("merge_method: ties", "merge_method: ties\nparameters: {tie_break: index}")
+  ours, theirs = _both(_fill(yml, request.getfixturevalue(fixture)), tmp_path)
   _assert_parity(ours, theirs)
 
 
@@ -298,10 +301,10 @@ def test_breadcrumbs_keep_mergekits_band_given_a_stable_tie_order(method, models
 def test_tie_break_keep_keeps_every_tied_entry(few_ulp_models, tmp_path):
   """``tie_break: keep`` (the TIES authors' ``>= kthvalue``) keeps at least k entries per tensor and model, and
   more where magnitudes tie at the threshold: the merged deltas are nonzero at least where ``index``'s are."""
-  data = _fill(TIES_YAML.replace("merge_method: ties", "merge_method: ties\nparameters: {tie_break: keep}"),
-               few_ulp_models)
+  data = _fill(TIES_YAML, few_ulp_models)  # the default
+  index_yml = TIES_YAML.replace("merge_method: ties", "merge_method: ties\nparameters: {tie_break: index}")
   run_merge(parse_merge_config(data), tmp_path / "keep", shard_size="100KB")
-  run_merge(parse_merge_config(_fill(TIES_YAML, few_ulp_models)), tmp_path / "index", shard_size="100KB")
+  run_merge(parse_merge_config(_fill(index_yml, few_ulp_models)), tmp_path / "index", shard_size="100KB")
   keep, index = read_checkpoint(tmp_path / "keep"), read_checkpoint(tmp_path / "index")
   base = read_checkpoint(few_ulp_models["base"])
   more = 0
