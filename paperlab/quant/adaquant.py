@@ -248,8 +248,13 @@ def adaquant_layer(w: jax.Array, x_q: jax.Array, y_fp: jax.Array, *, bias: jax.A
   if b.shape != (w.shape[1],):
     raise ValueError(f"bias must have shape ({w.shape[1]},), got {b.shape}.")
   w_range, w_offset = weight_qparams(w)
-  x_range, x_offset = input_qparams(x_q) if x_qparams is None else (jnp.asarray(x_qparams[0], jnp.float32),
-                                                                     jnp.asarray(x_qparams[1], jnp.float32))
+  if x_qparams is None:
+    x_range, x_offset = input_qparams(x_q)
+  else:
+    if not (isinstance(x_qparams, (tuple, list)) and len(x_qparams) == 2
+            and all(jnp.size(v) == 1 for v in x_qparams)):
+      raise ValueError(f"x_qparams must be a (range, offset) pair of scalars, got {x_qparams!r}.")
+    x_range, x_offset = (jnp.asarray(v, jnp.float32) for v in x_qparams)
   p0 = AdaQuantParams(w, b, w_range, w_offset, x_range.reshape(()), x_offset.reshape(()))
   lrs = AdaQuantParams(*(jnp.float32(v) for v in (lr_w, lr_b, lr_w_qparams, lr_w_qparams, lr_x_qparams,
                                                   lr_x_qparams)))

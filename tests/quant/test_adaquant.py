@@ -100,6 +100,8 @@ def test_bad_inputs_are_rejected():
     aq.adaquant_layer(w, x.at[0, 0].set(jnp.nan), y)
   with pytest.raises(ValueError, match="bias"):
     aq.adaquant_layer(w, x, y, bias=jnp.zeros(3))
+  with pytest.raises(ValueError, match="x_qparams"):
+    aq.adaquant_layer(w, x, y, x_qparams=(jnp.ones(3), 0.0))
 
 
 def test_bias_tuning_moves_only_biases_and_lowers_the_kl():
