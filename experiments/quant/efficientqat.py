@@ -1,5 +1,5 @@
 """EfficientQAT (Chen et al., "EfficientQAT: Efficient Quantization-Aware Training for Large Language Models",
-arXiv:2407.11965), catalogue [113]: Block-AP, then E2E-QP, against RTN at W2 g16 on DIGITS-MLP.
+arXiv:2407.11062), catalogue [113]: Block-AP, then E2E-QP, against RTN at W2 g16 on DIGITS-MLP.
 
 Setting (the catalogue's): DIGITS-MLP 64-256-256-10 (ReLU), trained in float with Adam 1e-3 for 40 epochs (batch 64)
 on scikit-learn digits split 70/15/15 (:mod:`paperlab.runner.digits_splits`). Every Dense kernel is quantized to
