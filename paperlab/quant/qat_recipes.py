@@ -1,7 +1,7 @@
 """QAT recipes: EfficientQAT (Block-AP, then E2E-QP) and QA-LoRA.
 
 * EfficientQAT (Chen et al., "EfficientQAT: Efficient Quantization-Aware Training for Large Language Models",
-  arXiv:2407.11965): a learnable asymmetric group quantizer (step ``s`` and zero point ``z`` per group, straight-
+  arXiv:2407.11062): a learnable asymmetric group quantizer (step ``s`` and zero point ``z`` per group, straight-
   through rounding; the ``UniformAffineQuantizer`` of the official code, github:OpenGVLab/EfficientQAT
   ``quantize/quantizer.py``), trained block by block together with all weights on the MSE to the full-precision
   block output (Block-AP, :func:`block_ap`), then frozen to integer codes whose step sizes alone are trained end to
@@ -75,7 +75,7 @@ def efficientqat_init(w: jax.Array, *, bits: int = 2, group_size: int = 64) -> d
 
 
 def affine_fake_quantize(w: jax.Array, scale: jax.Array, zero: jax.Array, *, bits: int = 2) -> jax.Array:
-  """EfficientQAT's learnable asymmetric group fake quantizer (arXiv:2407.11965, eq. 1; official
+  """EfficientQAT's learnable asymmetric group fake quantizer (arXiv:2407.11062, eq. 1; official
   ``UniformAffineQuantizer.fake_quant``):
 
   ``w_hat = (clip(round(w / s') + z', 0, 2^b - 1) - z') s'`` with ``s' = clamp(s, 1e-4, 1e4)`` and
@@ -121,7 +121,7 @@ def block_ap(block_fn: Callable[[PyTree, jax.Array], jax.Array], params: Mapping
              x_in: jax.Array, y_fp: jax.Array, *, bits: int = 2, group_size: int = 64, num_steps: int = 100,
              batch_size: int | None = None, key: jax.Array | None = None, weight_lr: float = 2e-5,
              quant_lr: float = 1e-4, quantize: str = r".*kernel") -> tuple[dict, dict, jax.Array]:
-  """Block-wise training of all parameters with quantization (EfficientQAT Block-AP, arXiv:2407.11965, section
+  """Block-wise training of all parameters with quantization (EfficientQAT Block-AP, arXiv:2407.11062, section
   3.2): the kernels whose path matches ``quantize`` are fake-quantized with :func:`affine_fake_quantize` from
   :func:`efficientqat_init`, and the block's weights and the steps/zero points are trained with
   :func:`block_ap_optimizer` on ``mean((block_fn(params_q, x_in) - y_fp)^2)``, where ``x_in`` are the block's
@@ -213,7 +213,7 @@ def e2e_qp_labels(tree: PyTree, *, train_zero: bool = False) -> PyTree:
 
 def e2e_qp_optimizer(learning_rate: float | optax.Schedule = 2e-5, tree: PyTree = None, *,
                      train_zero: bool = False, max_grad_norm: float = 0.3) -> optax.GradientTransformation:
-  """E2E-QP (EfficientQAT, arXiv:2407.11965, section 3.3): end-to-end training of the step sizes only, the integer
+  """E2E-QP (EfficientQAT, arXiv:2407.11062, section 3.3): end-to-end training of the step sizes only, the integer
   codes (and everything else) frozen. ``optax.multi_transform`` of AdamW (no weight decay; official defaults
   lr 2e-5, gradient clipping 0.3 from ``examples/e2e_qp``) on the ``scale`` leaves and ``set_to_zero`` on the rest,
   with labels from :func:`e2e_qp_labels` (``tree`` gives the structure; pass the parameters the loss differentiates).
