@@ -4,8 +4,8 @@ ones", arXiv:2312.09299), catalogue [163].
 
 Data: sequences of a fixed random second-order Markov chain over 16 tokens (next-token logits ``3 N(0, 1)`` per
 pair of previous tokens), 16 tokens long (17 with the target); 4096 training sequences, 256 validation and 256
-test sequences. A teacher ``CharTransformer`` (4 blocks, d=64, 4 heads, MLP ratio 4) is trained per seed (Adam 3e-3, batch 32, 150
-steps). The student (2 blocks, d=32, 2 heads of the teacher's size 16, MLP ratio 4) is initialized by
+test sequences. A teacher ``CharTransformer`` (4 blocks, d=64, 4 heads, MLP ratio 4) is trained per seed (Adam
+3e-3, batch 32, 150 steps). The student (2 blocks, d=32, 2 heads of the teacher's size 16, MLP ratio 4) is initialized by
 :func:`paperlab.param.subclone` (importances from :func:`paperlab.param.transformer_importance` on 64 training
 sequences; the first and last blocks kept, LayerNorm gains times ``sqrt(2)``) or by Flax's default random init,
 then trained 200 steps (Adam, batch 32). Both arms go through :mod:`paperlab.runner.protocol` with the same
