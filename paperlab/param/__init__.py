@@ -14,3 +14,8 @@ from paperlab.param.subcloning import *  # noqa: F401,F403,E402
 from paperlab.param import subcloning  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(subcloning.__all__))
+
+from paperlab.param.second_order import *  # noqa: F401,F403,E402
+from paperlab.param import second_order  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(second_order.__all__))
