@@ -71,7 +71,7 @@ def test_the_spec_plugs_into_init_params_and_scale_by_param_lr():
   assert float(updates["hidden"][0]["kernel"][0, 0]) == pytest.approx(2.0)  # sqrt(256 / 64)
 
 
-def _one_step_feature_change(width, method, *, lr, rho_a=1.0, rho_b=1.0):
+def _one_step_feature_change(width, method, *, lr, rho_a=1.0, rho_b=1.0, control=True):
   """RMS change of each layer's output after one K-FAC / Shampoo step (explicit factors, MSE loss) on a fixed batch,
   with the spec's LR and damping multipliers and with width-independent ones: ``(spec (layers,), flat (layers,))``."""
   model = _mlp(width)
@@ -119,14 +119,16 @@ def _one_step_feature_change(width, method, *, lr, rho_a=1.0, rho_b=1.0):
     return jnp.stack([jnp.sqrt(jnp.mean((n - o) ** 2)) for n, o in zip(feats_new, feats_old)])
 
   return (np.asarray(step(params, spec.damping_in, spec.damping_out, spec.lr_multipliers)),
-          np.asarray(step(params, ones, ones, ones)))
+          np.asarray(step(params, ones, ones, ones)) if control else None)
 
 
 @pytest.mark.parametrize("method,widths,lr,rho", [("kfac", (128, 512, 2048), 0.5, 1.0),
-                                                   ("shampoo", (128, 256, 1024), 1e-2, 1e-3)])
+                                                   ("shampoo", (128, 512, 1024), 1e-2, 1e-3)])
 def test_one_step_feature_change_is_width_independent_under_the_spec(method, widths, lr, rho):
-  spec, flat = map(np.stack, zip(*[_one_step_feature_change(n, method, lr=lr, rho_a=rho, rho_b=rho)
-                                   for n in widths]))  # (width, layer)
+  # the control at the two smallest widths only (the largest costs most of the CPU budget)
+  runs = [_one_step_feature_change(n, method, lr=lr, rho_a=rho, rho_b=rho, control=n < widths[-1]) for n in widths]
+  spec = np.stack([r[0] for r in runs])  # (width, layer)
+  flat = np.stack([r[1] for r in runs[:-1]])
   ratio = spec.max(axis=0) / spec.min(axis=0)
   assert np.all(ratio < 1.5), (spec, ratio)
   assert np.all(spec > 1e-3)  # features do move (feature learning, not a vanishing step)
