@@ -27,6 +27,11 @@ feature change ``Delta W^T h ~ delta |h|^{2(1-e)} / |delta|^{2e}`` is ``Theta(1)
   zero-initialized: under K-FAC a zero readout makes the first update NNGP-like (the paper's Sec. 4.3), so a small
   random readout is used.
 
+The paper's text was not retrievable here: the learning-rate exponents are derived above from its one-step
+criterion (K-FAC's width-independent LRs match its Table 1 as the catalogue quotes it), and the damping rule is
+the one that keeps each factor's damping at a fixed fraction of its eigenvalues; both are checked by the property
+that the one-step feature change is width-independent (``tests/param/test_second_order_param.py``).
+
 Vectors (biases, norm scales) are preconditioned entrywise in practice (K-FAC folds a bias into its layer's
 homogeneous coordinate; Shampoo implementations precondition 1-D parameters diagonally), so they keep
 muP-for-Adam's width-independent LR (multiplier 1) and no damping multiplier.
