@@ -1,7 +1,7 @@
 """muP for K-FAC / Shampoo (Ishikawa & Karakida, arXiv:2312.12226): the closed-form multipliers, the plug into
 paperlab.param's API, and the catalogue's property -- under the muP-K-FAC spec the one-step feature change is
 width-independent within 1.5x for widths 128..2048 on a fixed batch (and not with a width-independent damping);
-the same for the Shampoo spec over widths 128..1024."""
+the same for the Shampoo spec over widths 128..512."""
 
 from __future__ import annotations
 
@@ -123,12 +123,12 @@ def _one_step_feature_change(width, method, *, lr, rho_a=1.0, rho_b=1.0, control
 
 
 @pytest.mark.parametrize("method,widths,lr,rho", [("kfac", (128, 512, 2048), 0.5, 1.0),
-                                                   ("shampoo", (128, 512, 1024), 1e-2, 1e-3)])
+                                                   ("shampoo", (128, 512), 1e-2, 1e-3)])
 def test_one_step_feature_change_is_width_independent_under_the_spec(method, widths, lr, rho):
-  # the control at the two smallest widths only (the largest costs most of the CPU budget)
-  runs = [_one_step_feature_change(n, method, lr=lr, rho_a=rho, rho_b=rho, control=n < widths[-1]) for n in widths]
+  # the control at 128 and 512 only (width 2048 costs most of the CPU budget)
+  runs = [_one_step_feature_change(n, method, lr=lr, rho_a=rho, rho_b=rho, control=n <= 512) for n in widths]
   spec = np.stack([r[0] for r in runs])  # (width, layer)
-  flat = np.stack([r[1] for r in runs[:-1]])
+  flat = np.stack([r[1] for r in runs if r[1] is not None])
   ratio = spec.max(axis=0) / spec.min(axis=0)
   assert np.all(ratio < 1.5), (spec, ratio)
   assert np.all(spec > 1e-3)  # features do move (feature learning, not a vanishing step)
