@@ -192,7 +192,10 @@ def status(paper: Paper) -> str:
 
 
 def provenance() -> dict:
-  """``version``, ``commit`` (with ``dirty`` when tracked files differ from it) and ``device`` of this process."""
+  """``version``, ``commit`` (with ``dirty`` when tracked files differ from it) and ``device`` of this process.
+
+  The records themselves (``experiments/records/``) are outputs, not code: re-recording several papers in a row
+  leaves the tree clean for the next one."""
   import subprocess  # pylint: disable=g-import-not-at-top
 
   from paperlab import __version__  # pylint: disable=g-import-not-at-top
@@ -202,7 +205,8 @@ def provenance() -> dict:
     head = run("rev-parse", "HEAD")
     if head.returncode == 0:
       commit = head.stdout.strip()
-      dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+      dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", ".",
+                       ":(exclude)experiments/records").stdout.strip())
   except (OSError, subprocess.SubprocessError):
     pass
   device = None

@@ -152,3 +152,23 @@ def test_print_table_lists_all_and_filters(capsys):
     papers.print_table(family="optimizers")
   with pytest.raises(ValueError, match="status must be one of"):
     papers.print_table(status="done")
+
+
+def test_provenance_is_dirty_for_code_changes_not_for_records(tmp_path, monkeypatch):
+  """Re-recording papers one after another must not mark the later records dirty: experiments/records/ holds
+  outputs; any other tracked change is dirty."""
+  import subprocess
+
+  git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+  (tmp_path / "experiments" / "records").mkdir(parents=True)
+  (tmp_path / "experiments" / "records" / "1.json").write_text("{}\n")
+  (tmp_path / "code.py").write_text("x = 1\n")
+  git("init", "-q")
+  git("add", ".")
+  git("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "-m", "init")
+  monkeypatch.setattr(papers, "REPO_ROOT", tmp_path)
+  assert papers.provenance()["dirty"] is False
+  (tmp_path / "experiments" / "records" / "1.json").write_text('{"status": "reproduced"}\n')
+  assert papers.provenance()["dirty"] is False
+  (tmp_path / "code.py").write_text("x = 2\n")
+  assert papers.provenance()["dirty"] is True
