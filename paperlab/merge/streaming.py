@@ -340,15 +340,9 @@ def _code_edges(code: np.ndarray, n_models: int, j: int, need: int) -> int:
   tie = ((flat >> j) & 1) & ~((flat >> (n_models + j)) & 1)
   width = min(task_vectors._TIE_BLOCK, flat.size)
   rows = flat.size // width
-  per_row = np.count_nonzero(tie[: rows * width].reshape(rows, width), axis=1)
-  cum = np.cumsum(np.append(per_row, np.count_nonzero(tie[rows * width:])))
-  if need <= 0:
-    return 0
-  if need > cum[-1]:
-    return flat.size
-  r = int(np.searchsorted(cum, need, side="left"))
-  seg = tie[r * width: r * width + width]
-  return r * width + int(np.flatnonzero(seg)[need - (cum[r] - np.count_nonzero(seg)) - 1]) + 1
+  per_row = np.append(np.count_nonzero(tie[: rows * width].reshape(rows, width), axis=1),
+                      np.count_nonzero(tie[rows * width:]))
+  return task_vectors._host_boundary(per_row, need, flat.size, lambda s, t: tie[s:t])
 
 
 def _gta_index(base, ms, lo, hi, guessed: dict, spans: np.ndarray, kind: str, static: dict, args) -> jax.Array:

@@ -574,6 +574,21 @@ def _segment_ties(b: jax.Array, m: jax.Array, v: jax.Array) -> jax.Array:
   return jnp.abs(m.astype(ct) - b.astype(ct)) == v.astype(ct)
 
 
+def _host_boundary(per_row: np.ndarray, m: int, n: int, row_ties: Callable[[int, int], np.ndarray]) -> int:
+  """Host side of :func:`_tie_boundary`: ``per_row`` counts the tied entries per row of :data:`_TIE_BLOCK` entries
+  (the tail as a last row); ``row_ties(start, stop)`` gives the tie mask of flat entries ``[start, stop)``."""
+  if m <= 0:
+    return 0
+  cum = np.cumsum(per_row)
+  if m > cum[-1]:
+    return n
+  width = min(_TIE_BLOCK, max(n, 1))
+  r = int(np.searchsorted(cum, m, side="left"))
+  start = r * width  # the tail row starts where the full rows end, also at r * width
+  ties = np.asarray(row_ties(start, min(n, start + width)))
+  return start + int(np.flatnonzero(ties)[m - (cum[r] - per_row[r]) - 1]) + 1
+
+
 def _index_edges_host(b, ms: Sequence, lo, hi, spans: np.ndarray, descending: bool,
                       counts: list | None = None) -> np.ndarray:
   """:func:`_edges_traced` for concrete arrays: one jitted pass of counts (:func:`_edge_counts`), then on the host
@@ -583,21 +598,12 @@ def _index_edges_host(b, ms: Sequence, lo, hi, spans: np.ndarray, descending: bo
   n = int(b.size)
   lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
   below, rows = (np.asarray(x, np.int64) for x in _edge_counts(b, tuple(ms), lo, hi))
-  width = min(_TIE_BLOCK, max(n, 1))
   flat_b = b.reshape(-1)
   out = np.zeros((len(ms), 4), np.int64)
 
   def boundary(j, e, m):
-    if m <= 0:
-      return 0
-    cum = np.cumsum(rows[j, e])
-    if m > cum[-1]:
-      return n
-    r = int(np.searchsorted(cum, m, side="left"))
-    s0 = r * width  # the tail row starts where the full rows end, also at r * width
-    seg = slice(s0, min(n, s0 + width))
-    ties = np.asarray(_segment_ties(flat_b[seg], ms[j].reshape(-1)[seg], (lo, hi)[e][j]))
-    return s0 + int(np.flatnonzero(ties)[m - (cum[r] - rows[j, e, r]) - 1]) + 1
+    return _host_boundary(rows[j, e], m, n, lambda s, t: _segment_ties(flat_b[s:t], ms[j].reshape(-1)[s:t],
+                                                                       (lo, hi)[e][j]))
 
   if counts is not None:
     counts.extend((n - below[j, 0], n - below[j, 0] - rows[j, 0].sum()) for j in range(len(ms)))
