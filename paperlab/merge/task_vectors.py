@@ -522,7 +522,7 @@ def _edges_traced(a: jax.Array, lo: jax.Array, hi: jax.Array, start, stop, desce
   ``v``, in flat index order)."""
   start, stop = jnp.asarray(start, jnp.int32), jnp.asarray(stop, jnp.int32)
   tie_lo, tie_hi = a == lo, a == hi
-  rows_lo, n_lo = _count(tie_lo)
+  rows_lo, _ = _count(tie_lo)
   if descending:
     _, n_gt = _count(a > lo)
     return jnp.stack([0, _tie_boundary(tie_lo, stop - n_gt, rows_lo), 0, 0]).astype(jnp.int32)
@@ -732,9 +732,10 @@ def _ties_leaf(b, ms, thr, w, lam, merge, ks=None, tie_break="keep", edges=None)
   for i, m in enumerate(ms):
     d = m.astype(ct) - bc
     a, t = jnp.abs(d), thr[i].astype(ct)
-    if tie_break == "index":
-      inf = jnp.asarray(jnp.inf, ct)
-      keep = _edge_keep(a, t, inf, _edges_traced(a, t, inf, 0, ks[i], True) if edges is None else edges[i])
+    if tie_break == "index" and edges is None:  # traced: the boundary is found in-graph
+      keep = _index_top_k(a, t, ks[i])
+    elif tie_break == "index":
+      keep = _edge_keep(a, t, jnp.asarray(jnp.inf, ct), edges[i])
     else:
       keep = a >= t
     ts.append(jnp.where(keep, w[i].astype(ct) * d, 0))
@@ -1045,8 +1046,10 @@ def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus, span=None, tie_break="keep",
   for i, m in enumerate(ms):
     d = m.astype(ct) - bc
     a, l, h = jnp.abs(d), lo[i].astype(ct), hi[i].astype(ct)
-    if tie_break == "index":
-      keep = _edge_keep(a, l, h, _edges_traced(a, l, h, span[0], span[1], False) if edges is None else edges[i])
+    if tie_break == "index" and edges is None:  # traced: the boundary is found in-graph
+      keep = _index_band(a, l, h, span[0], span[1])
+    elif tie_break == "index":
+      keep = _edge_keep(a, l, h, edges[i])
     else:
       keep = (a >= l) & (a <= h)
     ds.append(w[i].astype(ct) * jnp.where(keep, d, 0))
