@@ -19,3 +19,9 @@ from paperlab.param.second_order import *  # noqa: F401,F403,E402
 from paperlab.param import second_order  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(second_order.__all__))
+
+# the module paperlab/param/abc.py exports a function of the same name, which is the package attribute `abc`
+from paperlab.param.abc import *  # noqa: F401,F403,E402
+from paperlab.param.abc import __all__ as _abc_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_abc_all))
