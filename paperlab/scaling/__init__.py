@@ -6,7 +6,9 @@ from paperlab.scaling.fit import *  # noqa: F401,F403
 from paperlab.scaling.lr_annealing import *  # noqa: F401,F403
 from paperlab.scaling.hparams import *  # noqa: F401,F403
 from paperlab.scaling.ladder import *  # noqa: F401,F403
+from paperlab.scaling.transfer import *  # noqa: F401,F403
 
 from paperlab.scaling import laws, fit, lr_annealing, hparams, ladder  # noqa: E402
+from paperlab.scaling import transfer  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams, ladder))))
+__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams, ladder, transfer))))
