@@ -5,6 +5,7 @@ from paperlab.data.digits import (DIGIT_TRANSFORMS, ROT_DIGITS_TASKS, Dataset, T
                                   stratified_split, transformed_digits)
 from paperlab.data.synthetic import (MultiTask, imbalanced, long_tail_counts, multitask_toy, noisy_labels,
                                      teacher_student, with_label_noise)
+from paperlab.data.pruning import kmeans, prototype_scores, prune
 from paperlab.data.text import (CharTokenizer, TextData, char_dataset, corpus, sample_sequences,
                                 stdlib_docstrings)
 
@@ -13,4 +14,5 @@ __all__ = [
     "multitask_toy", "noisy_labels", "teacher_student", "with_label_noise", "CharTokenizer", "TextData",
     "char_dataset", "corpus", "sample_sequences", "stdlib_docstrings", "batch_at", "epoch_permutation",
     "sample_batch", "batch_indices", "TaskDigits", "transformed_digits", "DIGIT_TRANSFORMS", "ROT_DIGITS_TASKS",
+    "kmeans", "prototype_scores", "prune",
 ]
