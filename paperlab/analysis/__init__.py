@@ -14,3 +14,14 @@ from paperlab.analysis.convergence import *  # noqa: F401,F403
 from paperlab.analysis import convergence, grokking, hessian, intrinsic_dim, landscape  # noqa: E402
 
 __all__ = sorted(set().union(*(m.__all__ for m in (hessian, landscape, intrinsic_dim, grokking, convergence))))
+
+# paperlab/analysis/sharpness.py exports a function of the same name, which is the package attribute `sharpness`
+from paperlab.analysis.sharpness import *  # noqa: F401,F403,E402
+from paperlab.analysis.sharpness import __all__ as _sharpness_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_sharpness_all))
+
+from paperlab.analysis.stability import *  # noqa: F401,F403,E402
+from paperlab.analysis.stability import __all__ as _stability_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_stability_all))
