@@ -12,7 +12,7 @@ import pytest
 
 from paperlab import scaling
 
-GRID = scaling.CHINCHILLA_INIT_GRID[::150]  # 30 of the paper's 4500 starts (the full grid costs ~1 CPU-minute)
+GRID = scaling.CHINCHILLA_INIT_GRID[::450]  # 10 of the paper's 4500 starts (the full grid costs ~1 CPU-minute)
 # 12 starts (log a, log b, e, eta) around the default grid's range (its 108 starts cost ~4 CPU-s per fit)
 OVERTRAINED_GRID = [(a, b, e, eta) for a, b in ((0.0, 0.0), (10.0, 10.0)) for e in (-1.0, 1.0)
                     for eta in (0.05, 0.3, 0.6)]
@@ -45,7 +45,7 @@ def test_loss_to_loss_takes_e_from_each_sides_power_law_and_intervals_cover_kapp
   x, y, lx, ly, truth = _two_laws(n)
   rng = np.random.default_rng(0)
   lx_n, ly_n = lx * np.exp(1e-3 * rng.standard_normal(16)), ly * np.exp(1e-3 * rng.standard_normal(16))
-  fit = scaling.fit_loss_to_loss(lx_n, ly_n, N=n, bootstrap=20)
+  fit = scaling.fit_loss_to_loss(lx_n, ly_n, N=n, bootstrap=10)
   assert fit["Ex"] == pytest.approx(x.E, rel=0.05) and fit["Ey"] == pytest.approx(y.E, rel=0.05)
   assert fit["kappa"] == pytest.approx(truth["kappa"], rel=0.05)
   low, high = fit.ci["kappa"]
