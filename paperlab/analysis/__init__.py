@@ -20,3 +20,8 @@ from paperlab.analysis.sharpness import *  # noqa: F401,F403,E402
 from paperlab.analysis.sharpness import __all__ as _sharpness_all  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(_sharpness_all))
+
+from paperlab.analysis.stability import *  # noqa: F401,F403,E402
+from paperlab.analysis.stability import __all__ as _stability_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_stability_all))

@@ -11,7 +11,8 @@ from paperlab.optim.curvature import *  # noqa: F401,F403
 from paperlab.optim.kronecker import *  # noqa: F401,F403
 from paperlab.optim.schedules import *  # noqa: F401,F403
 from paperlab.optim.batch_size import *  # noqa: F401,F403
+from paperlab.optim.independent_decay import *  # noqa: F401,F403
 
-from paperlab.optim import projection, sharpness, perturbation, adaptive, momentum, lowrank, conflict, curvature, kronecker, schedules, batch_size  # noqa: E402
+from paperlab.optim import projection, sharpness, perturbation, adaptive, momentum, lowrank, conflict, curvature, kronecker, schedules, batch_size, independent_decay  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (projection, sharpness, perturbation, adaptive, momentum, lowrank, conflict, curvature, kronecker, schedules, batch_size,))))
+__all__ = sorted(set().union(*(m.__all__ for m in (projection, sharpness, perturbation, adaptive, momentum, lowrank, conflict, curvature, kronecker, schedules, batch_size, independent_decay,))))
