@@ -9,7 +9,7 @@ from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=ClaimNotReproduced,
-                   reason="at the CI scale (p=31, 384 training pairs, 1000 steps) the Softmax-Collapse part holds "
+                   reason="at the CI scale (p=31, 384 training pairs, 2000 steps) the Softmax-Collapse part holds "
                           "(softmax SC fraction > 0.5, StableMax 0) but no arm generalizes: StableMax and "
                           "orthograd test accuracy are not 0.2 above softmax's (see experiments/records/105.json)")
 def test_softmax_collapses_stablemax_does_not_and_one_of_them_groks(run_claim, tmp_path):
