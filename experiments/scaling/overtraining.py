@@ -14,7 +14,9 @@ Protocol: arms ``overtrained`` (the method) and ``ignores_m`` (the control: a la
 by ``fit_power_law`` on the same M <= 40 runs; and, for the error, no use of the loss: every run predicted the mean
 error, R^2 = 0), one point each, 3 seeds (noise draws; ladder seeds).
 
-Measured: see the record (experiments/records/244.json).
+Measured (seeds 0-2): (1) M = 160 mean relative error 0.80% (per seed 1.75/0.39/0.28%; 1.30% against the noisy
+losses), fitted eta 0.157 (generating 0.15); (2) loss -> error R^2 0.947 (0.953/0.926/0.963): reproduced. The control
+misses M = 160 by 7.1% and has R^2 0.
 """
 
 from __future__ import annotations

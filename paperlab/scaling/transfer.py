@@ -402,8 +402,8 @@ def fit_task_ladder(N: Any, D: Any, task_loss: Any, acc: Any, *, init_grid: Any 
   Returns:
     ``(loss_fit, sigmoid_fit)``.
   """
-  N, D, task_loss, acc = _fl._points(("N", "D", "task_loss", "acc"), (N, D, task_loss, acc),  # pylint: disable=protected-access
-                                     5)
+  names = ("N", "D", "task_loss", "acc")
+  N, D, task_loss, acc = _fl._points(names, (N, D, task_loss, acc), 5)  # pylint: disable=protected-access
   loss_fit = _fl.fit_chinchilla(N, D, task_loss, init_grid=init_grid, bootstrap=bootstrap, confidence=confidence,
                                 seed=seed)
   return loss_fit, fit_sigmoid(task_loss, acc, bootstrap=bootstrap, confidence=confidence, seed=seed)
