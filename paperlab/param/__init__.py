@@ -25,3 +25,8 @@ from paperlab.param.abc import *  # noqa: F401,F403,E402
 from paperlab.param.abc import __all__ as _abc_all  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(_abc_all))
+
+from paperlab.param.spectral_reg import *  # noqa: F401,F403,E402
+from paperlab.param.spectral_reg import __all__ as _spectral_reg_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_spectral_reg_all))
