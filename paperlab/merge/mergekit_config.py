@@ -23,8 +23,10 @@ mergekit import at run time):
 One parameter goes beyond mergekit's schema: ``tie_break`` (``ties``, ``breadcrumbs``, ``breadcrumbs_ties``) says
 which entries tied with a magnitude threshold survive: ``keep`` (default; all of them, the TIES authors'
 ``>= kthvalue`` and :func:`~paperlab.merge.task_vectors.ties`' default) or ``index`` (exactly mergekit's count ``k``
-per tensor, the tied ones in row-major order, i.e. the order of a stable sort). mergekit's own choice among tied
-entries follows ``torch.argsort``'s unspecified order.
+per tensor, the tied ones in row-major order, i.e. the order of a stable sort) or ``torch`` (exactly mergekit's
+entries: mergekit's choice among tied entries follows ``torch.argsort``'s unspecified order, so paperlab runs the
+same ``torch.argsort`` / ``torch.sort`` on the host; needs PyTorch, costs one sort per model and tensor, and equals
+mergekit when both use the same torch build on the same kind of device).
 
 Beyond mergekit, the data-free paperlab methods run under their own names: ``ties_global`` (TIES with the
 paper's whole-model threshold, :func:`~paperlab.merge.task_vectors.ties` with ``scope="global"``), ``pcb``
@@ -99,8 +101,9 @@ def _gta(name: str, normalize: bool, rescale: bool, extra: tuple[ParamSpec, ...]
 
 
 # paperlab's extension: which entries tied with a magnitude threshold survive (see task_vectors.ties); "keep" all
-# of them (the TIES authors' rule, the Python default), "index" mergekit's count: exactly k, ties in row-major order.
-_TIE = (ParamSpec("tie_break", "str", default="keep", choices=("keep", "index")),)
+# of them (the TIES authors' rule, the Python default), "index" mergekit's count: exactly k, ties in row-major order;
+# "torch" mergekit's own entries (its torch sort run on the host).
+_TIE = (ParamSpec("tie_break", "str", default="keep", choices=("keep", "index", "torch")),)
 _GAMMA = (ParamSpec("gamma", "float", "non_base", 0.01), *_TIE)
 _EPS = (ParamSpec("epsilon", "float", "non_base", 0.15),)
 

@@ -93,19 +93,23 @@ def _della_mask(key: jax.Array, d: jax.Array, density: jax.Array, epsilon: jax.A
 
 
 @functools.partial(jax.jit, static_argnames=("kind", "consensus", "normalize", "rescale"))
-def _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale, edges=None):
+def _gta_kernel(b, ms, lo, hi, keys, dens, eps, w, lam, kind, consensus, normalize, rescale, edges=None,
+                masks=None):
   """mergekit's generalized task arithmetic on one tensor: sparsify each delta (keep ``lo <= |d| <= hi`` for the
   magnitude methods, a random mask for DARE/DELLA), L1-rescale, weight, combine (TIES sign consensus and
   disjoint merge, or a sum), normalize, scale by ``lam`` and add to the base. With ``edges`` (``tie_break:
   index``) the magnitude methods keep of the entries equal to ``lo``/``hi`` only those in the flat index ranges
-  ``edges[j]`` (see ``task_vectors._edge_keep``): exactly mergekit's count, ties in row-major order."""
+  ``edges[j]`` (see ``task_vectors._edge_keep``): exactly mergekit's count, ties in row-major order. With
+  ``masks`` (``tie_break: torch``) they keep ``masks[j]``, selected on the host by mergekit's own torch sort."""
   ct = jnp.float64 if b.dtype == jnp.float64 else jnp.float32
   bc = b.astype(ct)
   deltas = []
   for j, m in enumerate(ms):
     d = m.astype(ct) - bc
     a = jnp.abs(d)
-    if kind in ("magnitude", "outliers") and edges is not None:
+    if kind in ("magnitude", "outliers") and masks is not None:
+      keep = masks[j]
+    elif kind in ("magnitude", "outliers") and edges is not None:
       keep = task_vectors._edge_keep(a, lo[j].astype(ct), hi[j].astype(ct), edges[j])
     elif kind in ("magnitude", "outliers"):
       keep = (a >= lo[j].astype(ct)) & (a <= hi[j].astype(ct))
@@ -306,15 +310,22 @@ def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], share
       d, e = p.get("density", 1.0), p.get("epsilon", 0.15)
       if 0 < d < 1 and (d + e >= 1 or d - e <= 0):
         raise ValueError(f"della needs density +/- epsilon inside (0, 1), got density={d}, epsilon={e}.")
-  lo, hi, guessed = _bounds(kind, base, ms, ps, guess=kind == "magnitude")
   keys = (jnp.stack([jax.random.fold_in(key, j) for j in range(len(ms))]) if kind in ("random", "della")
           else jnp.stack([key] * len(ms)))  # unused by the deterministic methods
   dens = jnp.asarray([min(max(p.get("density", 1.0), 0.0), 1.0) for p in ps], jnp.float32)
   eps = jnp.asarray([p.get("epsilon", 0.0) if 0 < p.get("density", 1.0) < 1 else 0.0 for p in ps], jnp.float32)
   w = jnp.asarray([p["weight"] for p in ps], jnp.float32)
   tie_break = shared.get("tie_break", "keep") if kind in ("magnitude", "outliers") else "keep"
-  if tie_break == "index":
+  if tie_break in ("index", "torch"):
     task_vectors._check_tie_break(tie_break, "tensor", [int(base.size)])
+  if tie_break == "torch":  # mergekit's own torch sort on the host; no thresholds needed
+    static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
+                  rescale=bool(shared["rescale"]))
+    masks = task_vectors._torch_keep(base, ms, _spans(kind, int(base.size), ps), kind == "magnitude")
+    inf = jnp.full((len(ms),), jnp.inf, jnp.float32)
+    return _gta_kernel(base, tuple(ms), -inf, inf, keys, dens, eps, w, jnp.float32(shared["lambda"]), **static,
+                       masks=jnp.asarray(masks))
+  lo, hi, guessed = _bounds(kind, base, ms, ps, guess=kind == "magnitude")
   static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
                 rescale=bool(shared["rescale"]) and kind is not None)
   args = lambda: (base, tuple(ms), jnp.asarray(lo), jnp.asarray(hi), keys, dens, eps, w, jnp.float32(shared["lambda"]))

@@ -29,10 +29,12 @@ import concurrent.futures
 import decimal
 import functools
 import os
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from paperlab import _checks
@@ -445,15 +447,24 @@ def trim_to_density(x: jax.Array, density: float, *, threshold: str = "exact",
   return jnp.where(jnp.abs(x) >= thr.astype(x.dtype), x, jnp.zeros_like(x))
 
 
-_TIE_BREAKS = ("keep", "index")
+_TIE_BREAKS = ("keep", "index", "torch")
 _TIE_BLOCK = 4096  # entries per row when locating the m-th tied entry (rows are counted, one row is scanned)
 
 
-def _check_tie_break(tie_break: str, scope: str, sizes: Sequence[int]) -> None:
+def _check_tie_break(tie_break: str, scope: str, sizes: Sequence[int], leaves: Sequence[Any] = ()) -> None:
   _checks.check_choice("tie_break", tie_break, _TIE_BREAKS)
-  if tie_break == "index" and scope != "tensor":
-    raise ValueError(f"tie_break='index' orders tied entries by their flat index within one tensor, so it needs "
+  if tie_break in ("index", "torch") and scope != "tensor":
+    raise ValueError(f"tie_break={tie_break!r} orders tied entries within one tensor, so it needs "
                      f"scope='tensor', got scope={scope!r}.")
+  if tie_break == "torch":
+    if any(isinstance(x, jax.core.Tracer) for x in leaves):
+      raise ValueError("tie_break='torch' sorts concrete arrays on the host with torch and cannot run under "
+                       "jax.jit; use tie_break='index' (traceable) or call the merge outside jit.")
+    try:
+      import torch  # noqa: F401
+    except ImportError as e:
+      raise ImportError("tie_break='torch' needs PyTorch (pip install torch); use tie_break='index' or 'keep' "
+                        "without it.") from e
   if tie_break == "index" and sizes and max(sizes) >= 2 ** 31:
     raise ValueError(f"tie_break='index' counts positions in int32; a leaf of {max(sizes)} entries is too large "
                      f"(use tie_break='keep').")
@@ -618,6 +629,45 @@ def _index_edges_host(b, ms: Sequence, lo, hi, spans: np.ndarray, descending: bo
   return out.astype(np.int32)
 
 
+def _torch_tensor(x: Any) -> Any:
+  """A torch view of ``x`` (read only in practice: :func:`_torch_keep` never writes it), bf16 through int16."""
+  import torch
+
+  x = np.ascontiguousarray(x)
+  if x.dtype not in (ml_dtypes.bfloat16, np.float16, np.float32, np.float64):
+    x = x.astype(np.float32)
+  with warnings.catch_warnings():  # arrays from JAX are not writable; nothing here writes to them
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    if x.dtype == ml_dtypes.bfloat16:
+      return torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(x)
+
+
+def _torch_keep(b: Any, ms: Sequence[Any], spans: np.ndarray, descending: bool) -> np.ndarray:
+  """Keep masks ``(n_models, *b.shape)`` of ``tie_break="torch"``: mergekit's own selection
+  (``mergekit/sparsify.py`` ``magnitude`` / ``magnitude_outliers``), computed the way mergekit computes it: the
+  delta ``m - b`` in the inputs' dtype (bf16 deltas rounded to bf16, as torch does), ``|delta|`` as float32, then
+  positions ``spans[j] = [start, stop)`` of ``torch.argsort(descending=True)`` (TIES' trim) or of
+  ``torch.sort(descending=False).indices`` (breadcrumbs' band). Which of the entries tied at a boundary survive
+  is torch's unspecified sort order, so the masks equal mergekit's when both run the same torch build on the same
+  kind of device. Host side, one full sort per model and tensor (mergekit's own cost)."""
+  import torch
+
+  bt = _torch_tensor(b)
+  out = np.zeros((len(ms), int(np.prod(np.shape(b)))), bool)
+  for j, m in enumerate(ms):
+    start, stop = int(spans[j][0]), int(spans[j][1])
+    if stop <= start:
+      continue
+    w = (_torch_tensor(m) - bt).abs().reshape(-1).float()
+    if start == 0 and stop >= w.numel():
+      out[j] = True
+      continue
+    order = torch.argsort(w, descending=True) if descending else torch.sort(w, descending=False).indices
+    out[j, order[start:stop].numpy()] = True
+  return out.reshape(len(ms), *np.shape(b))
+
+
 def elect_sign(deltas: Sequence[jax.Array]) -> jax.Array:
   """TIES sign election (arXiv:2306.01708, Sec. 4, step 2): ``+1`` where ``sum_t delta_t >= 0``, else ``-1``
   (the total mass decides; a zero sum elects ``+1`` as mergekit does)."""
@@ -725,14 +775,16 @@ def _agreeing_merge(ts, ws, merge):
 
 
 @functools.partial(jax.jit, static_argnames=("merge", "tie_break"))
-def _ties_leaf(b, ms, thr, w, lam, merge, ks=None, tie_break="keep", edges=None):
+def _ties_leaf(b, ms, thr, w, lam, merge, ks=None, tie_break="keep", edges=None, masks=None):
   ct = _compute_dtype(b.dtype)
   bc = b.astype(ct)
   ts = []
   for i, m in enumerate(ms):
     d = m.astype(ct) - bc
     a, t = jnp.abs(d), thr[i].astype(ct)
-    if tie_break == "index" and edges is None:  # traced: the boundary is found in-graph
+    if masks is not None:  # tie_break="torch": selected on the host
+      keep = masks[i]
+    elif tie_break == "index" and edges is None:  # traced: the boundary is found in-graph
       keep = _index_top_k(a, t, ks[i])
     elif tie_break == "index":
       keep = _edge_keep(a, t, jnp.asarray(jnp.inf, ct), edges[i])
@@ -819,7 +871,9 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
       ``topk_values_mask`` at 641600e), so a little more than ``k`` may survive when magnitudes tie (bf16 deltas
       often do); ``"index"`` keeps exactly ``k`` per leaf, the tied ones in row-major order (the first ``k`` of a stable
       descending sort; needs ``scope="tensor"`` and ``threshold="exact"``). mergekit keeps exactly ``k`` with
-      ``torch.argsort``, whose order among ties is unspecified.
+      ``torch.argsort``, whose order among ties is unspecified; ``"torch"`` reproduces that selection by running
+      the same ``torch.argsort`` on the host (``scope="tensor"``; needs PyTorch; not under ``jax.jit``; one full sort
+      per model and leaf, mergekit's cost): mergekit's masks exactly, on the same torch build and device kind.
     include, exclude: path filters; unselected leaves are the base's.
     integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
       ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
@@ -830,7 +884,7 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
   _checks.check_choice("merge", merge, ("mean", "sum"))
   _checks.check_choice("threshold", threshold, _THRESHOLDS)
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
-  _check_tie_break(tie_break, scope, [int(x.size) for x in b])
+  _check_tie_break(tie_break, scope, [int(x.size) for x in b], [*b, *(x for m in ms for x in m)])
   if tie_break == "index" and threshold != "exact":
     raise ValueError(f"tie_break='index' needs the exact threshold, got threshold={threshold!r}.")
   w = _check_weights(weights, len(ms))
@@ -841,7 +895,7 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
     idx = [i for i, s in enumerate(sel) if s]
     thr_g = _thresholds(tuple(b[i] for i in idx), [tuple(m[i] for i in idx) for m in ms], density, threshold,
                         int(sample_size))
-  if density < 1 and scope == "tensor" and any(sel):
+  if density < 1 and scope == "tensor" and any(sel) and tie_break != "torch":
     idx = [i for i, s in enumerate(sel) if s]
     thr_t = _tensor_thresholds([b[i] for i in idx], [[m[i] for i in idx] for m in ms], density, threshold,
                                int(sample_size))
@@ -849,6 +903,10 @@ def ties(base: PyTree, finetuned: Sequence[PyTree], density: float = 0.2, lam: f
 
   def leaf(i):
     leaves = tuple(m[i] for m in ms)
+    if tie_break == "torch" and density < 1:
+      spans = np.tile(np.array([0, max(1, int(density * b[i].size))]), (len(ms), 1))
+      masks = jnp.asarray(_torch_keep(b[i], leaves, spans, True))
+      return _ties_leaf(b[i], leaves, keep_all, w, lam_a, merge, masks=masks)
     if density >= 1:
       thr = keep_all
     elif scope == "global":
@@ -1039,14 +1097,16 @@ def _band_ranks(n: int, density: float, gamma: float) -> tuple[int, int, int]:
 
 
 @functools.partial(jax.jit, static_argnames=("sign_consensus", "tie_break"))
-def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus, span=None, tie_break="keep", edges=None):
+def _bc_leaf(b, ms, lo, hi, w, lam, sign_consensus, span=None, tie_break="keep", edges=None, masks=None):
   ct = _compute_dtype(b.dtype)
   bc = b.astype(ct)
   ds = []
   for i, m in enumerate(ms):
     d = m.astype(ct) - bc
     a, l, h = jnp.abs(d), lo[i].astype(ct), hi[i].astype(ct)
-    if tie_break == "index" and edges is None:  # traced: the boundary is found in-graph
+    if masks is not None:  # tie_break="torch": selected on the host
+      keep = masks[i]
+    elif tie_break == "index" and edges is None:  # traced: the boundary is found in-graph
       keep = _index_band(a, l, h, span[0], span[1])
     elif tie_break == "index":
       keep = _edge_keep(a, l, h, edges[i])
@@ -1081,7 +1141,9 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
     scope: ``"tensor"`` (per layer, the paper and mergekit) or ``"global"``.
     tie_break: entries equal to a band edge: ``"keep"`` keeps them all (default); ``"index"`` keeps exactly the
       positions ``[n_bot, n_bot + n_keep)`` of a stable ascending sort of ``|tau|`` per leaf (ties in row-major
-      order; ``scope="tensor"`` only), mergekit's ``magnitude_outliers`` with a stable ``torch.sort``.
+      order; ``scope="tensor"`` only), mergekit's ``magnitude_outliers`` with a stable ``torch.sort``;
+      ``"torch"`` runs mergekit's own ``torch.sort`` on the host and keeps exactly mergekit's entries (PyTorch
+      needed, not under ``jax.jit``; see :func:`ties`).
     include, exclude: path filters; unselected leaves are the base's.
     integer_leaves: integer/bool leaves are never merged: equal in base and fine-tunes -> kept, different ->
       ``ValueError`` naming the path (default ``"error"``); or ``"first"``, ``"last"``, ``"base"`` or a callable
@@ -1094,7 +1156,7 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
   _checks.check_choice("scope", scope, _SCOPES)
   density = _kept_density(beta, gamma)
   treedef, b, ms, sel = _split(base, finetuned, include, exclude, integer_leaves)
-  _check_tie_break(tie_break, scope, [int(x.size) for x in b])
+  _check_tie_break(tie_break, scope, [int(x.size) for x in b], [*b, *(x for m in ms for x in m)])
   w = _check_weights(weights, len(ms))
   w = jnp.ones((len(ms),)) if w is None else jnp.asarray(w, jnp.float32)
   lam_a = jnp.asarray(_checks.check_finite("lam", lam), jnp.float32)
@@ -1118,6 +1180,13 @@ def breadcrumbs(base: PyTree, finetuned: Sequence[PyTree], beta: float = 0.85, g
     g = bands([i for i, s in enumerate(sel) if s])
 
   def leaf(i):
+    if tie_break == "torch" and not (beta == 0 and gamma == 0):
+      lo_r, _, n_keep = _band_ranks(b[i].size, density, gamma)
+      spans = np.tile(np.array([lo_r, lo_r + max(n_keep, 0)]), (len(ms), 1))
+      leaves = tuple(m[i] for m in ms)
+      inf = jnp.full((len(ms),), jnp.inf, jnp.float32)
+      return _bc_leaf(b[i], leaves, -inf, inf, w, lam_a, sign_consensus,
+                      masks=jnp.asarray(_torch_keep(b[i], leaves, spans, False)))
     lo, hi = g if scope == "global" else bands([i])
     if tie_break == "index" and not (beta == 0 and gamma == 0):
       lo_r, _, n_keep = _band_ranks(b[i].size, density, gamma)

@@ -298,6 +298,22 @@ def test_breadcrumbs_keep_mergekits_band_given_a_stable_tie_order(method, models
   _assert_parity(ours, theirs)
 
 
+def test_ties_tie_break_torch_matches_mergekit_as_it_is(few_ulp_models, tmp_path):
+  """``tie_break: torch`` against mergekit with its own (unstable) ``torch.argsort``, on fine-tunes whose |delta|
+  values tie almost everywhere: the >= 99.9% bound holds on every element, ties included, because both select by
+  the same torch sort; in fact every element is within 1 ulp."""
+  yml = TIES_YAML.replace("merge_method: ties", "merge_method: ties\nparameters: {tie_break: torch}")
+  ours, theirs = _both(_fill(yml, few_ulp_models), tmp_path)
+  assert _assert_parity(ours, theirs) == 1.0
+
+
+def test_breadcrumbs_ties_tie_break_torch_matches_mergekit_as_it_is(few_ulp_models, tmp_path):
+  """The same for breadcrumbs' two-sided band (``torch.sort`` ascending) with TIES' sign consensus, bf16 math."""
+  yml = BREADCRUMBS_YAML.replace("<method>", "breadcrumbs_ties").replace("tie_break: index", "tie_break: torch")
+  ours, theirs = _both(_fill(yml.replace("dtype: float32\n", "dtype: bfloat16\n"), few_ulp_models), tmp_path)
+  assert _assert_parity(ours, theirs) == 1.0
+
+
 def test_tie_break_keep_keeps_every_tied_entry(few_ulp_models, tmp_path):
   """``tie_break: keep`` (the TIES authors' ``>= kthvalue``) keeps at least k entries per tensor and model, and
   more where magnitudes tie at the threshold: the merged deltas are nonzero at least where ``index``'s are."""

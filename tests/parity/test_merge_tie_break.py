@@ -89,3 +89,47 @@ def test_tie_break_errors_name_the_argument():
     ties({"w": base}, [{"w": base + delta}], 0.5, scope="tensor", threshold="sample", tie_break="index")
   with pytest.raises(ValueError, match="scope='tensor'"):
     breadcrumbs({"w": base}, [{"w": base + delta}], scope="global", tie_break="index")
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("density", [0.1, 0.37])
+def test_ties_torch_keeps_what_mergekit_keeps_as_it_is(seed, density):
+  """``tie_break="torch"`` against mergekit's ``magnitude`` with its own unstable ``torch.argsort`` (no patch): the
+  same entries, tied ones included; ``"index"`` (row-major ties) differs from it on these tie-heavy deltas."""
+  base, delta = _case(seed)
+  theirs = sparsify.magnitude(torch.tensor(delta), density).numpy()
+  ours = ties({"w": jnp.asarray(base)}, [{"w": jnp.asarray(base + delta)}], density, scope="tensor",
+              tie_break="torch")["w"]
+  np.testing.assert_allclose(np.asarray(ours), base + theirs, rtol=0, atol=1e-6)
+
+
+def test_torch_on_bf16_deltas_rounds_them_as_mergekit_does():
+  """bf16 inputs: mergekit subtracts in bf16 and sorts ``|delta|.float()``; ``"torch"`` keeps the same entries."""
+  import ml_dtypes
+
+  rng = np.random.default_rng(3)
+  b = rng.normal(size=(96, 130)).astype(ml_dtypes.bfloat16)
+  m = (b.view(np.uint16).astype(np.int32) + rng.integers(-3, 4, b.shape)).astype(np.uint16).view(ml_dtypes.bfloat16)
+  to_t = lambda x: torch.from_numpy(x.view(np.int16)).view(torch.bfloat16)
+  theirs = sparsify.magnitude(to_t(m) - to_t(b), 0.3).float().numpy() != 0
+  ours = np.asarray(ties({"w": jnp.asarray(b)}, [{"w": jnp.asarray(m)}], 0.3, scope="tensor", tie_break="torch")["w"])
+  np.testing.assert_array_equal(ours.astype(np.float32) != b.astype(np.float32), theirs)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_breadcrumbs_torch_keeps_mergekits_band_as_it_is(seed):
+  base, delta = _case(seed)
+  theirs = sparsify.magnitude_outliers(torch.tensor(delta), 0.5, gamma=0.05).numpy()
+  ours = breadcrumbs({"w": jnp.asarray(base)}, [{"w": jnp.asarray(base + delta)}], beta=0.45, gamma=0.05, lam=1.0,
+                     tie_break="torch")["w"]
+  np.testing.assert_allclose(np.asarray(ours), base + theirs, rtol=0, atol=1e-6)
+
+
+def test_torch_tie_break_errors_name_the_argument():
+  x = {"w": jnp.ones(8)}
+  with pytest.raises(ValueError, match="scope='tensor'"):
+    ties(x, [x], 0.5, tie_break="torch")  # the default scope is global
+  with pytest.raises(ValueError, match="jax.jit"):
+    jax.jit(lambda a: ties({"w": a}, [{"w": a + 1}], 0.5, scope="tensor", tie_break="torch"))(jnp.ones(8))
+  with pytest.raises(ValueError, match="tie_break"):
+    ties(x, [x], 0.5, scope="tensor", tie_break="stable")
