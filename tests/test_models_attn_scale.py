@@ -76,6 +76,20 @@ def test_char_transformer_mup_scale_equals_its_float_and_keeps_parameters():
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, params["mup"], params["sqrt"])))
 
 
+def test_float_scale_is_state_that_can_be_vmapped():
+  """A float ``attn_scale`` lives in an ``AttnScale`` variable: vmapping over its value gives, per value, the module
+  built with that float (two parametrizations' attention in one program)."""
+  from paperlab.models.transformer import AttnScale  # pylint: disable=g-import-not-at-top
+  attn = CausalSelfAttention(D_MODEL, HEADS, qk_layernorm=False, rngs=nnx.Rngs(0), attn_scale=1.0)
+  graphdef, params, scale = nnx.split(attn, nnx.Param, AttnScale)
+  x = jax.random.normal(jax.random.key(1), (B, T, D_MODEL), jnp.float32) * 3.0
+  values = jnp.asarray([1.0 / (D_MODEL // HEADS), 0.3], jnp.float32)
+  set_scale = lambda v: jax.tree.map(lambda _: v, scale)
+  out = jax.jit(jax.vmap(lambda v: nnx.merge(graphdef, params, set_scale(v))(x)))(values)
+  for i, v in enumerate((1.0 / (D_MODEL // HEADS), 0.3)):
+    np.testing.assert_allclose(np.asarray(out[i]), _torch_attention(attn, np.asarray(x), v), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("bad", ["sqrt_d", "MUP", 0.0, -1.0, float("nan"), float("inf"), True, None])
 def test_bad_attn_scale_raises_naming_it(bad):
   with pytest.raises(ValueError, match="attn_scale must be one of"):

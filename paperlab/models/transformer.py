@@ -25,12 +25,17 @@ def check_attn_scale(attn_scale: str | float) -> str | float:
   return float(attn_scale)
 
 
+class AttnScale(nnx.Variable):
+  """A float attention-logit multiplier: a non-trainable float32 variable (in the model's non-``Param`` state), so
+  it can be traced and ``vmap``-ed like any other hyperparameter (e.g. two parametrizations in one program)."""
+
+
 class CausalSelfAttention(nnx.Module):
   """Multi-head causal attention; optional LayerNorm on queries and keys (qk-layernorm).
 
   ``attn_scale`` multiplies the logits ``q . k``: ``"sqrt"`` is ``1/sqrt(d_head)`` (Vaswani et al.), ``"mup"`` is
   ``1/d_head`` (Yang et al., "Tensor Programs V", arXiv:2203.03466, Sec. 4 / Table 3), a float is the multiplier
-  itself (``torch.nn.functional.scaled_dot_product_attention``'s ``scale``).
+  itself (``torch.nn.functional.scaled_dot_product_attention``'s ``scale``), held in an :class:`AttnScale` variable.
   """
 
   def __init__(self, d_model: int, num_heads: int, *, qk_layernorm: bool, rngs: nnx.Rngs,
@@ -39,7 +44,9 @@ class CausalSelfAttention(nnx.Module):
       raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}).")
     self.num_heads = num_heads
     self.head_dim = d_model // num_heads
-    self.attn_scale = check_attn_scale(attn_scale)
+    attn_scale = check_attn_scale(attn_scale)
+    self.attn_scale = attn_scale if isinstance(attn_scale, str) else "float"
+    self.logit_scale = AttnScale(jnp.asarray(attn_scale, jnp.float32)) if self.attn_scale == "float" else None
     self.qkv = nnx.Linear(d_model, 3 * d_model, use_bias=False, rngs=rngs)
     self.out = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
     if qk_layernorm:
@@ -60,7 +67,7 @@ class CausalSelfAttention(nnx.Module):
     elif self.attn_scale == "mup":
       scores = scores / jnp.asarray(self.head_dim, x.dtype)
     else:
-      scores = scores * jnp.asarray(self.attn_scale, scores.dtype)
+      scores = scores * self.logit_scale.get_value().astype(scores.dtype)
     mask = jnp.tril(jnp.ones((t, t), dtype=bool))
     scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
     attn = jax.nn.softmax(scores, axis=-1)
@@ -98,7 +105,8 @@ class CharTransformer(nnx.Module):
       Hyperparameter Transfer", arXiv:2203.03466, Sec. 4 and Table 3: ``softmax(q^T k / d_head)``, so that the
       logits stay O(1) once training correlates ``q`` and ``k``); a positive float is the multiplier itself (e.g.
       ``sqrt(d_head_base) / d_head``, which is ``1/d_head`` scaling and equals SP at the base width, the ``mup``
-      package's ``attn_mult = d_head_base``). Static: it is part of the graph, not a traced value.
+      package's ``attn_mult = d_head_base``). A float is held in an ``AttnScale`` variable (non-trainable state, next
+      to the parameters), so it can be traced and vmapped; the strings are static.
     rngs: ``nnx.Rngs``.
 
   The raw logits are returned (no softmax), so z-loss style regularizers can use them directly.
