@@ -91,9 +91,8 @@ def _setup():
 def test_multi_bit_loss_is_the_sum_over_precisions_and_grads_add_up():
   params, steps, x, y = _setup()
   total, per_bit = jax.jit(lambda p, s: quant.multi_bit_qat_loss(_mlp_loss, p, s, x, y))(params, steps)
-  for i, b in enumerate((8, 6, 4, 2)):
-    np.testing.assert_allclose(per_bit[i], _mlp_loss(quant.double_rounding_params(params, steps, b), x, y),
-                               rtol=1e-6)
+  direct = jax.jit(lambda p, s: [_mlp_loss(quant.double_rounding_params(p, s, b), x, y) for b in (8, 6, 4, 2)])
+  np.testing.assert_allclose(per_bit, direct(params, steps), rtol=1e-6)
   np.testing.assert_allclose(total, jnp.sum(per_bit), rtol=1e-6)
   losses, grads = jax.jit(lambda p, s: quant.multi_bit_qat_grads(_mlp_loss, p, s, x, y))(params, steps)
   np.testing.assert_allclose(losses, per_bit, rtol=1e-6)

@@ -127,7 +127,7 @@ def test_pdquant_without_the_pd_term_is_local_mse_adaround():
   within one level of RTN's."""
   params = _mlp(jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (32, 8))
-  q, w_hats = quant.pdquant(params, _apply, x, PATHS, bits=2, iters=100, lam_r=1e12, batch_size=32,
+  q, w_hats = quant.pdquant(params, _apply, x, PATHS, bits=2, iters=60, lam_r=1e12, batch_size=32,
                             key=jax.random.key(3))
   ada = params
   for i, path in enumerate(PATHS):
@@ -135,7 +135,7 @@ def test_pdquant_without_the_pd_term_is_local_mse_adaround():
     g = quant.quantize_rtn(w, bits=2)
     x_q = x if i == 0 else jax.nn.relu(_apply(ada, x)[1][PATHS[i - 1]])
     x_fp = x if i == 0 else jax.nn.relu(_apply(params, x)[1][PATHS[i - 1]])
-    v, _ = quant.adaround_optimize(w, x_q, x_fp @ w, g.scale, g.zero, bits=2, iters=100, lr=3e-3)
+    v, _ = quant.adaround_optimize(w, x_q, x_fp @ w, g.scale, g.zero, bits=2, iters=60, lr=3e-3)
     w_ada = quant.soft_quantized_kernel(w, v, g.scale, g.zero, 2, hard=True)
     ada = {**ada, f"l{i}": {**ada[f"l{i}"], "kernel": w_ada}}
     step = jnp.broadcast_to(g.scale, w.shape)
