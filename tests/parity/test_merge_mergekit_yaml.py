@@ -307,9 +307,11 @@ def test_ties_tie_break_torch_matches_mergekit_as_it_is(few_ulp_models, tmp_path
   assert _assert_parity(ours, theirs) == 1.0
 
 
-def test_breadcrumbs_ties_tie_break_torch_matches_mergekit_as_it_is(few_ulp_models, tmp_path):
-  """The same for breadcrumbs' two-sided band (``torch.sort`` ascending) with TIES' sign consensus, bf16 math."""
-  yml = BREADCRUMBS_YAML.replace("<method>", "breadcrumbs_ties").replace("tie_break: index", "tie_break: torch")
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+def test_breadcrumbs_tie_break_torch_matches_mergekit_as_it_is(method, few_ulp_models, tmp_path):
+  """The same for breadcrumbs' two-sided band (``torch.sort`` ascending), with and without TIES' sign consensus,
+  bf16 math."""
+  yml = BREADCRUMBS_YAML.replace("<method>", method).replace("tie_break: index", "tie_break: torch")
   ours, theirs = _both(_fill(yml.replace("dtype: float32\n", "dtype: bfloat16\n"), few_ulp_models), tmp_path)
   assert _assert_parity(ours, theirs) == 1.0
 
