@@ -16,7 +16,8 @@ non-embedding parameter count (Kaplan et al., arXiv:2001.08361).
     fit = scaling.fit_ladder(ladder.num_params, ladder.losses)
 
 From the command line, one rung: ``paperlab run paperlab/runner/ladder.py --config.d_model=64``.
-Not applied here: muP's ``1/d_head`` attention scale (a model option ``CharTransformer`` does not have).
+Not applied here: muP's ``1/d_head`` attention scale; the rungs keep ``1/sqrt(d_head)``
+(``CharTransformer(attn_scale="mup")`` has it, as experiments/param/mutransfer_char.py uses).
 """
 
 from __future__ import annotations
