@@ -148,6 +148,7 @@ TRANSFORMS: dict[str, Spec] = {
     # projection.py
     "scale_by_projection": Spec(_scale_by_projection, {"weight_decay": 0.1}, {"weight_decay": 0.5}),
     "adamp": Spec(optim.adamp, {"learning_rate": 1e-2, "weight_decay": 0.1}, LR_WD),
+    "independent_weight_decay": Spec(optim.independent_weight_decay, {"weight_decay": 0.1}, {"weight_decay": 0.5}),
     "sgdp": Spec(optim.sgdp, {"learning_rate": 1e-2, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.1}, LR_WD),
     # adaptive.py
     "adafactor_paper": Spec(optim.adafactor_paper, {"learning_rate": 1e-2, "weight_decay": 0.1}, LR_WD,
@@ -217,7 +218,7 @@ TRANSFORMS: dict[str, Spec] = {
 
 # Public names that are not optimizers: NamedTuple states, pure helpers, schedules and batch-size rules.
 NOT_TRANSFORMS = {
-    "ScaleByProjectionState", "projection_direction",
+    "ScaleByProjectionState", "projection_direction", "IndependentWeightDecayState",
     "SAMState", "sam_perturbation", "sam_gradient", "GSAMState", "gsam_rho_schedule", "WSAMState",
     "FriendlySAMState", "LookSAMState", "GradFnAt", "grad_fn_at",
     "AWPState", "awp_perturbation", "awp_gradient", "rwp_perturbation", "RWPState", "pgd_linf",
