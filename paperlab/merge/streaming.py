@@ -318,16 +318,14 @@ def _gta(method: str, xs: list[jax.Array], bi: int, per_input: list[dict], share
   tie_break = shared.get("tie_break", "keep") if kind in ("magnitude", "outliers") else "keep"
   if tie_break in ("index", "torch"):
     task_vectors._check_tie_break(tie_break, "tensor", [int(base.size)])
+  static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
+                rescale=bool(shared["rescale"]) and kind is not None)
   if tie_break == "torch":  # mergekit's own torch sort on the host; no thresholds needed
-    static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
-                  rescale=bool(shared["rescale"]))
     masks = task_vectors._torch_keep(base, ms, _spans(kind, int(base.size), ps), kind == "magnitude")
     inf = jnp.full((len(ms),), jnp.inf, jnp.float32)
     return _gta_kernel(base, tuple(ms), -inf, inf, keys, dens, eps, w, jnp.float32(shared["lambda"]), **static,
                        masks=jnp.asarray(masks))
   lo, hi, guessed = _bounds(kind, base, ms, ps, guess=kind == "magnitude")
-  static = dict(kind=kind, consensus=method in _CONSENSUS, normalize=bool(shared["normalize"]),
-                rescale=bool(shared["rescale"]) and kind is not None)
   args = lambda: (base, tuple(ms), jnp.asarray(lo), jnp.asarray(hi), keys, dens, eps, w, jnp.float32(shared["lambda"]))
   if tie_break == "index":
     return _gta_index(base, ms, lo, hi, guessed, _spans(kind, int(base.size), ps), kind, static, args)
