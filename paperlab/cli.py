@@ -3,7 +3,7 @@
   paperlab run EXP.py [--config.a.b=V ...] [--sweep] [--workdir DIR] [--backend local|process|ray]
                       [--max-parallel N] [--fresh] [--quiet]
   paperlab report DIR [--out DIR]
-  paperlab reproduce PAPER [--workdir DIR] [--config.a.b=V ...] [--check [--rtol R] [--atol A]]
+  paperlab reproduce PAPER [--workdir DIR] [--config.a.b=V ...] [--check [--rtol R] [--atol A]] [--ci]
   paperlab papers [ID] [--family F] [--status S]
   paperlab --version
 
@@ -148,6 +148,9 @@ def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                          help="--check: relative tolerance (default 1e-3)")
   reproduce.add_argument("--atol", type=_non_negative_float, default=1e-6,
                          help="--check: absolute tolerance (default 1e-6)")
+  reproduce.add_argument("--ci", action="store_true",
+                         help="run at the experiment's CI scale (its CI_CONFIG overrides, what the test suite runs) "
+                              "and check the claim there, without writing the record")
 
   papers = sub.add_parser("papers", help="list the catalogued papers, their status and implementing functions")
   papers.add_argument("paper", nargs="?", default=None,
@@ -361,7 +364,7 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   import tempfile  # pylint: disable=g-import-not-at-top
 
   from paperlab import papers  # pylint: disable=g-import-not-at-top
-  from paperlab.runner.config import ConfigError, load_experiment  # pylint: disable=g-import-not-at-top
+  from paperlab.runner.config import ConfigError, ci_config, load_experiment  # pylint: disable=g-import-not-at-top
   from paperlab.runner.context import to_jsonable  # pylint: disable=g-import-not-at-top
   from paperlab.runner.execute import run_experiment  # pylint: disable=g-import-not-at-top
   _enable_compilation_cache()
@@ -386,6 +389,10 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
       raise ConfigError(f"paper {paper.id} ({paper.slug}) has no record to check: run `paperlab reproduce "
                         f"{paper.id}` first")
     overrides = _recorded_overrides(module, record)
+  if args.ci:
+    if args.check or overrides:
+      raise ConfigError("--ci runs the experiment's CI_CONFIG and takes no --check or --config overrides")
+    overrides = dict(ci_config(module))
   with tempfile.TemporaryDirectory(prefix="paperlab-check-") as tmp:
     workdir = tmp if args.check else args.workdir
     summaries = run_experiment(path, overrides, workdir=workdir, fresh=args.fresh or args.check, quiet=args.quiet)
@@ -399,6 +406,11 @@ def _cmd_reproduce(args, overrides: list[str]) -> int:
   if claim is None:
     print(f"{paper.slug}: the experiment returned no claim", file=sys.stderr)
     return 1
+  if args.ci:
+    print(f"[{'PASS' if claim.get('passed') else 'FAIL'}] {paper.id} {paper.slug} at the CI scale "
+          f"{json.dumps(ci_config(module), default=repr)} (not recorded): {claim.get('statement', '')}")
+    print(json.dumps({k: v for k, v in claim.items() if k != "statement"}, indent=2, default=repr))
+    return 0 if claim.get("passed") else 1
   if args.check:
     diffs = _compare(record.get("result", {}), to_jsonable(result), args.rtol, args.atol)
     print(f"[{'SAME' if not diffs else 'DIFFERENT'}] {paper.id} {paper.slug}: re-run vs the record of "

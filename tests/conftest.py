@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
-import hypothesis
-import jax.numpy as jnp
-import pytest
+# One persistent XLA compilation cache per test run, created by the controlling process and inherited by the
+# xdist workers and the subprocesses they start: a program that several tests compile (same HLO, other Python
+# closures) is compiled once. Loading an executable from it changes no result (the same compiled program); it
+# cuts the suite's CPU time by about 15% (tests/optim/test_lowrank.py: 64 -> 55 CPU-s). Nothing outlives the run
+# (the directory is removed at the end), so a CI run never starts from a previous run's programs. Set
+# JAX_COMPILATION_CACHE_DIR yourself to choose the directory, or PAPERLAB_TEST_XLA_CACHE=0 to turn it off.
+_XLA_CACHE_CREATED = None
+if ("PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+    and os.environ.get("PAPERLAB_TEST_XLA_CACHE", "1") != "0"):
+  _XLA_CACHE_CREATED = tempfile.mkdtemp(prefix="paperlab-tests-xla-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE_CREATED
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import hypothesis  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 pytest_plugins = ["pytester"]  # tests that run pytest on a generated file (e.g. xfail(raises=...) semantics)
 
@@ -28,3 +43,8 @@ def digits_data():
 def digits_jnp(digits_data):
   """``(x_train, y_train)`` as device arrays."""
   return jnp.asarray(digits_data.x_train), jnp.asarray(digits_data.y_train)
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  if _XLA_CACHE_CREATED is not None:
+    shutil.rmtree(_XLA_CACHE_CREATED, ignore_errors=True)

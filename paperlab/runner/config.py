@@ -314,6 +314,33 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   return config
 
 
+def ci_config(module: types.ModuleType) -> dict[str, Any]:
+  """The dotted overrides that turn an experiment's default config into its CI scale.
+
+  An experiment whose full run (``paperlab reproduce ID``, which writes the record) takes more than about a
+  minute defines ``CI_CONFIG = {"steps": 100, ...}``: the test suite (``tests/experiments``) and
+  ``paperlab reproduce ID --ci`` run ``get_config()`` with these overrides and assert the claim there. The record
+  stays at the full config; the CI scale is a smaller run of the same code, never a different claim. Experiments
+  without ``CI_CONFIG`` run at their default config in CI.
+
+  Raises:
+    ConfigError: ``CI_CONFIG`` is not a mapping of existing keys to values of the field's type, or it runs fewer
+      seeds than ``min(3, default seeds)`` (the protocol's >= 3 seeds hold at the CI scale too).
+  """
+  from paperlab import papers  # pylint: disable=g-import-not-at-top
+  overrides = getattr(module, "CI_CONFIG", None)
+  if overrides is None:
+    return {}
+  if not isinstance(overrides, Mapping):
+    raise ConfigError(f"CI_CONFIG must be a mapping of dotted config keys to values, got {type(overrides).__name__}")
+  default = module.get_config()
+  applied = apply_overrides(default, overrides)  # unknown keys / wrong types fail here, with a hint
+  before, after = len(papers.seeds_of(default.to_dict())), len(papers.seeds_of(applied.to_dict()))
+  if after < min(3, before):
+    raise ConfigError(f"CI_CONFIG runs {after} seed(s); the CI scale keeps at least min(3, {before}) seeds")
+  return dict(overrides)
+
+
 def config_json(config: Mapping[str, Any]) -> str:
   """Canonical JSON of a resolved config (sorted keys, tuples as lists)."""
   data = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config

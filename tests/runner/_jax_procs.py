@@ -19,5 +19,6 @@ def free_port() -> int:
 def cpu_env(devices: int) -> dict:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
              PAPERLAB_COMPILATION_CACHE="0")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # no compilation cache in the multi-process children
   env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
   return env

@@ -52,4 +52,7 @@ def subprocess_env(**extra) -> dict:
   env.setdefault("JAX_PLATFORMS", "cpu")
   env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   env.update(extra)
+  if "PAPERLAB_COMPILATION_CACHE" in extra:  # the test chooses the cache: not the test run's (tests/conftest.py)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
   return env

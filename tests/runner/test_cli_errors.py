@@ -132,6 +132,8 @@ def test_report_of_a_missing_directory_creates_nothing(capsys, tmp_path):
     (["papers", "--config.x=1"], "papers takes no --config overrides"),
     (["reproduce", "no-such-paper"], "unknown paper"),
     (["reproduce", "17", "--rtol", "-1"], "expected a finite number >= 0"),
+    (["reproduce", "17", "--ci", "--config.seeds=3"], "--ci runs the experiment's CI_CONFIG"),
+    (["reproduce", "17", "--ci", "--check"], "--ci runs the experiment's CI_CONFIG"),
     (["frobnicate"], "invalid choice"),
     ([], "required: command"),
 ])
