@@ -23,12 +23,12 @@ def _grads(seed=0):
 
 class TestJit(chex.TestCase):
 
-  @chex.variants(with_jit=True)  # eager mode is exercised by the other tests
+  # eager mode is exercised by the other tests; the default galore/frugal/online_subspace_descent aliases are
+  # jitted by test_none_leaves_and_bf16_params_work and the inject_hyperparams test (each compile costs ~2 CPU-s)
+  @chex.variants(with_jit=True)
   def test_aliases_jit(self):
-    for opt in (optim.galore(1e-2, rank=2, update_proj_gap=2), optim.frugal(1e-2, update_proj_gap=2),
-                optim.frugal(1e-2, projection="random", weight_decay=0.1),
-                optim.frugal(1e-2, projection="columns", density=0.5),
-                optim.online_subspace_descent(1e-2, rank=2)):
+    for opt in (optim.frugal(1e-2, projection="random", weight_decay=0.1),
+                optim.frugal(1e-2, projection="columns", density=0.5)):
       state = opt.init(PARAMS)
       update = self.variant(opt.update)
       for i in range(2):
@@ -106,17 +106,19 @@ def test_frugal_default_keeps_embeddings_and_head_full_rank():
   from flax import nnx
   from paperlab.models import CharTransformer
 
-  model = CharTransformer(vocab_size=11, seq_len=8, d_model=16, num_heads=2, num_layers=1, rngs=nnx.Rngs(0))
+  # shapes only (nnx.eval_shape / jax.eval_shape): which leaves get a basis depends on paths and ndim, not values
+  model = nnx.eval_shape(lambda: CharTransformer(vocab_size=11, seq_len=8, d_model=16, num_heads=2, num_layers=1,
+                                                 rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   treedef = jax.tree.structure(params)
-  state = optim.scale_by_frugal().init(params)
+  state = jax.eval_shape(optim.scale_by_frugal().init, params)
   flags = dict(zip(leaf_paths(params), [b is not None for b in treedef.flatten_up_to(state.basis)]))
   full_rank = {p for p, on in flags.items() if not on}
   projected = {p for p, on in flags.items() if on}
   assert {"embed/embedding", "pos", "head/kernel"} <= full_rank
   assert projected and all(p.startswith("blocks/") and p.endswith("kernel") for p in projected)
   assert any("qkv" in p for p in projected) and any("fc1" in p for p in projected)
-  everything = optim.scale_by_frugal(full_rank_mask=None).init(params)  # None: every 2-D leaf is projected
+  everything = jax.eval_shape(optim.scale_by_frugal(full_rank_mask=None).init, params)  # None: every 2-D leaf is projected
   two_d = [p for p, x in zip(leaf_paths(params), jax.tree.leaves(params)) if x.ndim == 2]
   assert sum(b is not None for b in treedef.flatten_up_to(everything.basis)) == len(two_d) > len(projected)
 
@@ -198,17 +200,20 @@ def test_full_rank_mask_keeps_leaf_unprojected():
 
 
 def test_online_pca_converges_to_top_singular_subspace():
-  key1, key2, key3 = jax.random.split(jax.random.key(0), 3)
-  u, _ = jnp.linalg.qr(jax.random.normal(key1, (64, 32)))
-  v, _ = jnp.linalg.qr(jax.random.normal(key2, (32, 32)))
-  s = jnp.concatenate([jnp.array([10.0, 8.0, 6.0, 5.0]), jnp.linspace(1.0, 0.1, 28)])
-  g = (u * s) @ v.T  # 64 x 32 -> right projection: the basis lives in R^32 (columns of v)
-  basis, _ = jnp.linalg.qr(jax.random.normal(key3, (32, 4)))
-  step = jax.jit(lambda b, _: (optim.online_pca_step(b, g, 0.5), None))
-  basis, _ = jax.lax.scan(step, basis, None, length=2000)
-  q, _ = jnp.linalg.qr(basis)
-  cosines = jnp.linalg.svd(q.T @ v[:, :4], compute_uv=False)
-  assert float(jnp.sqrt(1 - jnp.min(cosines) ** 2)) <= 1e-3
+  @jax.jit  # one program instead of a compile per eager op
+  def subspace_error():
+    key1, key2, key3 = jax.random.split(jax.random.key(0), 3)
+    u, _ = jnp.linalg.qr(jax.random.normal(key1, (64, 32)))
+    v, _ = jnp.linalg.qr(jax.random.normal(key2, (32, 32)))
+    s = jnp.concatenate([jnp.array([10.0, 8.0, 6.0, 5.0]), jnp.linspace(1.0, 0.1, 28)])
+    g = (u * s) @ v.T  # 64 x 32 -> right projection: the basis lives in R^32 (columns of v)
+    basis, _ = jnp.linalg.qr(jax.random.normal(key3, (32, 4)))
+    basis, _ = jax.lax.scan(lambda b, _: (optim.online_pca_step(b, g, 0.5), None), basis, None, length=2000)
+    q, _ = jnp.linalg.qr(basis)
+    cosines = jnp.linalg.svd(q.T @ v[:, :4], compute_uv=False)
+    return jnp.sqrt(1 - jnp.min(cosines) ** 2)
+
+  assert float(subspace_error()) <= 1e-3
 
 
 def test_online_subspace_descent_projects_with_the_current_basis_then_moves_it():
