@@ -21,6 +21,10 @@ Measured (seeds 0-2): LR sensitivity baseline 0.893 (0.901/0.892/0.887), qk_ln_z
 ratio 0.50 < 0.7; max attention logit at LR 0.1: baseline 14243 (16246/15014/11468), qk_ln_zloss 13.4, ratio
 0.0009 < 0.5: reproduced. Final loss by LR (baseline / method): 1e-3 1.91/1.93, 3e-3 1.28/1.41, 1e-2 1.00/0.96,
 3e-2 1.91/0.97, 1e-1 2.46/1.17, 3e-1 2.81/1.95. Cost: ~390 CPU-s (2 arms x 6 LRs x 3 seeds x 300 steps).
+
+CI scale (CI_CONFIG): 100 steps, context 16, 32 held-out windows; at it: LR sensitivity baseline 0.355, qk_ln_zloss
+0.315 (ratio 0.89, not < 0.7: the claim does not hold), max attention logit at LR 0.1 2577 vs 10.6 (ratio 0.004),
+seeds 0-2, 100 CPU-s.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from paperlab.runner import protocol
 PAPER_ID = 249
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"steps": 100, "seq_len": 16, "eval_windows": 32}
 
 
 def get_config() -> ml_collections.ConfigDict:
