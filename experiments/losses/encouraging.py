@@ -12,6 +12,10 @@ Measured (seeds 0-2, lr 3e-3 chosen for both arms): test accuracy EL 0.9726 +- 0
 mean test margin EL 8.045 +- 0.066 vs CE 6.566 +- 0.085, ratio 1.225 (per seed 1.223 / 1.218 / 1.235), a thin
 margin over 1.2 (the earlier calibration saw 1.19 at 300 epochs). The earlier version used one fixed learning rate
 and no validation split.
+
+CI scale (CI_CONFIG): the learning-rate grid cut to (1e-3, 3e-3), both arms chose 3e-3 at the full scale, so every
+choice and number is the record's; at it: margin ratio 1.225, accuracy EL 0.9726 vs CE 0.9696 (seeds 0-2, reproduced),
+about 30 CPU-s (estimated: 2/3 of the full grid's 45).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from paperlab.runner import protocol
 PAPER_ID = 257
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"learning_rates": (1e-3, 3e-3)}  # the grid points the arms chose at the full scale
 
 LOSSES = {
     "ce": optax.softmax_cross_entropy_with_integer_labels,
