@@ -13,6 +13,9 @@ this MLP at rho=0.05. The earlier record passed only after raising rho to 0.2 (r
 claim's own metric, which the protocol does not allow. Explore it without a record with
 
     paperlab run experiments/optim/sam.py --config.rho=0.2
+
+CI scale (CI_CONFIG): 10 epochs; at it: lambda_max SAM 1.82 vs SGD 2.04 (ratio 0.89 > 0.7), clean test accuracy
+0.911 vs 0.906 (seeds 0-2; not reproduced, as the record), about 38 CPU-s on a loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from paperlab.runner import protocol
 PAPER_ID = 261
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"epochs": 10}
 
 
 def get_config() -> ml_collections.ConfigDict:
