@@ -16,6 +16,10 @@ pointwise MSE 0.8979 (0.8971/0.8973/0.8992): NeuralNDCG - softmax = +0.004 holds
 (claim >= +0.01): not reproduced. With the earlier version's query offsets (``--config.query_shift_scale=3.0``) MSE
 falls to 0.794 while both listwise losses, blind to a per-query shift of a linear score, are unchanged (passes by
 +0.102): that data, not the catalogue's, carried the old record.
+
+CI scale (CI_CONFIG): 40 Adam steps instead of 100; at it: test NDCG@10 NeuralNDCG 0.8957, softmax 0.8899, MSE 0.8907
+(NeuralNDCG - MSE = +0.005 < +0.01, seeds 0-2: not reproduced, as the record), 35.5 CPU-s (measured under heavy load;
+the full config 56 in the loaded profile).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from paperlab.runner import protocol
 PAPER_ID = 151
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"num_steps": 40}  # the full run (the record): 100
 
 
 def get_config() -> ml_collections.ConfigDict:
