@@ -9,9 +9,10 @@ from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason=(
-    "does not reproduce (3 seeds, p = 4): the W3 layer objective is above GPTQ's on 3 of 11 layers (DIGITS head "
-    "1.03x, CHAR-LM qkv0 1.05x, fc1_0 1.03x); CHAR-LM W3 ppl 2.757 vs GPTQ 2.735; DIGITS W2 acc 0.9667 vs GPTQ "
-    "0.9696 (claim +2pt)"))
+    "does not reproduce (3 seeds, p = 4): at the CI scale (CHAR-LM 150 steps) the W3 layer objective is above "
+    "GPTQ's on 3 of 11 layers (DIGITS head 1.03x, CHAR-LM qkv0 1.04x, fc1_0 1.04x) and DIGITS W2 acc 0.9667 vs GPTQ "
+    "0.9696 (claim +2pt), though CHAR-LM W3 ppl 4.958 < GPTQ 5.027; the record (full run): the same 3 layers (1.03x, "
+    "1.05x, 1.03x), CHAR-LM W3 ppl 2.757 vs GPTQ 2.735, the same DIGITS W2 accuracies"))
 def test_leanquant_beats_gptq(run_claim, tmp_path):
   result = run_claim("quant/leanquant", tmp_path, paper_id=177)
   claim = result["claim"]
