@@ -19,6 +19,10 @@ Measured (seeds 0-2, 270 test images, seed-mean test accuracy): magnitude curve 
 within +0.2 is only 3.7pt (at 0.7; 9.0pt at 0.8): the knee part does not reproduce as stated (needs >= 5pt). 2:4
 0.9591 vs unstructured 50% 0.9554 (+0.4pt) holds. Random pruning (control): s* = 0, fails. Width trend (reported):
 s* = 0.5 at both 64 and 128.
+CI scale (CI_CONFIG): sparsities {0, 0.1, 0.3, 0.5, 0.6, 0.7, 0.9}, width trend at 128 (reported only); at it: the
+record's curve at those points (0.964 0.964 0.960 0.955 0.947 0.927 0.533), s* = 0.5 but -3.7pt by 0.7: not
+reproduced, as the record; 2:4 0.9591 vs 0.9554 holds; random s* = 0 (seeds 0-2); 32 CPU-s under load average ~60
+on 2 cores (the full sweep: 35 CPU-s in pytest under similar load).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ DEVIATIONS = (
     "the knee is also required to be non-trivial (s* >= 0.1): with s* = 0 'drop <= 1pt up to s*' says nothing",
     "DIGITS-MLP width 128-128 pre-trained 20 epochs (not fixed by the catalogue)",
 )
+# the test suite's scale (paperlab reproduce 64 --ci): 7 of the 11 sparsities (every point the verdict reads at s* =
+# 0.5 is kept) and the reported-only width trend at the main width, whose pre-training is then the same program
+CI_CONFIG = {"sparsities": (0.0, 0.1, 0.3, 0.5, 0.6, 0.7, 0.9), "trend_width": 128}
 ARMS = ("magnitude", "random")
 
 
