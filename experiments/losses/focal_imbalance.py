@@ -17,8 +17,9 @@ claim reproduces, with a small margin on (i). The earlier record tested a differ
 50:1 long-tailed digits split, alpha=None, no prior init).
 
 CI scale (CI_CONFIG): the learning-rate grid cut to (1e-3, 3e-3), the points the arms chose at the full scale (BCE
-1e-3, FL 3e-3), so every choice and number is the record's; at it: hard-negative share FL 0.900 vs BCE 0.732 (gain
-0.169), AP 0.160 vs 0.154 (seeds 0-2, reproduced), about 49 CPU-s (estimated: 2/3 of the full grid's 74).
+1e-3, FL 3e-3); at it: the same choices, hard-negative share FL 0.900 vs BCE 0.732 (gain 0.168), AP 0.162 vs 0.153
+(seeds 0-2, reproduced), 48.4 CPU-s (measured under heavy load; the full grid 74 in the loaded profile). 150 steps do
+not reproduce (share gain 0.001).
 """
 
 from __future__ import annotations
