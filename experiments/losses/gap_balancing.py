@@ -19,7 +19,7 @@ grid the relative ratio is 0.60.
 
 CI scale (CI_CONFIG): the learning-rate grid cut to (1e-2, 3e-2), both arms chose 3e-2 at the full scale, so every
 choice and number is the record's; at it: slow/fast IGB 8.66 vs equal 11.68, relative 0.741 (seeds 0-2, reproduced),
-about 38 CPU-s (estimated: 2/3 of the full grid's 57).
+about 38 CPU-s (estimated: 2/3 of the full grid's 57). 500 steps do not reproduce (relative 0.880 > 0.8).
 
     paperlab run experiments/losses/gap_balancing.py --config.num_steps=4000
 """
