@@ -16,6 +16,10 @@ Measured (splits 0-4, every trained run fits the training set, train accuracy 1.
 +- 0.0105 vs BCE 0.9673 +- 0.0047, gap 0.0292 vs 0.0327: the claim holds; the untrained control (test 0.535) fails.
 The comparison is at parity within split noise (about +-1 point over 5 splits): splits 100-114 gave BCE 0.9727 vs
 EnsLoss 0.9735 (passes), splits 10-14 BCE 0.9708 vs EnsLoss 0.9614 (fails) in an earlier calibration run.
+
+CI scale (CI_CONFIG): 150 epochs instead of 500 (every trained run still fits the training set); at it: test accuracy
+EnsLoss 0.9684 vs BCE 0.9673, gap 0.0316 vs 0.0327, train accuracy 1.0 for both, untrained control 0.535 (splits 0-4,
+reproduced, as the record), 38.6 CPU-s (measured under heavy load; the full config 65 in the loaded profile).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from paperlab.runner import protocol
 PAPER_ID = 170
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"epochs": 150}  # the full run (the record): 500
 
 
 def get_config() -> ml_collections.ConfigDict:
