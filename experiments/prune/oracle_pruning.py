@@ -27,6 +27,9 @@ test accuracy after 5 retraining epochs 0.460 (digits) and 0.305 (noisy). |tau_h
 0.758 holds; the control (0.1 + 0.658 < 1) fails: reproduced with deviations. As the paper reports for its
 smallest settings (LeNet on MNIST), the pruned loss still ranks the retrained models on this small MLP; label noise
 weakens the correlation (-0.66 -> -0.49).
+CI scale (CI_CONFIG): 10 pre-training epochs, 3 retraining epochs per mask (still 40 masks per seed); at it: digits
+tau -0.622 +- 0.042, noisy tau -0.570 +- 0.028, |tau_hard| 0.570 <= 0.722 holds, control (tau -1) fails:
+reproduced, as the record (seeds 0-2); 42 CPU-s under load average ~45 on 2 cores.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ DEVIATIONS = (
     "the control is the noisy arm read before retraining (the claim compares |tau|, so replacing the method by the "
     "baseline always satisfies it; a control has to be an arm where the correlation is known to be strong)",
 )
+CI_CONFIG = {"epochs": 10, "retrain_epochs": 3}  # the test suite's scale (paperlab reproduce 87 --ci)
 ARMS = ("digits", "noisy")
 KINDS = ("random_structured", "layer_magnitude", "global_magnitude", "random_unstructured")
 
