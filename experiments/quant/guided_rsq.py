@@ -27,7 +27,8 @@ RSQ over GPTQ + rotation but not over unrotated GPTQ. The exact equivalences (r 
 weighted Hessian is X^T diag(r) X, the rotation is orthogonal and function-preserving) are the unit and parity tests.
 CI scale (CI_CONFIG: fp6.py's shared substrates, CHAR-LM 150 training steps, 64 evaluation windows); at it the
 claim holds, unlike the record: RSQ 4.9526 vs GPTQ + rotation 4.9768 (-0.49%), GPTQ 4.9804, RTN 5.2256, fp 4.8716
-(seeds 0-2; the less trained model gains from the rotation); 32 CPU-s measured under load on top of the substrates.
+(seeds 0-2; the less trained model gains from the rotation); 32 CPU-s measured under load on top of the substrates,
+86 CPU-s with them (pytest -n 0 under load).
 """
 
 from __future__ import annotations
