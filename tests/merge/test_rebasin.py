@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +107,7 @@ def test_invert_permutation_undoes_it():
   assert _max_diff(back, state.params) == 0.0
 
 
+@functools.cache  # one pair for the seven tests below (read-only: no test writes into these trees)
 def _two_models():
   graphdef, a = _init(lambda r: MLP(8, [16, 16], 3, rngs=r), seed=0)
   _, b = _init(lambda r: MLP(8, [16, 16], 3, rngs=r), seed=1)
