@@ -71,9 +71,10 @@ def repair_result(run_claim, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason="does not reproduce at CI scale (TWO-SEED H=512, 3 pairs): midpoint std ratio "
-                   "0.725 +- 0.006, not < 0.7; pruned 80% 93.5% -> renormalised 94.9% (+1.4, needs +5); the "
-                   "barriers hold (REPAIR 0.019 <= WM 0.063, rescale 0.019 <= reshift 0.066)")
+@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason="does not reproduce at the CI scale (H=256, 10 epochs, 3 pairs): midpoint std "
+                   "ratio 0.738, not < 0.7; pruned 80% 90.1% -> renormalised 90.9% (+0.7, needs +5); the barriers "
+                   "hold (REPAIR 0.050 <= WM 0.147, rescale 0.051 <= reshift 0.146). Nor does the full run "
+                   "(paperlab reproduce 331, the record; TWO-SEED H=512): std ratio 0.725, pruning +1.4; barriers hold")
 def test_repair_lowers_the_barrier_after_weight_matching(repair_result):
   require_reproduced(repair_result["claim"])
 
@@ -86,7 +87,9 @@ def test_repair_and_rescale_orderings_hold(repair_result):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason="does not reproduce at CI scale (H=256, star 3 epochs, seeds 0-2): star barrier "
+@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason="does not reproduce at the CI scale (H=64, 5 epochs, star 3 epochs, seeds 0-2): "
+                   "star barrier 0.386 +- 0.046 vs 0.5 x source 0.509 (ratio 0.76; star acc 87.6% vs sources 84.0% "
+                   "holds). Nor does the full run (paperlab reproduce 99, the record; H=256, 20 epochs): star barrier "
                    "0.044 +- 0.008 vs 0.5 x source 0.085 (ratio 0.52) and star acc 96.4% < sources 97.7% - 1")
 def test_starlight_star_is_connected_to_held_out_solutions(run_claim, tmp_path):
   result = run_claim("merge/star_domain", tmp_path, paper_id=99)
