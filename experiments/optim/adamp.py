@@ -16,6 +16,10 @@ The earlier record passed at lr 1e-2 and 25 epochs (Adam +24%, AdamP +2.2%), a s
 failed. Explore other settings without a record with
 
     paperlab run experiments/optim/adamp.py --config.learning_rate=1e-2 --config.epochs=25
+
+CI scale (CI_CONFIG): 20 epochs; at it: norm growth Adam +0.127%, AdamP +0.072% (ratio 0.57 > 0.5), test accuracy
+0.9652 both, |cos(w, p)| <= 1.2e-6 (seeds 0-2; not reproduced, as the record; at 10 epochs the ratio is 0.37 and the
+claim would hold), about 36 CPU-s on a heavily loaded 2-core machine.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ DEVIATIONS = (
     "scale-invariant as a whole (AdamP's layer view), not per channel, so the channel-wise inner products need "
     "not vanish",
 )
+CI_CONFIG = {"epochs": 20}
 
 
 def get_config() -> ml_collections.ConfigDict:
