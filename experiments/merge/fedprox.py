@@ -20,7 +20,7 @@ Uncapped (the paper's generator, ~255 s): 0.504 vs 1.277, 82.6% vs 72.2%, 0.020 
 
 CI scale (CI_CONFIG): 40 rounds, device sizes capped at 100; at it: train loss FedProx 0.931 vs FedAvg 1.502, test
 accuracy 70.2% vs 51.7%, loss std over the last 8 rounds 0.042 vs 0.070 (seeds 0-2): reproduces, control fails;
-~39 CPU-s (full defaults, measured the same way: not measured; 50 rounds / cap 200: ~50 CPU-s).
+~39 CPU-s.
 """
 
 from __future__ import annotations
