@@ -23,7 +23,8 @@ Measured (seeds 0-2): AdaLoRA 0.9467 +- 0.0076 (lr 3e-3), final ranks head 5 / h
 does not reproduce (the budget leaves hidden/0, which needs no change, but goes to hidden/1 more than to the head).
 CI scale (CI_CONFIG): learning-rate grid {3e-3, 1e-2} (the points the two arms chose in the record; 6 lanes instead of
 9); at it: the record's numbers exactly, AdaLoRA 0.9467 with ranks head 5 / hidden/0 0 / hidden/1 7 (share 0.417),
-uniform LoRA 0.9628 (-1.6pt): not reproduced (seeds 0-2); 50 CPU-s under load average ~50-80 on 2 cores. (Pruning
+uniform LoRA 0.9628 (-1.6pt): not reproduced (seeds 0-2); 20 CPU-s in pytest at load ~15, after
+[470] in the same run (shared compilation cache); 50 CPU-s alone under load ~60. (Pruning
 every 50 steps instead of 10 was tried: there the claim holds, share 0.639 and -0.99pt, so that scale was not used.)
 """
 

@@ -20,7 +20,7 @@ before the run; since two arms chose its largest point, a wider grid {3e-3, 1e-2
 recorded): LoRA 0.9418, B-only 0.9083, A-only 0.9405 (all at 3e-2 but LoRA) -- still not reproduced.
 CI scale (CI_CONFIG): learning-rate grid {3e-3, 1e-2} (the points the three arms chose in the record; 6 fits instead
 of 9); at it: the record's numbers exactly, LoRA 0.9418, B-only 0.8637, A-only 0.9170 (not reproduced, seeds 0-2),
-47 CPU-s measured under heavy load (load average ~80 on 2 cores; 41 CPU-s for the full grid in pytest at lower load).
+23 CPU-s in pytest at load ~15 (the full grid: 41 CPU-s in pytest at load ~40).
 """
 
 from __future__ import annotations

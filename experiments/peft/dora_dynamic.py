@@ -24,7 +24,7 @@ the least rank, not the most: the claim does not reproduce.
 CI scale (CI_CONFIG): learning-rate grid {3e-3, 1e-2} (the record's choice for both arms is 1e-2), pruning every 50
 steps instead of 10 (budgets 18, 14, 12 instead of 22..12: 3 lax.switch branches to compile instead of 11); at it:
 dynamic 0.9467 vs uniform LoRA 0.9628 (-1.6pt) and head 4.0 vs hidden/0 4.33, hidden/1 3.67 components: not
-reproduced, as the record (seeds 0-2), 45 CPU-s measured under heavy load (load average ~80 on 2 cores).
+reproduced, as the record (seeds 0-2), 38 CPU-s in pytest (load ~20; 45 under load ~80).
 """
 
 from __future__ import annotations

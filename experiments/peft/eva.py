@@ -23,8 +23,8 @@ to 8 on every seed: 4/4, 3/5, 3/5). noise_std 0.5 was tried first (not recorded)
 already at 0.244, both arms end near 0.252 and the ratio is 1.003 as well.
 CI scale (CI_CONFIG): learning-rate grid {3e-3, 1e-2} (the points the two arms chose in the record; 2 lanes per
 program instead of 3); at it: the record's numbers exactly, EVA 0.6933 vs random-A LoRA 0.6914, ratio 1.003 (not
-reproduced), ranks 4/4, 3/5, 3/5 (seeds 0-2); 47 CPU-s for the full grid at load ~40 (not re-measured at the CI scale
-without a profiler: the load average was ~80 on 2 cores).
+reproduced), ranks 4/4, 3/5, 3/5 (seeds 0-2); 26 CPU-s in pytest at load ~20 (the full grid:
+47 CPU-s at load ~40).
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ LoRA - full -0.74pt).
 CI scale (CI_CONFIG): learning-rate grids {3e-3, 1e-2} (adapters, LoRA) and {1e-3, 3e-3} (full), the 2 largest points
 of each, which hold every arm's choice in the record (8 trained fits instead of 12); at it: the record's numbers
 exactly, parallel 0.9554 vs sequential 0.9591 (-0.37pt), LoRA 0.9579 vs full 0.9690 (-1.12pt), untouched 0.0025:
-both claims hold, as the record (seeds 0-2), 54 CPU-s measured under heavy load (load average ~80 on 2 cores; the
-full grids: 32 CPU-s in pytest at lower load).
+both claims hold, as the record (seeds 0-2), 29 CPU-s in pytest at load ~10 (the full grids:
+32 CPU-s in pytest at load ~40).
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ within +0.2 is only 3.7pt (at 0.7; 9.0pt at 0.8): the knee part does not reprodu
 s* = 0.5 at both 64 and 128.
 CI scale (CI_CONFIG): sparsities {0, 0.1, 0.3, 0.5, 0.6, 0.7, 0.9}, width trend at 128 (reported only); at it: the
 record's curve at those points (0.964 0.964 0.960 0.955 0.947 0.927 0.533), s* = 0.5 but -3.7pt by 0.7: not
-reproduced, as the record; 2:4 0.9591 vs 0.9554 holds; random s* = 0 (seeds 0-2); 32 CPU-s under load average ~60
-on 2 cores (the full sweep: 35 CPU-s in pytest under similar load).
+reproduced, as the record; 2:4 0.9591 vs 0.9554 holds; random s* = 0 (seeds 0-2); 26 CPU-s in pytest at load ~20
+(the full sweep: 35 CPU-s in pytest at load ~60).
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ non-inferiority margin (by less than one test image, 0.37pt): the claim does not
 CI scale (CI_CONFIG): 20 epochs, mask updates over the first 15 (half the schedule); at it: gmp 0.9306, granet 0.9318,
 oneshot 0.5192, granet_s2s 0.9418, static_erk 0.9318: granet - gmp = +0.12pt and granet - oneshot = +41pt hold, but
 granet_s2s - static_erk = +0.99pt misses the +1pt margin (by less than one test image): not reproduced, as the
-record, through the other part (seeds 0-2); 56 CPU-s under load average ~60-80 on 2 cores (half the training steps
-of the full run).
+record, through the other part (seeds 0-2); 42 CPU-s in pytest at load ~20 (the full run's
+config: 70 CPU-s in pytest at load ~60).
 """
 
 from __future__ import annotations
