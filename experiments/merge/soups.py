@@ -21,6 +21,10 @@ OOD 44.44% vs 43.19% (per seed 46.0/44.7/42.7 vs 41.8/45.1/42.7); the greedy sou
 the best ingredient passed as the soup fails the claim. Random-init control: 5 fine-tunes from different inits
 average 96.76% test, their uniform soup 54.07% (gap 42.7 points; per seed 45.2/56.4/26.4). Uniform soup of all 12:
 97.19% test, 46.30% OOD.
+
+Re-run on the CI machine of 2026-12-05 (the record, experiments/records/61.json): the same code gives slightly other
+float results there, and seed 2's greedy soup keeps a single ingredient (kept 4, 3, 1): greedy 97.85% test / 44.44%
+OOD vs best ingredient 97.93% / 43.26%, random-init gap 42.6 points; the non-vacuity part fails, so not reproduced.
 """
 
 from __future__ import annotations
