@@ -42,7 +42,8 @@ def test_removal_losses_of_a_linear_model_are_the_dropped_contributions():
   y = x @ w
   loss = lambda keep: jnp.mean((x @ (w * keep) - y) ** 2)
   d = np.asarray(pr.structure_removal_losses(loss, 4))
-  np.testing.assert_allclose(d, [float(jnp.mean((x[:, i] * w[i]) ** 2)) for i in range(4)], rtol=1e-5)
+  # w[3] = 0: its removal loss is 0 in exact arithmetic and a rounding residue (5e-15 on one CI machine) here.
+  np.testing.assert_allclose(d, [float(jnp.mean((x[:, i] * w[i]) ** 2)) for i in range(4)], rtol=1e-5, atol=1e-10)
   np.testing.assert_array_equal(pr.oracle_keep(jnp.asarray(d), 2), [True, True, False, False])
 
 
