@@ -19,6 +19,10 @@ reproduced, with little margin on the flatness ratio (the previous record, befor
 protocol and the grad_fn contract change in paperlab.optim, measured 0.64).
 
     paperlab run experiments/optim/awp.py --config.epochs=100
+
+Re-run on the CI machine of 2026-12-05 (the record, experiments/records/69.json): flatness AWP 0.00380 vs AT
+0.00513 (ratio 0.74 > 0.7), PGD-20 robust acc 0.8444 vs 0.8511: not reproduced there; the numbers above are from
+another machine (the same code gives other float results on another CPU).
 """
 
 from __future__ import annotations
