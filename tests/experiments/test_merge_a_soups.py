@@ -11,7 +11,8 @@ from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
 @pytest.mark.xfail(strict=True, raises=ClaimNotReproduced,
                    reason="on this CI machine the greedy soup of seed 2 keeps one ingredient (kept 4, 3, 1), so the "
                           "claim's non-vacuity part fails (greedy 97.85% test / 44.44% OOD vs best ingredient 97.93% / "
-                          "43.26%); the earlier record (another machine, kept 4, 3, 3) passed. See experiments/records/61.json")
+                          "43.26%); the earlier record (another machine, kept 4, 3, 3) passed. See "
+                          "experiments/records/61.json")
 def test_greedy_soup_matches_best_ingredient_and_random_init_soup_collapses(run_claim, tmp_path):
   result = run_claim("merge/soups", tmp_path, paper_id=61)
   claim = result["claim"]
