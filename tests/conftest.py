@@ -9,7 +9,7 @@ import tempfile
 # One persistent XLA compilation cache per test run, created by the controlling process and inherited by the
 # xdist workers and the subprocesses they start: a program that several tests compile (same HLO, other Python
 # closures) is compiled once. Loading an executable from it changes no result (the same compiled program); it
-# cuts the suite's CPU time by about 15% (tests/optim/test_lowrank.py: 64 -> 55 CPU-s). Nothing outlives the run
+# cuts CPU time (tests/optim/test_lowrank.py alone: 64 -> 55 CPU-s, -15%). Nothing outlives the run
 # (the directory is removed at the end), so a CI run never starts from a previous run's programs. Set
 # JAX_COMPILATION_CACHE_DIR yourself to choose the directory, or PAPERLAB_TEST_XLA_CACHE=0 to turn it off.
 _XLA_CACHE_CREATED = None

@@ -37,7 +37,7 @@ from flax import nnx
 from paperlab import analysis, data, models, papers
 from paperlab.data.batching import batch_at
 from paperlab.runner import protocol
-from paperlab.runner.trainer import FAST_COMPILE_CPU
+from paperlab.runner.lr_transfer import fast_compile_options
 
 PAPER_ID = 360
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -102,13 +102,13 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
       (theta, _), losses = jax.lax.scan(body, (theta, tx.init(theta)), jnp.arange(config.steps))
       return theta, losses
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE_CPU if config.fast_compile else None)
+    @functools.partial(jax.jit, compiler_options=fast_compile_options() if config.fast_compile else None)
     @jax.vmap
     def baseline(seed):
       params, losses = train_steps(init(seed), loss_fn, config.baseline_learning_rate, jax.random.key(seed + 1000))
       return accuracy(params), losses
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE_CPU if config.fast_compile else None)
+    @functools.partial(jax.jit, compiler_options=fast_compile_options() if config.fast_compile else None)
     @jax.vmap
     def subspace(seed):
       params0 = init(seed)

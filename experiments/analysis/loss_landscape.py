@@ -35,7 +35,7 @@ from flax import nnx
 
 from paperlab import analysis, data, models, papers, train
 from paperlab.runner import protocol
-from paperlab.runner.trainer import FAST_COMPILE_CPU
+from paperlab.runner.lr_transfer import fast_compile_options
 
 PAPER_ID = 232
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -113,7 +113,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     _, init = train.make_init(model_fn, tx)
     step = train.make_train_step(graphdef, train.classification_loss, tx)
 
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE_CPU if config.fast_compile else None)
+    @functools.partial(jax.jit, compiler_options=fast_compile_options() if config.fast_compile else None)
     @jax.vmap
     def trial(key):
       state = init(key)
@@ -127,7 +127,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
                   every=max(1, steps // 10))
     return {"name": arm.name, "state": state, "keys": keys, "val_accuracy": np.asarray(val_acc)}
 
-  @functools.partial(jax.jit, compiler_options=FAST_COMPILE_CPU if config.fast_compile else None)
+  @functools.partial(jax.jit, compiler_options=fast_compile_options() if config.fast_compile else None)
   @jax.vmap
   def measure(state, key):
     train_acc = train.evaluate(graphdef, state, x, y)["accuracy"]

@@ -52,7 +52,7 @@ from paperlab.data.batching import batch_at
 from paperlab.models import MLP
 from paperlab.runner import protocol
 from paperlab.runner.digits_splits import fit_val_test
-from paperlab.runner.trainer import FAST_COMPILE_CPU
+from paperlab.runner.lr_transfer import fast_compile_options
 
 PAPER_ID = 565
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
@@ -131,7 +131,7 @@ def _program(width: int, steps: int, batch_size: int, hessian_batch: int, lanczo
             "val_loss": loss_fn(final, (val[0], jax.nn.one_hot(val[1], 10)))}
 
   return jax.jit(jax.vmap(one, in_axes=(None, None, None, None, 0, None, None)),
-                 compiler_options=FAST_COMPILE_CPU if fast_compile else None)
+                 compiler_options=fast_compile_options() if fast_compile else None)
 
 
 def _run_width(kind: str, width: int, eta: float, seeds, config, splits) -> dict:
