@@ -16,6 +16,11 @@ Measured (seeds 0-2, 5400 steps): T = 2.49 / 2.82 / 2.10; test ECE(15) 0.0297 +-
 0.0297 on the overfit net (after scaling: 0.0387 vs 0.0203); mean confidence 0.990 -> 0.967. The control (T = 1)
 fails. The earlier version trained 1000 full-batch steps on a quarter of the training split instead of the
 catalogue's 300 epochs.
+
+CI scale (CI_CONFIG): 30 epochs instead of 300 (540 steps); at it: ECE(15) 0.0245 -> 0.0200 (18.7% lower, claim
+30%; T 1.59), accuracy 0.9638 unchanged, ECE(100) 0.0339 >= 0.0245 (seeds 0-2, not reproduced: the net is not yet
+over-confident enough; 100 epochs: 20%, 1 epoch passes only because the untrained net is under-confident), 23.9
+CPU-s (measured under heavy load).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from paperlab.runner import protocol
 PAPER_ID = 586
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"epochs": 30}  # the full run (the record): 300
 
 
 def get_config() -> ml_collections.ConfigDict:
