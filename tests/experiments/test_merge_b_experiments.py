@@ -107,9 +107,10 @@ def test_evolved_coefficients_beat_the_best_task_arithmetic_scale(run_claim, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason="does not reproduce (the catalogue's setting, 3 seeds): FedLAW 92.37% vs FedAvg "
-                   "94.81% test accuracy (-2.4 points), learned gamma 0.9992 (claim: gamma < 1 and FedLAW >= FedAvg "
-                   "+ 1 point)")
+@pytest.mark.xfail(strict=True, raises=ClaimNotReproduced, reason=(
+    "does not reproduce at the CI scale (12 rounds x 3 local epochs, 3 seeds): FedLAW 84.6% vs FedAvg 88.0%, "
+    "gamma 1.006; nor in the full run (the record, 30 rounds x 5 epochs): 92.37% vs 94.81%, gamma 0.9992 "
+    "(claim: gamma < 1 and FedLAW >= FedAvg + 1 point)"))
 def test_fedlaw_beats_fedavg_with_label_skew(run_claim, tmp_path):
   result = run_claim("merge/fedprox_fedlaw", tmp_path, paper_id=164)
   assert not result["claim"]["control_passes"], "FedAvg passed as the method must fail"
