@@ -16,6 +16,9 @@ Adam 7.30e-4 +- 3.0e-4 (1.15e-3/5.9e-4/4.5e-4), ratio 0.46 <= 0.8, lower in ever
 <g_c, g_i> 3.9 (pairs) and 4.4 (triples) > 0, max cos spread 3.0e-7 and 6.6e-7 <= 1e-6: reproduced.
 
     paperlab run experiments/optim/config_pinn.py --config.num_steps=10000
+
+CI scale (CI_CONFIG): 1500 steps, XLA's fast CPU compile; at it: relative L2 error ConFIG 2.4e-4 vs summed-loss Adam
+1.6e-3, ratio 0.15 <= 0.8, the property as above (seeds 0-2): reproduced, as the record; 30 CPU-s (38 before).
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ import optax
 
 from paperlab import optim, papers
 from paperlab.runner import protocol
+from paperlab.runner.lr_transfer import fast_compile_options
 
 PAPER_ID = 206
 CLAIM = papers.get(PAPER_ID).claim  # the catalogue's claim line, tested as stated
 DEVIATIONS = ()
+CI_CONFIG = {"num_steps": 1500, "fast_compile": True}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -44,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-3
   c.scale = 1  # multiplies num_steps
   c.property = ml_collections.ConfigDict({"num_sets": 100, "dim": 16, "cos_tolerance": 1e-6})
+  c.fast_compile = False  # True: XLA's cheaper CPU compile (paperlab.runner.trainer.FAST_COMPILE_CPU), CI scale only
   return c
 
 
@@ -121,7 +127,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
 
   def fit(arm, hparams, seeds):
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
-    err, curve = jax.jit(jax.vmap(lambda k: trial(k, arm.name)))(keys)
+    err, curve = jax.jit(jax.vmap(lambda k: trial(k, arm.name)),
+                        compiler_options=fast_compile_options() if config.fast_compile else None)(keys)
     curve = np.asarray(curve).mean(axis=0)
     for s in range(0, num_steps, max(1, num_steps // 10)):
       ctx.log(s, {f"{arm.name}/loss": float(curve[s])})
