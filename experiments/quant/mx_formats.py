@@ -16,6 +16,9 @@ Measured (seeds 0-2, CPU): float32 test accuracy 97.70% (98.00/97.33/97.78); dir
 MXFP8-E4M3 0.00pt, MXFP6-E3M2 -0.07pt, MXFP4-E2M1 0.59pt (so drop(MXFP4) >= drop(MXFP6)); trained from scratch with
 MXFP6 in all three matmuls 97.78% (98.00/97.33/98.00) >= 96.70. Control (MXFP4 in every slot): fails (0.59 > 0.3).
 Wall time 130 s on the shared 2-core CPU under load (33 s of CPU time in the test).
+CI scale (CI_CONFIG: 20 epochs for the float and the MXFP6-trained models); at it: drops MXINT8 0.00pt, MXFP8 0.00pt,
+MXFP6 0.07pt, MXFP4 0.74pt, MXFP6-trained 97.78% vs float 97.70%: reproduced, as the record (seeds 0-2); 66 CPU-s vs
+77 at the default, measured side by side under heavy load.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DEVIATIONS = (
     "control: the protocol's baseline-as-method control passes any 'drop <= x' claim, so the control is the claim "
     "with MXFP4 direct-cast results in every format's slot (which must fail)",
 )
+CI_CONFIG = {"epochs": 20}  # the test suite's scale (paperlab reproduce 104 --ci)
 FORMATS = ("mxint8", "mxfp8_e4m3", "mxfp6_e3m2", "mxfp4_e2m1")
 
 
