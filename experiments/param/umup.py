@@ -30,6 +30,10 @@ log2 learning rate -6/-8/-9 (shift 8x; control off). Test accuracy at the chosen
 Not reproduced: the claim stays asserted as stated (the test is a strict xfail). Explore without a record with
 
     paperlab run experiments/param/umup.py --config.widths='(64, 256, 1024)'
+
+CI scale (CI_CONFIG): 150 steps; at it: not reproduced either, u-muP's argmin log2 eta -1/0/-1 (shift 2x),
+loss at eta = 1 is 1.26x/1.0x/3.6x the swept optimum (not within 5%), SP shifts 4x, seeds 0-2, ~43 CPU-s under
+heavy load (4 engineers on 2 cores).
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ DEVIATIONS = (
     "weights, multipliers and learning rates follow u-muP (all alphas 1); the ReLU and the cross-entropy are the "
     "plain ops, not unit-scaled ones (a width-independent output scale, and Adam ignores the gradient's scale)",
 )
+
+CI_CONFIG = {"steps": 150}
 
 _KINDS = ("umup", "sp")
 _TORCH_GAIN = 1 / math.sqrt(3)  # PyTorch nn.Linear's default init: std 1/sqrt(3 fan_in) for weights and biases
