@@ -17,6 +17,7 @@ and one read of the clean test split per loss::
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Mapping, Sequence
 
 import jax
@@ -55,10 +56,22 @@ def compare_losses(losses: Mapping[str, Callable[[jax.Array, jax.Array], jax.Arr
   accuracy = jax.jit(jax.vmap(lambda s, x, y: jnp.mean(jnp.argmax(train.predict(graphdef, s, x), -1) == y),
                               (0, None, None)))
 
+  @functools.cache
+  def program(name: str):
+    """One compiled program per loss: the learning rate is an argument (a traced scalar, the same arithmetic as
+    ``optax.adam(lr)`` with ``lr`` a constant), so the grid points share it; the seeds are its vmapped axis."""
+    loss_fn = train.mean_loss(losses[name])
+
+    def run(lr, key):
+      opt = optax.adam(lr)
+      init = train.make_init(model_fn, opt)[1]
+      step = train.make_train_step(graphdef, loss_fn, opt)
+      return jax.lax.scan(lambda s, _: step(s, fit_split, key), init(key), None, length=num_steps)
+
+    return jax.jit(jax.vmap(run, (None, 0)))
+
   def fit(arm, hparams, arm_seeds):
-    states, curves = train.fit_full_batch(model_fn, optax.adam(hparams["lr"]), train.mean_loss(losses[arm.name]),
-                                          fit_split, jax.vmap(jax.random.key)(jnp.asarray(arm_seeds)),
-                                          num_steps=num_steps)
+    states, curves = program(arm.name)(jnp.float32(hparams["lr"]), jax.vmap(jax.random.key)(jnp.asarray(arm_seeds)))
     if ctx is not None:
       ctx.log_curve(f"{arm.name}/lr={hparams['lr']}/train_loss", np.asarray(curves["loss"]).mean(0),
                     every=max(num_steps // 5, 1))
