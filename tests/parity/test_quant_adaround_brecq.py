@@ -177,5 +177,7 @@ def test_optimization_steps_match_brecq(iters, warmup):
                                    lam=0.01, beta=(20.0, 2.0), warmup=warmup, lr=1e-3, bias=jnp.asarray(b))
   v0 = np.asarray(ar.init_rounding_logits(jnp.asarray(w), jnp.asarray(scale)))
   assert np.abs(np.asarray(v) - v0).max() > 1e-4  # the steps moved V
-  np.testing.assert_allclose(np.asarray(v), alpha.numpy().T, atol=1e-6)
+  # One Adam step moves an entry of V by up to lr = 1e-3; torch's and XLA's float32 arithmetic drift apart by up to
+  # 1.2e-6 after 10 steps on the CI machine (entry [4, 0]), so 5e-6 still catches a missed or extra step.
+  np.testing.assert_allclose(np.asarray(v), alpha.numpy().T, atol=5e-6)
   assert losses.shape == (iters,)
