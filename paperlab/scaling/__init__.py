@@ -14,3 +14,8 @@ from paperlab.scaling import transfer  # noqa: E402
 from paperlab.scaling import enc_dec  # noqa: E402
 
 __all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams, ladder, transfer, enc_dec))))
+
+from paperlab.scaling.muscaling import *  # noqa: F401,F403,E402
+from paperlab.scaling import muscaling  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(muscaling.__all__))
