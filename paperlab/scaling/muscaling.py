@@ -84,13 +84,13 @@ def _target_losses(target_losses: Any, seeds: int) -> np.ndarray:
 
 
 def extrapolate_ladder(num_params: Any, losses: Any, target_num_params: float, target_losses: Any, *,
-                       with_offset: bool = True, delta: float = 1e-3) -> LadderExtrapolation:
+                       with_offset: bool = True, delta: float = 1e-3, per_seed: bool = True) -> LadderExtrapolation:
   """Fit ``L(N) = a N^-b + c`` on a ladder's rungs and compare its prediction at ``target_num_params`` with the
   loss measured there (Yao et al., arXiv:2304.06875, Sec. 3: the muScaling fit; Eq. 1).
 
   The law is fitted once on the seed-mean losses (the prediction, :func:`paperlab.scaling.fit_ladder` with
-  Huber ``delta`` 1e-3 on log loss, the Chinchilla recipe) and once per seed on that seed's rungs (the spread).
-  Host-side (scipy's L-BFGS-B in float64).
+  Huber ``delta`` 1e-3 on log loss, the Chinchilla recipe) and, with ``per_seed``, once per seed on that seed's
+  rungs (the spread). Host-side (scipy's L-BFGS-B in float64; each fit takes a fraction of a CPU-second).
 
   Args:
     num_params: ``(rungs,)`` model sizes of the fitted rungs (positive, distinct).
@@ -99,6 +99,8 @@ def extrapolate_ladder(num_params: Any, losses: Any, target_num_params: float, t
     target_losses: ``(seeds,)`` its measured losses (a scalar for one seed).
     with_offset: fit the irreducible loss ``c`` (>= 3 rungs); ``False``: ``c = 0`` (>= 2 rungs).
     delta: the Huber threshold on log loss.
+    per_seed: also fit every seed's rungs on their own; ``False`` leaves ``per_seed_predicted`` and
+      ``per_seed_rel_error`` NaN (one fit instead of ``seeds + 1``).
 
   Returns:
     A :class:`LadderExtrapolation`.
@@ -119,11 +121,18 @@ def extrapolate_ladder(num_params: Any, losses: Any, target_num_params: float, t
   fit = _ladder.fit_ladder(n, loss, with_offset=with_offset, delta=delta)
   predicted = float(_ladder.predict_ladder(fit, target_n))
   observed = float(np.mean(target))
-  per_seed = np.array([float(_ladder.predict_ladder(_ladder.fit_ladder(n, loss[:, s], with_offset=with_offset,
-                                                                       delta=delta), target_n))
-                       for s in range(loss.shape[1])]) if loss.shape[1] > 1 else np.array([predicted])
-  return LadderExtrapolation(fit, predicted, observed, abs(predicted - observed) / observed, per_seed,
-                             np.abs(per_seed - target) / target)
+  if per_seed not in (True, False):
+    raise ValueError(f"per_seed must be a bool, got {per_seed!r}.")
+  if not per_seed:
+    seed_pred = np.full(loss.shape[1], np.nan)
+  elif loss.shape[1] == 1:
+    seed_pred = np.array([predicted])
+  else:
+    seed_pred = np.array([float(_ladder.predict_ladder(_ladder.fit_ladder(n, loss[:, s], with_offset=with_offset,
+                                                                        delta=delta), target_n))
+                          for s in range(loss.shape[1])])
+  return LadderExtrapolation(fit, predicted, observed, abs(predicted - observed) / observed, seed_pred,
+                             np.abs(seed_pred - target) / target)
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -144,7 +153,7 @@ def _per_seed(out: Any, width: int, hparams: Mapping[str, Any], seeds: int | Non
 def mu_scaling(train_fn: Callable[[int, Mapping[str, Any]], Any], widths: Sequence[int], target_width: int, *,
                grid: Sequence[Mapping[str, Any]] = ({},), proxy_width: int | None = None,
                num_params: Callable[[int], float] | None = None, with_offset: bool = True,
-               delta: float = 1e-3) -> MuScaling:
+               delta: float = 1e-3, per_seed: bool = True) -> MuScaling:
   """muScaling (Yao et al., arXiv:2304.06875, Sec. 3): tune at the proxy, transfer unchanged, fit, extrapolate.
 
   1. Every point of ``grid`` is trained at ``proxy_width``; the one with the lowest seed-mean loss is chosen (a
@@ -170,6 +179,7 @@ def mu_scaling(train_fn: Callable[[int, Mapping[str, Any]], Any], widths: Sequen
     num_params: ``num_params(width) -> N``, the model size the law is in; default ``N = width``.
     with_offset: fit the irreducible loss ``c``; ``False`` fits a pure power law.
     delta: the Huber threshold on log loss of the fit.
+    per_seed: also fit each seed's ladder on its own (the spread; :func:`extrapolate_ladder`).
 
   Returns:
     A :class:`MuScaling`.
@@ -228,6 +238,7 @@ def mu_scaling(train_fn: Callable[[int, Mapping[str, Any]], Any], widths: Sequen
   if not np.all(np.isfinite(n)) or np.any(n <= 0) or not math.isfinite(target_n) or target_n <= 0:
     raise ValueError(f"num_params must give positive finite sizes, got {n.tolist()} for widths {rung_widths} and "
                      f"{target_n} for target_width {target}.")
-  extrapolation = extrapolate_ladder(n, rung_losses, target_n, target_losses, with_offset=with_offset, delta=delta)
+  extrapolation = extrapolate_ladder(n, rung_losses, target_n, target_losses, with_offset=with_offset, delta=delta,
+                                     per_seed=per_seed)
   return MuScaling(chosen, proxy, scores, np.asarray(rung_widths), n, rung_losses, target, target_n, target_losses,
                    extrapolation)

@@ -36,6 +36,16 @@ def test_extrapolate_ladder_on_an_exact_law_predicts_the_closed_form():
     assert ex.fit[k] == pytest.approx(v * (scales.mean() if k != "b" else 1.0), rel=1e-3), k
 
 
+def test_extrapolate_ladder_without_per_seed_fits_leaves_them_nan():
+  n = np.array(WIDTHS, np.float64)
+  ex = scaling.extrapolate_ladder(n, law(n)[:, None] * np.ones(2), TARGET, law(TARGET) * np.ones(2),
+                                  per_seed=False)
+  assert np.isnan(ex.per_seed_predicted).all() and np.isnan(ex.per_seed_rel_error).all()
+  assert ex.rel_error < 1e-4
+  with pytest.raises(ValueError, match="per_seed must be a bool"):
+    scaling.extrapolate_ladder(n, law(n), TARGET, law(TARGET), per_seed="no")
+
+
 def test_extrapolate_ladder_sorts_rungs_with_their_seeds():
   n = np.array(WIDTHS, np.float64)
   losses = law(n)[:, None] * np.array([1.0, 1.2])
