@@ -8,12 +8,14 @@ from paperlab.scaling.hparams import *  # noqa: F401,F403
 from paperlab.scaling.ladder import *  # noqa: F401,F403
 from paperlab.scaling.transfer import *  # noqa: F401,F403
 from paperlab.scaling.enc_dec import *  # noqa: F401,F403
+from paperlab.scaling.learning_curves import *  # noqa: F401,F403
 
 from paperlab.scaling import laws, fit, lr_annealing, hparams, ladder  # noqa: E402
 from paperlab.scaling import transfer  # noqa: E402
-from paperlab.scaling import enc_dec  # noqa: E402
+from paperlab.scaling import enc_dec, learning_curves  # noqa: E402
 
-__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams, ladder, transfer, enc_dec))))
+__all__ = sorted(set().union(*(m.__all__ for m in (laws, fit, lr_annealing, hparams, ladder, transfer, enc_dec,
+                                                     learning_curves))))
 
 from paperlab.scaling.muscaling import *  # noqa: F401,F403,E402
 from paperlab.scaling import muscaling  # noqa: E402
