@@ -8,10 +8,10 @@ subsets of m = 50..1400 examples (8 log-spaced sizes, ``paperlab.scaling.data_sc
 m of one shuffle of the pool) with Adam, minibatches of 32 drawn from the subset, a fixed number of steps; 5 seeds
 (shuffle, initialization and minibatches). Both models get the same tuning budget: the Adam learning rate over the
 same 4-point grid (1e-3, 3e-3, 1e-2, 3e-2), chosen on the seed-mean validation error averaged over the sizes
-(``paperlab.runner.protocol``); every seed and size of a model is one ``jit(vmap(vmap(...)))`` program. Each seed's test-error curve is
-fitted by ``paperlab.scaling.fit_learning_curve(m, err, regions=False)`` (``eps = alpha m**beta + gamma``, Huber on
-log error, L-BFGS-B) and scored by ``sklearn.metrics.r2_score`` on the errors. Claim, on seed means: R^2 > 0.95
-and beta < 0 for both models, and |beta_logreg - beta_mlp| < 0.15.
+(``paperlab.runner.protocol``); every seed and size of a model is one ``jit(vmap(vmap(...)))`` program. Each
+seed's test-error curve is fitted by ``paperlab.scaling.fit_learning_curve(m, err, regions=False)`` (``eps = alpha
+m**beta + gamma``, Huber on log error, L-BFGS-B) and scored by ``sklearn.metrics.r2_score`` on the errors.
+Claim, on seed means: R^2 > 0.95 and beta < 0 for both models, and |beta_logreg - beta_mlp| < 0.15.
 
 Protocol: arms ``logreg``, ``mlp`` and the control ``mlp_reversed`` (the MLP's own test errors assigned to the sizes
 in reverse order: a curve whose error grows with data, which the claim must reject); the control replaces the MLP
