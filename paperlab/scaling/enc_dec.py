@@ -95,8 +95,8 @@ def fit_enc_dec(N_e: Any, N_d: Any, L: Any, *, ref: tuple[float, float] | None =
   The objective is the shared one of :mod:`paperlab.scaling.fit`: ``sum_i Huber_delta(log Lhat_i - log L_i)`` with
   ``log Lhat = LSE(log alpha - p_e log(N_e/ref_e) - p_d log(N_d/ref_d), log L_inf)``, minimized by L-BFGS-B
   (float64, exact gradient) from every start of a grid, keeping the best; the paper fits its eq. 2 jointly to
-  encoder-scaling, decoder-scaling and symmetric-scaling runs, which is what ``N_e, N_d, L`` should hold (a design
-  where ``N_e`` and ``N_d`` move together cannot separate ``p_e`` from ``p_d``). Host-side scipy.
+  encoder-scaling and decoder-scaling runs (its Fig. 2), which is what ``N_e, N_d, L`` should hold (a design where
+  ``N_e`` and ``N_d`` only move together cannot separate ``p_e`` from ``p_d``). Host-side scipy.
 
   Args:
     N_e: encoder parameter counts, 1-D, > 0.
