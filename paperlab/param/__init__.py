@@ -30,3 +30,8 @@ from paperlab.param.spectral_reg import *  # noqa: F401,F403,E402
 from paperlab.param.spectral_reg import __all__ as _spectral_reg_all  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(_spectral_reg_all))
+
+from paperlab.param.presets import *  # noqa: F401,F403,E402
+from paperlab.param.presets import __all__ as _presets_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_presets_all))
