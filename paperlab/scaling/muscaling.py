@@ -1,13 +1,13 @@
 """muScaling: tune at a small proxy width, transfer the hyperparameters unchanged, extrapolate the loss law.
 
 Yao et al., "Research without Re-search: Maximal Update Parametrization Yields Accurate Loss Prediction across
-Scales", arXiv:2304.06875, Sec. 3 ("muScaling"): under muP the best hyperparameters of a small proxy model stay the
-best at every width (muTransfer), so one set of hyperparameters, chosen once at the proxy, trains a whole ladder of
-widths; the ladder's final losses then follow a power law in model size, ``L(N) = a N^-b + c`` (their Eq. 1, the
-law of Kaplan et al., arXiv:2001.08361, Eq. 1.1 with the irreducible term of Henighan et al., arXiv:2010.14701,
-Eq. 1.1), and the law fitted on the small widths predicts the loss of a large one before it is trained. Without
-muP the best hyperparameters drift with width, the fixed ones fit the larger models worse and worse, and the
-extrapolation breaks.
+Scales", arXiv:2304.06875 ("muScaling"; its section and equation numbers were not checked offline): under muP the
+best hyperparameters of a small proxy model stay the best at every width (muTransfer), so one set of hyperparameters,
+chosen once at the proxy, trains a whole ladder of widths; the ladder's final losses then follow a power law in
+model size, ``L(N) = a N^-b + c`` (the form the paper fits: the law of Kaplan et al., arXiv:2001.08361, Eq. 1.1 with
+the irreducible term of Henighan et al., arXiv:2010.14701, Eq. 1.1), and the law fitted on the small widths predicts
+the loss of a large one before it is trained. Without muP the best hyperparameters drift with width, the fixed ones
+fit the larger models worse and worse, and the extrapolation breaks.
 
 Host-side orchestration (NumPy/scipy, not jit-able): :func:`mu_scaling` calls a user's ``train_fn`` once per
 (width, hyperparameter point) -- typically a jitted, seed-vmapped training program, so the jit lives there -- and
@@ -86,7 +86,7 @@ def _target_losses(target_losses: Any, seeds: int) -> np.ndarray:
 def extrapolate_ladder(num_params: Any, losses: Any, target_num_params: float, target_losses: Any, *,
                        with_offset: bool = True, delta: float = 1e-3, per_seed: bool = True) -> LadderExtrapolation:
   """Fit ``L(N) = a N^-b + c`` on a ladder's rungs and compare its prediction at ``target_num_params`` with the
-  loss measured there (Yao et al., arXiv:2304.06875, Sec. 3: the muScaling fit; Eq. 1).
+  loss measured there (Yao et al., arXiv:2304.06875: the muScaling fit ``L(N) = a N^-b + c``).
 
   The law is fitted once on the seed-mean losses (the prediction, :func:`paperlab.scaling.fit_ladder` with
   Huber ``delta`` 1e-3 on log loss, the Chinchilla recipe) and, with ``per_seed``, once per seed on that seed's
@@ -154,13 +154,13 @@ def mu_scaling(train_fn: Callable[[int, Mapping[str, Any]], Any], widths: Sequen
                grid: Sequence[Mapping[str, Any]] = ({},), proxy_width: int | None = None,
                num_params: Callable[[int], float] | None = None, with_offset: bool = True,
                delta: float = 1e-3, per_seed: bool = True) -> MuScaling:
-  """muScaling (Yao et al., arXiv:2304.06875, Sec. 3): tune at the proxy, transfer unchanged, fit, extrapolate.
+  """muScaling (Yao et al., arXiv:2304.06875): tune at the proxy, transfer unchanged, fit, extrapolate.
 
   1. Every point of ``grid`` is trained at ``proxy_width``; the one with the lowest seed-mean loss is chosen (a
      point where a seed's loss is not finite counts as diverged, ``inf``).
   2. The chosen point is used unchanged at every width of ``widths`` and at ``target_width`` (muTransfer: the
      parametrization in ``train_fn`` is what makes this transfer; the paper's is muP with the proxy as base).
-  3. ``L(N) = a N^-b + c`` (the paper's Eq. 1) is fitted on ``widths``' losses and predicts ``target_width``'s
+  3. ``L(N) = a N^-b + c`` (the paper's power law) is fitted on ``widths``' losses and predicts ``target_width``'s
      (:func:`extrapolate_ladder`).
 
   The proxy's loss at the chosen point is reused as its rung when ``proxy_width`` is one of ``widths``. Host-side:

@@ -36,7 +36,8 @@ def sp_reference(model, eta, sigma):
 
 
 def table(preset):
-  return {p: {"std": r.init_std, "mean": r.init_mean, "mult": r.multiplier, "lr": preset.learning_rate * r.lr_multiplier}
+  lr = preset.learning_rate
+  return {p: {"std": r.init_std, "mean": r.init_mean, "mult": r.multiplier, "lr": lr * r.lr_multiplier}
           for p, r in preset.parametrization.rules.items()}
 
 
