@@ -116,6 +116,16 @@ _rtn_kernel = jax.jit(quant.fake_quantize_rtn, static_argnames=("bits", "group_s
 
 
 @jax.jit
+def _fp_forward(layers, x):
+  """The full-precision MLP's logits."""
+  for i, (k, b) in enumerate(layers):
+    x = x @ k + b
+    if i < len(layers) - 1:
+      x = jax.nn.relu(x)
+  return x
+
+
+@jax.jit
 def _fp_inputs(layers, x):
   """The full-precision inputs of every layer for input batch ``x``."""
   out = []
@@ -183,11 +193,6 @@ def _act_mse_jit(x_test, x_calib, m, bits):
   return jnp.mean(jnp.square(back - x_test))
 
 
-@jax.jit
-def _accuracy(logits, labels):
-  return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
   c = config.digits
   (x, y), splits = ptq_char.digits_tail_split()
@@ -202,9 +207,9 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
 
   def fit(arm, hparams, seeds):
     out = {"val": [], "test": [], "act_mse": []}
-    for s, m, ls in zip(seeds, fp_models, layers):
+    for s, ls in zip(seeds, layers):
       if arm.name == "fp":
-        qm, theta = m, np.inf
+        qm, theta = functools.partial(_fp_forward, ls), np.inf
       else:
         qm, qls = _quantize(arm.name, ls, calib, config, jax.random.key(int(s)), caches[int(s)])
         theta = np.inf if qls[1] is None else qls[1].theta
@@ -213,7 +218,7 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
           thetas.setdefault(arm.name + "_added", []).append([q.added for q in qls])
       for split in ("val", "test"):
         xs, ys = splits[split]
-        out[split].append(float(_accuracy(qm(xs), ys)))
+        out[split].append(float(np.mean(np.argmax(np.asarray(qm(xs)), -1) == np.asarray(ys))))
       x2_test = _fp_inputs(ls, splits["test"][0])[1]
       out["act_mse"].append(0.0 if arm.name == "fp" else
                             _act_mse(x2_test, _fp_inputs(ls, calib)[1], config.bits_a, theta))
