@@ -4,19 +4,20 @@ Rotation Methods", arXiv:2501.13484, ICLR 2025).
 A Hadamard rotation ``x -> x H`` (QuaRot) spreads outlier channels over all channels, but the rotated channels keep
 unequal variances whenever the channels are correlated: ``(H^T C H)_ii`` differs across ``i`` for a non-diagonal
 second-moment matrix ``C = E[x^T x]`` (e.g. a common positive mode, which post-activation features have).
-MambaQuant (Sec. 4.1, Eq. 6-7) first applies the Karhunen-Loeve transform of the calibration activations,
+MambaQuant (Sec. 4, "KLT-enhanced rotation") first applies the Karhunen-Loeve transform of the calibration activations,
 ``C = K Lambda K^T`` (eigenvectors ``K``), then the Hadamard matrix: ``R = K H``. Then
 ``R^T C R = H^T Lambda H`` and, ``H`` having entries ``+-1/sqrt(n)``, every diagonal entry equals
 ``trace(Lambda) / n``: the rotated channels all get the same variance. The rotation is fused into the layer as
 ``W' = R^T W`` with the input ``x' = x R``, so ``x' W' = x W`` before quantization.
 
-**Smooth-fused rotation** (Sec. 4.2, Eq. 8): SmoothQuant's per-channel smoothing ``s = max|X|^alpha /
+**Smooth-fused rotation** (Sec. 4, "Smooth-fused rotation"): SmoothQuant's per-channel smoothing ``s = max|X|^alpha /
 max|W|^(1 - alpha)`` (:func:`paperlab.quant.smooth_scales`) is applied before the rotation, ``X diag(s)^-1`` (fused
 into the previous op in the paper) and ``diag(s) W``, and the KLT is computed on the smoothed activations. For the
 SiLU-gated output path of Mamba the paper modifies the activation to absorb ``s``; that part is specific to Mamba's
 gate and is not implemented here (an MLP's input transform is returned as an explicit matrix instead).
 
-Which second moment: the paper's "covariance" is computed here as the uncentered ``X^T X / N`` (the catalogue's
+The method section's equations are implemented as stated here; their numbers were not checked against the paper's
+text, and no official code was found to transcribe. Which second moment: the paper's "covariance" is computed here as the uncentered ``X^T X / N`` (the catalogue's
 ``C = E[x x^T]``, the matrix whose diagonal is what a per-channel quantizer sees); ``centered=True`` subtracts the
 mean first. Eigenvalues are sorted in descending order (``jnp.linalg.eigh`` returns them ascending).
 """
@@ -73,7 +74,7 @@ def second_moment(x_calib: jax.Array, *, centered: bool = False) -> jax.Array:
 
 
 def klt_hadamard_rotation(x_calib: jax.Array, *, centered: bool = False) -> jax.Array:
-  """MambaQuant's KLT-enhanced rotation ``R = K H`` (arXiv:2501.13484, Sec. 4.1, Eq. 6-7).
+  """MambaQuant's KLT-enhanced rotation ``R = K H`` (arXiv:2501.13484, Sec. 4, the KLT-enhanced rotation ``H_K = K H``).
 
   ``K`` holds the eigenvectors of the calibration second moment ``C`` (:func:`second_moment`) in descending order
   of eigenvalue (``jnp.linalg.eigh``), ``H`` is :func:`hadamard`. Then ``R^T C R`` has all diagonal entries equal to
@@ -139,7 +140,7 @@ class RotatedLayer(NamedTuple):
 
 def smooth_then_rotate(w: jax.Array, x_calib: jax.Array, *, alpha: float | None = 0.5,
                        centered: bool = False) -> RotatedLayer:
-  """MambaQuant's smooth-fused rotation (arXiv:2501.13484, Sec. 4.2, Eq. 8): SmoothQuant smoothing ``s =
+  """MambaQuant's smooth-fused rotation (arXiv:2501.13484, Sec. 4, smooth-fused rotation): SmoothQuant smoothing ``s =
   max|X|^alpha / max|W|^(1 - alpha)`` (rows of the Flax kernel), then the KLT-enhanced rotation of the *smoothed*
   calibration activations ``X diag(s)^-1``. ``alpha=None`` skips the smoothing (plain KLT + Hadamard).
   ``alpha`` defaults to SmoothQuant's 0.5. Jittable.

@@ -5,19 +5,20 @@ Activation outliers concentrated in a few input channels ruin a per-tensor low-b
 (Sec. 3.1, "adaptive channel reassembly") rewrites a linear layer ``y = x W`` (Flax kernel ``(in, out)``) so that
 its input has no large channel and the same width:
 
-* **channel disassembly** (Eq. 2, exact): channel ``j`` with ``max|x_j| > theta`` becomes ``T_j =
+* **channel disassembly** (Sec. 3.1, exact): channel ``j`` with ``max|x_j| > theta`` becomes ``T_j =
   ceil(max|x_j| / theta)`` sub-channels ``x_j / T_j`` and row ``j`` of ``W`` is repeated ``T_j`` times, so
   ``sum_t (x_j / T_j) w_j = x_j w_j``;
-* **channel assembly** (Eq. 3, approximate): to keep the width, ``r = sum_j (T_j - 1)`` pairs of similar channels
+* **channel assembly** (Sec. 3.1, approximate): to keep the width, ``r = sum_j (T_j - 1)`` pairs of similar channels
   ``(i, k)`` are merged into one channel ``(x_i + x_k) / 2`` with row ``w_i + w_k``; the error of one merge is
   exactly ``x_i w_i + x_k w_k - (x_i + x_k)(w_i + w_k) / 2 = (x_i - x_k)(w_i - w_k) / 2``;
 * **adaptive threshold** (Sec. 3.1, last paragraph): ``theta`` is chosen per layer by a grid search that minimizes
   the mean squared error between the full-precision output and the output computed from the quantized
   reassembled activations and weights;
-* **low-rank error correction** (Sec. 3.2, Eq. 4): low-rank weights ``A, B`` trained on a frozen quantized layer
+* **low-rank error correction** (Sec. 3.2): low-rank weights ``A, B`` trained on a frozen quantized layer
   with a reconstruction loss against the full-precision output, then fused into the weights.
 
-The steps follow the official code (github.com/ModelTC/QLLM, commit 4b0871e): ``reassembly/cr_module.py``
+Section numbers are the paper's; its equations are implemented as stated above (equation numbers were not checked
+against the paper's text). The steps follow the official code (github.com/ModelTC/QLLM, commit 4b0871e): ``reassembly/cr_module.py``
 (``find_threshold``: thresholds from ``max_j max|x_j|`` down in ``max(100, int(max / 0.5))`` equal steps to
 ``min_j max|x_j|`` while the added channels stay within ``channel_ratio * in``, ``--channel_ratio 0.2`` in the
 released scripts; assembly first, excluding the channels to be disassembled, then disassembly; the merged
@@ -121,7 +122,7 @@ def _check_absmax(x_absmax: Any) -> jax.Array:
 
 
 def disassembly_counts(x_absmax: jax.Array, theta: float | jax.Array) -> jax.Array:
-  """``T_j = max(ceil(max|x_j| / theta), 1)`` (arXiv:2310.08041, Eq. 2; ``find_outlier_channels`` of the official
+  """``T_j = max(ceil(max|x_j| / theta), 1)`` (arXiv:2310.08041, Sec. 3.1; ``find_outlier_channels`` of the official
   ``cr_module.py``), ``int32 (in,)``. Jittable."""
   x_absmax = _check_absmax(x_absmax)
   _checks.check_positive("theta", theta)
@@ -129,7 +130,7 @@ def disassembly_counts(x_absmax: jax.Array, theta: float | jax.Array) -> jax.Arr
 
 
 def channel_disassemble(w: jax.Array, x_absmax: jax.Array, theta: float) -> tuple[jax.Array, ChannelMap]:
-  """Channel disassembly (arXiv:2310.08041, Sec. 3.1, Eq. 2): split every input channel with ``max|x_j| > theta``
+  """Channel disassembly (arXiv:2310.08041, Sec. 3.1): split every input channel with ``max|x_j| > theta``
   into ``T_j`` sub-channels ``x_j / T_j``, repeating row ``j`` of the kernel ``T_j`` times (``repeat_interleave``
   order, as the official code). Exact: ``expand_act(x, m) @ w' == x @ w``.
 
@@ -202,7 +203,7 @@ def _assembly_from_pairs(w: jax.Array, pairs: np.ndarray) -> tuple[jax.Array, Ch
 
 def channel_assemble(w: jax.Array, x_calib: jax.Array, n_merge: int, *, exclude: Any = None
                      ) -> tuple[jax.Array, ChannelMap]:
-  """Channel assembly (arXiv:2310.08041, Sec. 3.1, Eq. 3): merge ``n_merge`` pairs of similar input channels.
+  """Channel assembly (arXiv:2310.08041, Sec. 3.1): merge ``n_merge`` pairs of similar input channels.
 
   Candidates pair an even channel with an odd one (the official ``bipartite_soft_matching_x_w``); the cost of a
   pair is the squared Frobenius norm of its merge error on the calibration tokens, ``||x_i - x_k||^2 ||w_i -
@@ -381,7 +382,7 @@ _corrected_jit = jax.jit(_corrected, static_argnums=(3, 4, 5))
 def lowrank_correction(w: jax.Array, x: jax.Array, y: jax.Array, key: jax.Array, *, bits: int = 4,
                        group_size: int | None = None, rank: int = 4, alpha: float | None = None, steps: int = 500,
                        learning_rate: float = 5e-4) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """QLLM's efficient error correction (arXiv:2310.08041, Sec. 3.2, Eq. 4) for one layer: low-rank weights
+  """QLLM's efficient error correction (arXiv:2310.08041, Sec. 3.2) for one layer: low-rank weights
   ``A (rank, in)``, ``B (out, rank)`` (peft layout; ``A`` kaiming-uniform, ``B`` zero, as the official
   ``LoRAQuantLinear``) minimize the reconstruction loss ``mean((x Q(W + s A^T B^T) - y)^2)`` with ``W`` frozen,
   through the weight quantizer ``Q`` with a straight-through estimator, by full-batch Adam (the official code:
