@@ -16,10 +16,11 @@ into the previous op in the paper) and ``diag(s) W``, and the KLT is computed on
 SiLU-gated output path of Mamba the paper modifies the activation to absorb ``s``; that part is specific to Mamba's
 gate and is not implemented here (an MLP's input transform is returned as an explicit matrix instead).
 
-The method section's equations are implemented as stated here; their numbers were not checked against the paper's
-text, and no official code was found to transcribe. Which second moment: the paper's "covariance" is computed here as the uncentered ``X^T X / N`` (the catalogue's
-``C = E[x x^T]``, the matrix whose diagonal is what a per-channel quantizer sees); ``centered=True`` subtracts the
-mean first. Eigenvalues are sorted in descending order (``jnp.linalg.eigh`` returns them ascending).
+The method section's equations are implemented as stated here (their numbers were not checked against the paper's
+text). ``K`` is computed as in a public MambaQuant code release (github.com/xzktx003/mambaquant-master, commit
+029fba1, ``quantize/get_klt_matrix.py``, ``get_llm_act_klt``): ``torch.linalg.eigh`` of ``torch.cov`` of the
+calibration activations (the covariance about the mean), eigenvectors in ``eigh``'s ascending order;
+``centered=False`` uses the uncentered second moment ``X^T X / N`` instead.
 """
 
 from __future__ import annotations
@@ -73,16 +74,16 @@ def second_moment(x_calib: jax.Array, *, centered: bool = False) -> jax.Array:
   return x.T @ x / x.shape[0]
 
 
-def klt_hadamard_rotation(x_calib: jax.Array, *, centered: bool = False) -> jax.Array:
+def klt_hadamard_rotation(x_calib: jax.Array, *, centered: bool = True) -> jax.Array:
   """MambaQuant's KLT-enhanced rotation ``R = K H`` (arXiv:2501.13484, Sec. 4, the KLT-enhanced rotation ``H_K = K H``).
 
-  ``K`` holds the eigenvectors of the calibration second moment ``C`` (:func:`second_moment`) in descending order
-  of eigenvalue (``jnp.linalg.eigh``), ``H`` is :func:`hadamard`. Then ``R^T C R`` has all diagonal entries equal to
-  ``trace(C) / n``. Jittable (``n`` is a static shape).
+  ``K`` holds the eigenvectors of the calibration covariance ``C`` (:func:`second_moment`, centered by default, as
+  the release's ``torch.cov``) in ``jnp.linalg.eigh``'s ascending order of eigenvalue, ``H`` is :func:`hadamard`.
+  Then ``R^T C R`` has all diagonal entries equal to ``trace(C) / n``. Jittable (``n`` is a static shape).
 
   Args:
     x_calib: calibration activations ``(..., n)``, ``n`` a power of two.
-    centered: use the covariance about the mean instead of the uncentered second moment.
+    centered: the covariance about the mean (default, as the release); ``False``: the uncentered ``X^T X / N``.
 
   Returns:
     ``(n, n)`` float32 orthogonal ``R``; rotate inputs as ``x R`` and kernels as ``R^T W``
@@ -91,7 +92,7 @@ def klt_hadamard_rotation(x_calib: jax.Array, *, centered: bool = False) -> jax.
   x = _check_x("x_calib", x_calib)
   n = _check_size(x.shape[1])
   _, k = jnp.linalg.eigh(second_moment(x, centered=centered))
-  return k[:, ::-1] @ hadamard(n)
+  return k @ hadamard(n)
 
 
 def apply_rotation(w_out: jax.Array, rotation: jax.Array, w_in: jax.Array | None = None,
@@ -139,7 +140,7 @@ class RotatedLayer(NamedTuple):
 
 
 def smooth_then_rotate(w: jax.Array, x_calib: jax.Array, *, alpha: float | None = 0.5,
-                       centered: bool = False) -> RotatedLayer:
+                       centered: bool = True) -> RotatedLayer:
   """MambaQuant's smooth-fused rotation (arXiv:2501.13484, Sec. 4, smooth-fused rotation): SmoothQuant smoothing ``s =
   max|X|^alpha / max|W|^(1 - alpha)`` (rows of the Flax kernel), then the KLT-enhanced rotation of the *smoothed*
   calibration activations ``X diag(s)^-1``. ``alpha=None`` skips the smoothing (plain KLT + Hadamard).

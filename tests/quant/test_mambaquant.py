@@ -35,24 +35,25 @@ def test_klt_rotation_is_orthogonal_and_equalizes_the_rotated_variances():
   x = _correlated()
   r = np.asarray(quant.klt_hadamard_rotation(x), np.float64)
   np.testing.assert_allclose(r.T @ r, np.eye(32), atol=1e-5)
-  c = np.asarray(x, np.float64).T @ np.asarray(x, np.float64) / x.shape[0]  # the same second moment, in numpy
+  c = np.cov(np.asarray(x, np.float64).T)  # the same covariance (the release's torch.cov), in numpy
   rotated = np.diag(r.T @ c @ r)
   np.testing.assert_allclose(rotated, np.trace(c) / 32, rtol=1e-3)  # every channel: trace(C) / n
   plain = np.diag(scipy.linalg.hadamard(32) @ c @ scipy.linalg.hadamard(32)) / 32
   assert plain.std() / plain.mean() > 0.1  # the plain Hadamard rotation does not equalize these correlated channels
+  uncentered = np.asarray(x, np.float64).T @ np.asarray(x, np.float64) / x.shape[0]
+  r0 = np.asarray(quant.klt_hadamard_rotation(x, centered=False), np.float64)
+  np.testing.assert_allclose(np.diag(r0.T @ uncentered @ r0), np.trace(uncentered) / 32, rtol=1e-3)
 
 
-def test_klt_rotation_matches_numpy_eigh_up_to_eigenvector_signs():
+def test_klt_rotation_matches_the_release_eigh_of_cov_up_to_eigenvector_signs():
+  # xzktx003/mambaquant-master@029fba1 quantize/get_klt_matrix.py: eig_values, K = torch.linalg.eigh(torch.cov(X.T))
   x = _correlated(1)
-  c = np.asarray(x, np.float64).T @ np.asarray(x, np.float64) / x.shape[0]
-  lam, k = np.linalg.eigh(c)
-  k = k[:, ::-1]  # descending eigenvalues
+  _, k = np.linalg.eigh(np.cov(np.asarray(x, np.float64).T))
   h = scipy.linalg.hadamard(32) / np.sqrt(32)
   r = np.asarray(quant.klt_hadamard_rotation(x), np.float64)
   k_ours = r @ h.T  # R = K H, H symmetric orthogonal
   signs = np.sign(np.sum(k_ours * k, axis=0))
-  top = lam[::-1] > 1e-6 * lam.max()
-  np.testing.assert_allclose((k_ours * signs)[:, top][:, :8], k[:, top][:, :8], atol=2e-3)  # leading, separated
+  np.testing.assert_allclose((k_ours * signs)[:, -8:], k[:, -8:], atol=2e-3)  # the leading (well separated) ones
 
 
 def test_klt_rotation_on_a_diagonal_covariance_equalizes_exactly():
@@ -60,7 +61,7 @@ def test_klt_rotation_on_a_diagonal_covariance_equalizes_exactly():
   rng = np.random.default_rng(2)
   d = np.sqrt(np.logspace(0, 3, 64))
   x = jnp.asarray((rng.normal(size=(4096, 64)) * d).astype(np.float32))
-  r = np.asarray(quant.klt_hadamard_rotation(x, centered=True), np.float64)
+  r = np.asarray(quant.klt_hadamard_rotation(x), np.float64)
   xr = np.asarray(x, np.float64) @ r
   xr = xr - xr.mean(0)
   var = (xr ** 2).mean(0)
@@ -95,7 +96,7 @@ def test_smooth_then_rotate_is_function_preserving(alpha):
     np.testing.assert_allclose(np.asarray(layer.scales), np.asarray(expected), rtol=1e-6)
   # the smoothed activations have equal rotated second moments
   xs = np.asarray(x / layer.scales, np.float64)
-  c = xs.T @ xs / xs.shape[0]
+  c = np.cov(xs.T)
   r = np.asarray(layer.rotation, np.float64)
   np.testing.assert_allclose(np.diag(r.T @ c @ r), np.trace(c) / 32, rtol=1e-3)
 
@@ -104,7 +105,7 @@ def test_jit():
   x = _correlated(4)
   r = np.asarray(jax.jit(quant.klt_hadamard_rotation)(x), np.float64)  # eigenvectors of close eigenvalues may
   np.testing.assert_allclose(r.T @ r, np.eye(32), atol=1e-5)             # differ from eager: check the properties
-  c = np.asarray(x, np.float64).T @ np.asarray(x, np.float64) / x.shape[0]
+  c = np.cov(np.asarray(x, np.float64).T)
   np.testing.assert_allclose(np.diag(r.T @ c @ r), np.trace(c) / 32, rtol=1e-3)
   w = jnp.ones((32, 3))
   layer = jax.jit(quant.smooth_then_rotate)(w, x)
