@@ -19,15 +19,15 @@ Nothing is tuned.
 
 Measured at the default config (seeds 0-2; per-seed values in ``experiments/records/80.json``), not reproduced:
 
-* output MSE: none 3.14 (4.70/1.89/2.84), Hadamard 0.264 (0.321/0.210/0.261), KLT+H 0.401 (0.533/0.215/0.455),
-  smooth-fused KLT+H 0.290 (0.363/0.227/0.280). ``MSE(H) <= MSE(none)`` holds (12x lower), but KLT+H is 1.52x
-  the Hadamard arm's MSE, not <= 0.7x: the KLT does equalize the rotated channels' second moments (to float
-  precision, see tests/quant/test_mambaquant.py), yet with per-tensor quantization of heavy-tailed tokens the error
-  follows the largest entries, which the eigenbasis of a 256-token estimate of a 256-dim second moment does not
-  shrink better than H alone. The control (H as KLT+H) fails. A full run takes about 35 CPU-s.
+* output MSE: none 3.14 (4.70/1.89/2.84), Hadamard 0.264 (0.321/0.210/0.261), KLT+H 0.462 (0.683/0.252/0.452),
+  smooth-fused KLT+H 0.338 (0.479/0.206/0.330). ``MSE(H) <= MSE(none)`` holds (12x lower), but KLT+H is 1.75x
+  the Hadamard arm's MSE, not <= 0.7x: the KLT does equalize the rotated channels' variances (to float precision,
+  see tests/quant/test_mambaquant.py), yet with per-tensor quantization of heavy-tailed tokens the error follows
+  the largest entries, which the eigenbasis of a 256-token estimate of a 256-dim covariance does not shrink better
+  than H alone. The control (H as KLT+H) fails. A full run takes about 35 CPU-s.
 
 CI scale (CI_CONFIG: the DIGITS-MLP-OUT model trained 4 epochs instead of 40); at it: none 2.73, H 0.241
-(0.291/0.190/0.244), KLT+H 0.366 (0.485/0.196/0.418), ratio 1.52: not reproduced, as at full scale; ~30 CPU-s
+(0.291/0.190/0.244), KLT+H 0.418 (0.622/0.220/0.412), ratio 1.73: not reproduced, as at full scale; ~29 CPU-s
 (measured under load).
 """
 
