@@ -27,8 +27,8 @@ Measured at the default config (seeds 0-2; per-seed values in ``experiments/reco
   than H alone. The control (H as KLT+H) fails. A full run takes about 35 CPU-s.
 
 CI scale (CI_CONFIG: the DIGITS-MLP-OUT model trained 4 epochs instead of 40); at it: none 2.73, H 0.241
-(0.291/0.190/0.244), KLT+H 0.418 (0.622/0.220/0.412), ratio 1.73: not reproduced, as at full scale; ~29 CPU-s
-(measured under load).
+(0.291/0.190/0.244), KLT+H 0.418 (0.622/0.220/0.412), ratio 1.73: not reproduced, as at full scale; 29-36 CPU-s
+for its test (measured under load; mostly compiling the substrate's training).
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ Measured at the default config (seeds 0-2; per-seed values in ``experiments/reco
 
 CI scale (CI_CONFIG: MLPs trained 4 epochs instead of 40, 60 correction steps per layer instead of 300); at it:
 fp 0.9615, RTN 0.1430, reassembly 0.9415, QLLM 0.9407 (seed means), activation MSE 0.608 -> 0.0843 (ratio 0.139):
-reproduced, ~30 CPU-s (measured under load; most of it compiling the substrate's training and the per-layer
-programs).
+reproduced, 27-29 CPU-s for its test (measured under load; most of it compiling the substrate's training and the
+per-layer programs).
 """
 
 from __future__ import annotations
