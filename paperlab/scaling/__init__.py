@@ -21,3 +21,8 @@ from paperlab.scaling.muscaling import *  # noqa: F401,F403,E402
 from paperlab.scaling import muscaling  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(muscaling.__all__))
+
+from paperlab.scaling.plrf import *  # noqa: F401,F403,E402
+from paperlab.scaling import plrf  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(plrf.__all__))
