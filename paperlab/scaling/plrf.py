@@ -134,7 +134,7 @@ def _simulate(keys, alpha, beta, lr, *, v, d, steps, batch, log_every, dtype):
 
   def one_seed(key):
     k_w, k_sgd = jax.random.split(key)
-    W = jax.random.normal(k_w, (v, d), dtype) / jnp.sqrt(jnp.asarray(d, dtype))
+    W = jax.random.normal(k_w, (v, d), dtype) / jnp.sqrt(jnp.asarray(d, dtype))  # as plrf_problem(k_w, ...)
     K, theta_star, f0 = _span_optimum(PLRFProblem(eigs, b, W))
     lam, Q = jnp.linalg.eigh(K)
     lam = jnp.maximum(lam, 0.0)
@@ -179,7 +179,8 @@ def plrf_simulate(key: jax.Array, alpha: float, beta: float, v: int, d: int, ste
   ``O(v d^2)`` builds ``K``. The loss logged is ``P(theta) = F_0 + 1/2 sum_k lambda_k (u_k - u*_k)^2`` (exact).
 
   Args:
-    key: a PRNG key, or a batch of keys ``(seeds, ...)``: one independent ``W`` and SGD path per key (vmapped).
+    key: a PRNG key, or a batch of keys ``(seeds, ...)``: one independent ``W`` and SGD path per key (vmapped);
+      the ``W`` of ``key`` is ``plrf_problem(jax.random.split(key)[0], alpha, beta, v, d, dtype).W``.
     alpha, beta: data and target exponents (> 0).
     v, d: data dimension and number of features (``v > d``).
     steps: SGD steps (a multiple of ``log_every``).
