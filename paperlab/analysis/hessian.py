@@ -2,7 +2,7 @@
 
 Everything works from Hessian-vector products ``H v`` (forward-over-reverse, ``jax.jvp`` of ``jax.grad``), so the
 Hessian is never formed. The estimators follow PyHessian (Yao et al., "PyHessian: Neural Networks Through the Lens
-of the Hessian", arXiv:2003.07977): power iteration with deflation for the top eigenvalues, Hutchinson's
+of the Hessian", arXiv:1912.07145): power iteration with deflation for the top eigenvalues, Hutchinson's
 Rademacher estimator for the trace, and stochastic Lanczos quadrature (SLQ) for the spectral density (Ghorbani et
 al., "An Investigation into Neural Net Optimization via Hessian Eigenvalue Density", arXiv:1901.10159). Lanczos
 with full reorthogonalisation is the default for the top eigenvalues.
@@ -191,7 +191,7 @@ def hessian_top_eigs(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array
 
   ``method="lanczos"``: ``num_iters`` Lanczos steps with full reorthogonalisation from a Gaussian start, then the
   top ``k`` Ritz pairs of the tridiagonal matrix (exact once ``num_iters`` equals the number of parameters).
-  ``method="power"``: PyHessian's power iteration (Yao et al., arXiv:2003.07977, Alg. 1) with deflation,
+  ``method="power"``: PyHessian's power iteration (Yao et al., arXiv:1912.07145, Alg. 1) with deflation,
   ``num_iters`` the cap per eigenvalue (PyHessian's ``maxIter``, default there 100) and ``tol`` its relative stopping
   tolerance (default there 1e-3). Power iteration converges to the eigenvalue of largest *magnitude*.
 
@@ -268,7 +268,7 @@ def hutchinson_samples(loss_fn: LossFn, params: PyTree, batch: Any, probes: PyTr
 def hessian_trace(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array, *, num_samples: int = 100,
                   batch_size: int | None = None) -> jax.Array:
   """Hutchinson's estimate of ``tr(H)``: the mean of ``v^T H v`` over ``num_samples`` Rademacher probes
-  (PyHessian's ``hessian.trace``, Yao et al., arXiv:2003.07977, Alg. 2; ``maxIter=100`` there, without its
+  (PyHessian's ``hessian.trace``, Yao et al., arXiv:1912.07145, Alg. 2; ``maxIter=100`` there, without its
   early stop so the count is static). Unbiased; its variance is ``2 sum_{i != j} H_ij^2 / num_samples``."""
   _check_int("num_samples", num_samples, 1)
   probes = rademacher_like(key, params, num_samples)
@@ -320,7 +320,7 @@ def hessian_density(loss_fn: LossFn, params: PyTree, batch: Any, key: jax.Array,
 def density_on_grid(nodes: jax.Array, weights: jax.Array, *, num_bins: int = 10000, sigma_squared: float = 1e-5,
                     overhead: float = 0.01) -> tuple[jax.Array, jax.Array]:
   """Gaussian-smoothed SLQ density on a grid, PyHessian's ``density_plot.density_generate`` (the function behind
-  its ESD plots; arXiv:2003.07977, Fig. 3): grid from the run-mean smallest node minus ``overhead`` to the run-mean
+  its ESD plots; arXiv:1912.07145, Fig. 3): grid from the run-mean smallest node minus ``overhead`` to the run-mean
   largest plus ``overhead``, kernel variance ``sigma_squared * max(1, lambda_max - lambda_min)``, run-averaged,
   normalised to integrate to 1 on the grid.
 

@@ -202,11 +202,7 @@ def plot_landscape(losses, alphas, betas=None, *, ax=None, levels: int = 30, log
   Returns:
     The ``Axes``.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  if ax is None:
-    matplotlib.use("Agg", force=False)
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top  (the caller's backend is left as it is)
 
   losses = np.asarray(losses, np.float64)
   values = np.log10(losses) if log else losses

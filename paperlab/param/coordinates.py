@@ -126,16 +126,16 @@ def plot_coord_check(data: Mapping[str, np.ndarray], widths: Sequence[int], path
                      title: str | None = None, layers: Sequence[str] | None = None) -> str:
   """Write a PNG of :func:`coord_check`'s result: one panel per step ``t``, mean ``|output|`` against width
   (log-log), one line per layer (TP5 Fig. 5's layout). Needs matplotlib (imported here only). Returns ``path``."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A Figure without pyplot: writing a PNG must not switch the caller's matplotlib backend (e.g. a notebook's).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
   layers = list(layers) if layers is not None else sorted(data)
   missing = [k for k in layers if k not in data]
   if missing:
     raise ValueError(f"layers {missing} are not in the coordinate-check data ({sorted(data)}).")
   steps = next(iter(data.values())).shape[1]
-  fig, axes = plt.subplots(1, steps, figsize=(3.2 * steps, 3.0), sharey=True, squeeze=False)
+  fig = Figure(figsize=(3.2 * steps, 3.0))
+  axes = fig.subplots(1, steps, sharey=True, squeeze=False)
   for t, ax in enumerate(axes[0]):
     for name in layers:
       ax.plot(widths, data[name][:, t], marker="o", label=name)
@@ -149,5 +149,4 @@ def plot_coord_check(data: Mapping[str, np.ndarray], widths: Sequence[int], path
     fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path

@@ -166,11 +166,11 @@ def plot_loss_vs_lr(sweeps: dict, grids: Mapping[str, Sequence[int]], sizes: Seq
                     panels: tuple[str, str], size_label: Callable[[int], str], title: Callable[[str], str],
                     xlabel: Callable[[str], str] = lambda kind: "log2 learning rate") -> None:
   """Two panels (``panels``' kinds) of seed-mean training loss vs log2 learning rate, one line per size, to ``path``."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A Figure without pyplot: writing a PNG must not switch the caller's matplotlib backend (e.g. a notebook's).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
 
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2, sharey=True)
   for ax, kind in zip(axes, panels):
     for size in sizes:
       loss = sweeps[(kind, size)]["train_loss"].mean(axis=1)
@@ -182,4 +182,3 @@ def plot_loss_vs_lr(sweeps: dict, grids: Mapping[str, Sequence[int]], sizes: Seq
   axes[1].legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)

@@ -186,9 +186,8 @@ def _label(hparams: Mapping[str, Any]) -> str:
 
 
 def _plot_curves(name: str, rows, out: pathlib.Path) -> list[pathlib.Path]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A Figure without pyplot: writing a PNG must not switch the caller's matplotlib backend (e.g. a notebook's).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   names = set()
   for r in rows:
     for t in r["trials"]:
@@ -197,7 +196,8 @@ def _plot_curves(name: str, rows, out: pathlib.Path) -> list[pathlib.Path]:
   preferred = [m for m in ("loss", "train_loss", "test_accuracy", "accuracy") if m in names]
   paths = []
   for metric in (preferred or sorted(names))[:2]:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for r in rows:
       by_step: dict[int, list[float]] = {}
       for t in r["trials"]:
@@ -219,22 +219,21 @@ def _plot_curves(name: str, rows, out: pathlib.Path) -> list[pathlib.Path]:
       ax.legend(fontsize=7)
     fig.tight_layout()
     path = _write_into(out, f"{name}_curves_{metric}.png", lambda p, fig=fig: fig.savefig(p, dpi=80, format="png"))
-    plt.close(fig)
     paths.append(path)
   return paths
 
 
 def _plot_sweeps(name: str, hparams, metrics, rows, out: pathlib.Path) -> list[pathlib.Path]:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A Figure without pyplot: writing a PNG must not switch the caller's matplotlib backend (e.g. a notebook's).
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   paths = []
   numeric = [k for k in hparams if all(_number(r["hparams"][k]) is not None and not isinstance(r["hparams"][k], bool)
                                        for r in rows)]
   for param in numeric:
     others = [k for k in hparams if k != param]
     for metric in metrics[:2]:
-      fig, ax = plt.subplots(figsize=(6, 4))
+      fig = Figure(figsize=(6, 4))
+      ax = fig.subplots()
       lines: dict[str, list] = {}
       for r in rows:
         if r["values"][metric]:
@@ -255,7 +254,6 @@ def _plot_sweeps(name: str, hparams, metrics, rows, out: pathlib.Path) -> list[p
       fig.tight_layout()
       path = _write_into(out, f"{name}_{metric}_vs_{param}.png",
                          lambda p, fig=fig: fig.savefig(p, dpi=80, format="png"))
-      plt.close(fig)
       paths.append(path)
   return paths
 

@@ -1,5 +1,5 @@
 """Parity of paperlab.analysis.hessian with PyHessian 0.1 (``pyhessian.hessian``, the authors' package; Yao et al.,
-arXiv:2003.07977) on the same tiny MLP (flax NNX and torch with identical weights) and data.
+arXiv:1912.07145) on the same tiny MLP (flax NNX and torch with identical weights) and data.
 
 Tolerances: top eigenvalue 1e-3 relative (PyHessian's power iteration run to convergence vs our Lanczos); trace
 and SLQ moments through the *same* probe vectors (injected into PyHessian's ``torch.randint_like`` draws) 1e-4
