@@ -25,8 +25,16 @@ none: "SGD until convergence" is read as a fixed 20000 steps, where the d = 400 
 F_0); the loss is half the MSE and the batch gradient a mean (the paper's normalization not verified; no exponent
 changes).
 
-Measured (seeds 0-2): see the record experiments/records/214.json and the numbers below.
-MEASURED_PLACEHOLDER
+Measured (seeds 0-2, full config): plateau slope -1.298 (per seed -1.366/-1.172/-1.357), |error| 0.102 > 0.1 from
+-1.4: not reproduced, narrowly. SGD did reach its capacity limit (plateau / F_0 in [1.025, 1.032]); the exact F_0 of
+the same W's has the same slope, -1.299 (-1.365/-1.171/-1.361): the shortfall is not SGD's but the finite-d
+behaviour of F_0 itself -- for 2 beta > 1 the leading term is d^-2alpha times a partial sum of j^-2beta that converges
+slowly (its d^(1-2beta) correction flattens the local slope), and the spread over draws of W is large (seed 1). The
+early-loss control: slope -0.787 (-0.877/-0.647/-0.838) -- fails, as it must.
+
+CI scale (CI_CONFIG): 6000 SGD steps (same W's: same keys, same v); at it: plateau slope -1.288
+(-1.357/-1.160/-1.347), |error| 0.112, plateau / F_0 in [1.024, 1.052], control -0.787 -- not reproduced (the test is
+a strict xfail), ~45 CPU-s (over the 25 CPU-s target: four XLA compilations, one per d, dominate).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ DEVIATIONS = (
     "convergence', plateau = mean of the last quarter of the logged losses",
     "loss = half the population MSE with a batch-mean gradient (the paper's normalization not verified)",
 )
-CI_CONFIG = {"steps": 10000, "v": 2000}
+CI_CONFIG = {"steps": 6000}
 
 
 def get_config() -> ml_collections.ConfigDict:
