@@ -9,7 +9,8 @@ from paperlab.runner.protocol import ClaimNotReproduced, require_reproduced
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=ClaimNotReproduced,
-                   reason="CI scale: plateau slope -1.288 vs -1.4 (error 0.112 > 0.1; exact F_0 slope -1.299); full scale -1.298 (0.102)")
+                   reason="CI scale: plateau slope -1.288 vs -1.4 (error 0.112 > 0.1; exact F_0 slope -1.299); "
+                          "full scale -1.298 (0.102)")
 def test_plrf_plateau_slope_matches_the_theory_exponent(run_claim, tmp_path):
   result = run_claim("scaling/plrf_phases", tmp_path, paper_id=214)
   claim = result["claim"]
