@@ -34,7 +34,7 @@ early-loss control: slope -0.787 (-0.877/-0.647/-0.838) -- fails, as it must.
 
 CI scale (CI_CONFIG): 6000 SGD steps (same W's: same keys, same v); at it: plateau slope -1.288
 (-1.357/-1.160/-1.347), |error| 0.112, plateau / F_0 in [1.024, 1.052], control -0.787 -- not reproduced (the test is
-a strict xfail), ~45 CPU-s (over the 25 CPU-s target: four XLA compilations, one per d, dominate).
+a strict xfail), 41 CPU-s for the test (over the 25 CPU-s target: four XLA compilations, one per d, dominate).
 """
 
 from __future__ import annotations
