@@ -1,8 +1,8 @@
 """The power-law random features (PLRF) model: one-pass SGD with the exact population loss, and its capacity limit.
 
 Paquette, Paquette, Xiao, Pennington, "4+3 Phases of Compute-Optimal Neural Scaling Laws", arXiv:2405.15074: the model
-as the catalogue describes it (no section or equation numbers are cited: the paper's text was not checked offline). Data ``x ~ N(0, D)``
-in ``R^v`` with ``D = diag(j^-2alpha)``, target ``<x, b>`` with ``b_j = j^-beta`` (j = 1..v), random features
+as the catalogue describes it (no section or equation numbers are cited: the paper's text was not checked offline).
+Data ``x ~ N(0, D)`` in ``R^v`` with ``D = diag(j^-2alpha)``, target ``<x, b>`` with ``b_j = j^-beta`` (j = 1..v), random features
 ``W^T x`` with ``W`` in ``R^{v x d}`` of i.i.d. ``N(0, 1/d)`` entries, a linear model ``<W^T x, theta>`` trained by
 one-pass SGD (a fresh batch every step, no data reuse) from ``theta = 0``.
 
@@ -75,7 +75,10 @@ def _check_sizes(v, d):
 
 def plrf_problem(key: jax.Array, alpha: float, beta: float, v: int, d: int,
                  dtype: jnp.dtype = jnp.float32) -> PLRFProblem:
-  """Draw one PLRF problem: ``D = diag(j^-2alpha)``, ``b_j = j^-beta``, ``W_{jk} ~ N(0, 1/d)`` (Paquette et al., arXiv:2405.15074)."""
+  """Draw one PLRF problem: ``D = diag(j^-2alpha)``, ``b_j = j^-beta``, ``W_{jk} ~ N(0, 1/d)``.
+
+  Paquette et al., arXiv:2405.15074 (the model's definition). Pure jnp.
+  """
   _check_exponents(alpha, beta)
   _check_sizes(v, d)
   j = jnp.arange(1, v + 1, dtype=dtype)
