@@ -3,8 +3,8 @@
 Paquette, Paquette, Xiao, Pennington, "4+3 Phases of Compute-Optimal Neural Scaling Laws", arXiv:2405.15074: the model
 as the catalogue describes it (no section or equation numbers are cited: the paper's text was not checked offline).
 Data ``x ~ N(0, D)`` in ``R^v`` with ``D = diag(j^-2alpha)``, target ``<x, b>`` with ``b_j = j^-beta`` (j = 1..v),
-random features ``W^T x`` with ``W`` in ``R^{v x d}`` of i.i.d. ``N(0, 1/d)`` entries, a linear model ``<W^T x, theta>`` trained by
-one-pass SGD (a fresh batch every step, no data reuse) from ``theta = 0``.
+random features ``W^T x`` with ``W`` in ``R^{v x d}`` of i.i.d. ``N(0, 1/d)`` entries, a linear model
+``<W^T x, theta>`` trained by one-pass SGD (a fresh batch every step, no data reuse) from ``theta = 0``.
 
 Loss convention: the population loss is half the mean squared error,
 ``P(theta) = 1/2 E_x[(<W^T x, theta> - <x, b>)^2] = 1/2 (W theta - b)^T D (W theta - b)`` (a quadratic form, exact, no
