@@ -67,13 +67,14 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "paperlab"
 
 # Unit tests compile with jax's `jax_disable_most_optimizations` (LLVM -O0, no expensive passes): their programs
 # run for milliseconds, so compiling less is all that counts (tests/analysis/test_hessian.py 37.0 -> 25.9 CPU-s,
-# tests/losses/test_balancing.py 27.8 -> 22.7). The reproductions (tests/experiments/) and the tests marked slow
-# (record checks, runner and CLI runs) keep the flags above: they train (at -O0 the char transformer's PTQ
-# reproduction runs 1.7x longer), and a record check re-runs an experiment whose numbers must match the record's
-# to rtol 1e-3 (the WSD record [432] does not at -O0: a suboptimality of 1.08e-5 becomes 1.21e-5).
+# tests/losses/test_balancing.py 27.8 -> 22.7). The reproductions (tests/experiments/), the runner's tests
+# (tests/runner/) and the tests marked slow keep the flags above: they train (at -O0 the char transformer's PTQ
+# reproduction runs 1.7x longer), a record check re-runs an experiment whose numbers must match the record's to
+# rtol 1e-3 (the WSD record [432] does not at -O0: a suboptimality of 1.08e-5 becomes 1.21e-5), and the runner's
+# tests compare a run in a CLI subprocess (which inherits only XLA_FLAGS) with one in the test's process bit for bit.
 # The setting is per process and not part of jax's in-memory jit caches, so a switch between the two kinds of test
 # also clears those caches: no test runs a program compiled for the other kind.
-_EXPERIMENTS = "tests/experiments/"
+_FULLY_OPTIMIZED = ("tests/experiments/", "tests/runner/")
 
 
 @pytest.fixture(autouse=True)
@@ -82,7 +83,7 @@ def _compile_effort(request):
     yield
     return
   import jax  # pylint: disable=g-import-not-at-top
-  want = not (request.node.nodeid.startswith(_EXPERIMENTS) or request.node.get_closest_marker("slow"))
+  want = not (request.node.nodeid.startswith(_FULLY_OPTIMIZED) or request.node.get_closest_marker("slow"))
   if jax.config.read("jax_disable_most_optimizations") != want:
     jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", want)
