@@ -34,11 +34,10 @@ from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import scipy.linalg
 
 from paperlab import _checks
 from paperlab.quant.gptq import gptq_layer
+from paperlab.quant.mambaquant import hadamard
 from paperlab.quant.rtn import QuantizedWeight, check_finite, check_kernel
 
 __all__ = ["token_importance", "weighted_hessian", "random_hadamard", "rsq_layer", "rsq_model"]
@@ -140,10 +139,8 @@ def random_hadamard(n: int, key: jax.Array) -> jax.Array:
   Raises:
     ValueError: ``n`` not a positive power of two.
   """
-  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 or n & (n - 1):
-    raise ValueError(f"n must be a positive power of two (Sylvester Hadamard size), got {n!r}.")
-  s = jax.random.rademacher(key, (int(n),), dtype=jnp.float32)
-  h = jnp.asarray(scipy.linalg.hadamard(int(n)), jnp.float32) / np.float32(np.sqrt(n))
+  h = hadamard(n)  # checks n
+  s = jax.random.rademacher(key, (h.shape[0],), dtype=jnp.float32)
   return s[:, None] * h
 
 
