@@ -33,11 +33,12 @@ from paperlab.quant.pdquant import *  # noqa: F401,F403
 from paperlab.quant.double_rounding import *  # noqa: F401,F403
 from paperlab.quant.qllm import *  # noqa: F401,F403
 from paperlab.quant.mambaquant import *  # noqa: F401,F403
+from paperlab.quant.elastic import *  # noqa: F401,F403
 
 # The submodules above, by name: ``paperlab.quant.dot`` / ``lorc`` are rebound to the functions of the same name by
 # the star imports, so their modules are looked up in sys.modules rather than as attributes.
 _MODULES = ("formats", "packing", "qarray", "dot", "dfloat", "rtn", "calibration", "gptq", "awq", "lorc",
             "smoothquant", "adaround", "flexround", "qat", "qat_recipes", "checkpoint", "leanquant", "billm", "distill",
             "bitmod", "adaquant", "bitalloc", "nupes", "rsq", "guidedquant", "sensitivity", "pdquant",
-            "double_rounding", "qllm", "mambaquant")
+            "double_rounding", "qllm", "mambaquant", "elastic")
 __all__ = sorted({name for _m in _MODULES for name in _sys.modules[f"{__name__}.{_m}"].__all__})
