@@ -78,21 +78,34 @@ def _check_space(space: Any) -> ElasticSpace:
                       tuple(bool(x) for x in space.symmetric))
 
 
-def _grid(w32: jax.Array, bits: jax.Array, per_channel: bool, symmetric: bool) -> jax.Array:
-  """The value of ``w32`` on :func:`paperlab.quant.quantize`'s ``int{bits}`` / ``uint{bits}`` grid (float32 scale),
-  ``bits`` possibly traced."""
-  axes = tuple(range(w32.ndim - 1)) if per_channel else None
+def _select(flag: Any, on_true: jax.Array, on_false: jax.Array) -> jax.Array:
+  if _is_static_bool(flag):
+    return on_true if flag else on_false
+  return jnp.where(flag, on_true, on_false)
+
+
+def _grid(w32: jax.Array, bits: Any, per_channel: Any, symmetric: Any) -> jax.Array:
+  """The value of ``w32`` on :func:`paperlab.quant.quantize`'s ``int{bits}`` / ``uint{bits}`` grid (float32 scale).
+
+  Both grids are written as ``(clip(round(w / s) + z, 0, 2^b - 1) - z) s``: the symmetric one with
+  ``s = max|w| / (2^(b-1) - 1)`` and ``z = 2^(b-1)`` (the same integers as ``clip(round(w / s), -2^(b-1),
+  2^(b-1) - 1)``), so a traced form is a ``where`` between statistics, not between quantized tensors."""
+  def stats(axes):
+    return (jnp.min(w32, axis=axes, keepdims=True), jnp.max(w32, axis=axes, keepdims=True),
+            jnp.max(jnp.abs(w32), axis=axes, keepdims=True))
+
+  channel = stats(tuple(range(w32.ndim - 1))) if per_channel is not False else None
+  tensor = stats(None) if per_channel is not True else None
+  mn, mx, amax = (channel if per_channel is True else tensor if per_channel is False else
+                  tuple(jnp.where(per_channel, c, t) for c, t in zip(channel, tensor)))
   bits = jnp.asarray(bits, jnp.float32)
-  if symmetric:
-    qmax = jnp.exp2(bits - 1.0) - 1.0
-    amax = jnp.max(jnp.abs(w32), axis=axes, keepdims=True)
-    s = jnp.where(amax > 0, amax / qmax, 1.0)
-    return jnp.clip(jnp.round(w32 / s), -qmax - 1.0, qmax) * s
   maxq = jnp.exp2(bits) - 1.0
-  lo = jnp.minimum(jnp.min(w32, axis=axes, keepdims=True), 0.0)
-  hi = jnp.maximum(jnp.max(w32, axis=axes, keepdims=True), 0.0)
-  s = jnp.where(hi > lo, (hi - lo) / maxq, 1.0)
-  z = jnp.clip(jnp.round(-lo / s), 0.0, maxq)
+  half = jnp.exp2(bits - 1.0)
+  lo, hi = jnp.minimum(mn, 0.0), jnp.maximum(mx, 0.0)
+  s_asym = jnp.where(hi > lo, (hi - lo) / maxq, 1.0)
+  s_sym = jnp.where(amax > 0, amax / (half - 1.0), 1.0)
+  s = _select(symmetric, s_sym, s_asym)
+  z = _select(symmetric, jnp.broadcast_to(half, s_sym.shape), jnp.clip(jnp.round(-lo / s_asym), 0.0, maxq))
   return (jnp.clip(jnp.round(w32 / s) + z, 0.0, maxq) - z) * s
 
 
@@ -142,8 +155,9 @@ def elastic_fake_quant(w: jax.Array, cfg: QConfig) -> jax.Array:
   Args:
     w: floating weight; ``ndim >= 2`` when per channel.
     cfg: a :class:`QConfig`. Static Python values compile one form. Under ``jit`` ``bits`` may be traced (one
-      program serves every width), and so may ``per_channel`` / ``symmetric`` (scalar bool or int arrays): the four
-      forms are then selected with ``lax.switch`` (all four are computed under ``vmap``).
+      program serves every width), and so may ``per_channel`` / ``symmetric`` (scalar bool or int arrays): both
+      grids are one formula (see ``_grid``), so a traced form only selects between per-tensor and per-channel
+      statistics and between two scales and zero points -- one quantized tensor is computed, never four.
 
   Returns:
     The fake-quantized ``w`` in ``w``'s dtype and shape.
@@ -164,13 +178,7 @@ def elastic_fake_quant(w: jax.Array, cfg: QConfig) -> jax.Array:
   symmetric = _check_flag("symmetric", cfg.symmetric)
   if per_channel is not False and w.ndim < 2:
     raise ValueError(f"a per-channel form needs w with ndim >= 2 (channels on the last axis), got shape {w.shape}.")
-  w32 = w.astype(jnp.float32)
-  if _is_static_bool(per_channel) and _is_static_bool(symmetric):
-    w_hat = _grid(w32, bits, per_channel, symmetric)
-  else:
-    branches = [lambda v, b, pc=pc, sym=sym: _grid(v, b, pc, sym) for pc in (False, True) for sym in (False, True)]
-    index = 2 * jnp.asarray(per_channel, jnp.int32) + jnp.asarray(symmetric, jnp.int32)
-    w_hat = jax.lax.switch(index, branches, w32, jnp.asarray(bits, jnp.float32))
+  w_hat = _grid(w.astype(jnp.float32), bits, per_channel, symmetric)
   return _qat._straight_through(w, w_hat.astype(w.dtype))
 
 
