@@ -31,7 +31,8 @@ def _bucketed(p, top):
 
 def _logits(seed, shape=(6, 12), scale=2.0):
   rng = np.random.default_rng(seed)
-  return (scale * rng.standard_normal(shape)).astype(np.float32), (scale * rng.standard_normal(shape)).astype(np.float32)
+  t, s = scale * rng.standard_normal(shape), scale * rng.standard_normal(shape)
+  return t.astype(np.float32), s.astype(np.float32)
 
 
 def test_k_equal_to_vocab_or_unit_tail_weight_is_the_standard_kl():
