@@ -1,4 +1,5 @@
-"""Parametrizations (SP, NTK, muP, u-muP, depth-muP), coordinate checks, and initializations / reparametrizations."""
+"""Parametrizations (SP, NTK, muP, u-muP, depth-muP), coordinate checks, initializations / reparametrizations, and
+the magnitude-invariant parametrization of hypernetworks."""
 
 from paperlab.param.parametrization import *  # noqa: F401,F403
 from paperlab.param.coordinates import *  # noqa: F401,F403
@@ -35,3 +36,8 @@ from paperlab.param.presets import *  # noqa: F401,F403,E402
 from paperlab.param.presets import __all__ as _presets_all  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(_presets_all))
+
+from paperlab.param.hypernet import *  # noqa: F401,F403,E402
+from paperlab.param.hypernet import __all__ as _hypernet_all  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(_hypernet_all))
