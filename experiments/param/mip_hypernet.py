@@ -22,7 +22,7 @@ is further ahead: 0.00114 vs 0.00241 (ratio 0.47). Validation loss at step 300 b
 MIP 0.0040, 0.0041, 0.0021, 0.0023, 0.0080; default 0.0069, 0.0037, 0.0064, 0.0027, 0.0190 -- at a shared rate
 MIP is ahead at 4 of 5 rates (by up to 3x), but tuned separately the default closes most of the gap. A first grid
 {3e-4, 1e-3, 3e-3, 1e-2} capped the default at 1e-2 and gave a ratio of 0.59; it was widened because MIP's choice
-sat on its edge, before the claim was judged on the widened grid. 122 CPU-s.
+sat on its edge, before the claim was judged on the widened grid. 39 CPU-s.
 
 CI scale (CI_CONFIG): the full grid and seeds, training stopped at step 300 (the claim's step), XLA's fast CPU
 compile; at it: the same step-300 numbers (ratio 0.79, not reproduced; strict xfail), 23 CPU-s.
