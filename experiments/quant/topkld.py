@@ -2,7 +2,7 @@
 2024; no arXiv id in the catalogue), catalogue [598], on CHAR-LM.
 
 Setting: ptq_char's character transformer (2 pre-LN layers, 4 heads, context 32, vocabulary 33) at widths
-d in ``d_models``, pre-trained in float (Adam 3e-3, 300 steps of batch 16) on 100k characters of the embedded grammar
+d in ``d_models`` (64, 128), pre-trained in float (Adam 3e-3, 300 steps of batch 16) on 100k characters of the embedded grammar
 corpus (train / validation / test as in ``experiments/quant/ptq_char.py``). Its block kernels are then quantized to
 W bits (asymmetric min-max grid, groups of 32 input rows; embeddings, norms and the output head in float):
 
@@ -52,6 +52,8 @@ DEVIATIONS = (
     "groups of 32, activations in float; both trained arms on the learning-rate grid {1e-3, 3e-4}",
     "the claim is asserted at every d of the table; the table (reporting only) is RTN at W {8,4,3}, total bits "
     "counting unquantized parameters at 32 bits and no scale / zero-point overhead",
+    "d in {64, 128}: d = 192 of the catalogue is left out for the CPU budget (a first full run had spent 9.6 "
+    "CPU-min, most of it at d = 192, before it was stopped)",
 )
 CI_CONFIG = {"d_models": (64,), "learning_rates": (1e-3,), "table_bits": (3,)}  # paperlab reproduce 598 --ci
 
@@ -60,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seeds = 3
   c.num_chars = 100_000
-  c.d_models = (64, 128, 192)
+  c.d_models = (64, 128)
   c.num_layers = 2
   c.num_heads = 4
   c.seq_len = 32
