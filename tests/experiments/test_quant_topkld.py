@@ -1,5 +1,5 @@
 """Reproduction: TopKLD- vs plain-KL-distilled W3 QAT of CHAR-LM (catalogue [598]), at the CI scale of ``CI_CONFIG``
-(d 64 only, one learning rate, the W3 row of the table only)."""
+(d 64 only, the learning rate 3e-4 that both arms choose at full scale, the W3 row of the table only)."""
 
 from __future__ import annotations
 
