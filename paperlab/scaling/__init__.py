@@ -26,3 +26,8 @@ from paperlab.scaling.plrf import *  # noqa: F401,F403,E402
 from paperlab.scaling import plrf  # noqa: E402
 
 __all__ = sorted(set(__all__) | set(plrf.__all__))
+
+from paperlab.scaling.time_budget import *  # noqa: F401,F403,E402
+from paperlab.scaling import time_budget  # noqa: E402
+
+__all__ = sorted(set(__all__) | set(time_budget.__all__))
