@@ -7,9 +7,15 @@ import jax
 import numpy as np
 import pytest
 import torch
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 import paperlab.losses as pl
+
+
+def multiclass_calibration_error(*args, **kwargs):
+  """torchmetrics' reference, imported on first use: importing torchmetrics costs ~7 CPU-s, and every xdist
+  worker imports every test module while collecting."""
+  from torchmetrics.functional.classification import multiclass_calibration_error as ref  # pylint: disable=g-import-not-at-top
+  return ref(*args, **kwargs)
 
 
 def _case(seed, n=2000, k=7, scale=3.0):

@@ -19,9 +19,15 @@ import pytest
 from flax import nnx
 
 torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
-from peft.tuners.adalora.layer import RankAllocator  # noqa: E402
-from peft.utils import get_peft_model_state_dict  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def _import_peft():
+  """peft (and transformers under it), imported when this module's first test runs, not when it is collected:
+  the import costs ~7 CPU-s and every xdist worker collects every test module."""
+  global peft, RankAllocator, get_peft_model_state_dict  # pylint: disable=global-variable-undefined
+  import peft  # pylint: disable=g-import-not-at-top,redefined-outer-name
+  from peft.tuners.adalora.layer import RankAllocator  # pylint: disable=g-import-not-at-top
+  from peft.utils import get_peft_model_state_dict  # pylint: disable=g-import-not-at-top
 
 import paperlab.peft as pp  # noqa: E402
 from paperlab.models import MLP  # noqa: E402
