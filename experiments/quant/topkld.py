@@ -72,7 +72,8 @@ DEVIATIONS = (
     "d in {64, 128}: d = 192 of the catalogue is left out for the CPU budget (a first full run had spent 9.6 "
     "CPU-min, most of it at d = 192, before it was stopped)",
 )
-CI_CONFIG = {"d_models": (64,), "learning_rates": (3e-4,), "table_bits": (3,), "fast_compile": True}  # paperlab reproduce 598 --ci
+# paperlab reproduce 598 --ci
+CI_CONFIG = {"d_models": (64,), "learning_rates": (3e-4,), "table_bits": (3,), "fast_compile": True}
 
 
 def get_config() -> ml_collections.ConfigDict:
