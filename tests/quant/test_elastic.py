@@ -82,7 +82,7 @@ def test_sandwich_rule_largest_first_smallest_last_random_between():
   space = quant.ElasticSpace(bits=(2, 4, 8))
   sample = quant.sample_configs
   keys = jax.random.split(jax.random.key(0), 200)
-  cfgs = jax.vmap(lambda k: quant.sample_configs(k, space, 4))(keys)
+  cfgs = jax.jit(jax.vmap(lambda k: quant.sample_configs(k, space, 4)))(keys)  # one program, not one per op
   assert cfgs.bits.shape == (200, 4) and cfgs.bits.dtype == jnp.int32 and cfgs.symmetric.dtype == jnp.bool_
   assert np.all(cfgs.bits[:, 0] == 8) and np.all(cfgs.bits[:, -1] == 2)
   assert set(np.unique(cfgs.bits[:, 1:3]).tolist()) == {2, 4, 8}  # the middle ones are drawn from the whole space
@@ -113,6 +113,9 @@ def _official_moments(w: np.ndarray) -> tuple[float, float]:
   return float(skewness_val), float(kurtosis_val)
 
 
+_moments = jax.jit(quant.skewness_kurtosis, static_argnames="ddof")  # one program per length, not one per op
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1), st.sampled_from(["normal", "laplace", "uniform", "exponential"]),
        st.integers(5, 300))
@@ -120,10 +123,10 @@ def test_moments_match_scipy_and_the_official_code(seed, dist, n):
   w = getattr(np.random.default_rng(seed), dist)(size=n).astype(np.float32)
   if np.std(w) < 1e-3:
     return
-  s0, k0 = quant.skewness_kurtosis(jnp.asarray(w), ddof=0)
+  s0, k0 = _moments(jnp.asarray(w), ddof=0)
   np.testing.assert_allclose(float(s0), scipy.stats.skew(w.astype(np.float64)), rtol=2e-4, atol=2e-5)
   np.testing.assert_allclose(float(k0), scipy.stats.kurtosis(w.astype(np.float64), fisher=False), rtol=2e-4)
-  s1, k1 = quant.skewness_kurtosis(jnp.asarray(w))
+  s1, k1 = _moments(jnp.asarray(w))
   so, ko = _official_moments(w)
   np.testing.assert_allclose([float(s1), float(k1)], [so, ko], rtol=2e-4, atol=2e-5)
 
