@@ -9,6 +9,8 @@
   jitted kernel) vs ``x @ w`` with ``x`` and ``w`` in bfloat16 (and a float32 record), same shapes.
 * ``df11_decode_vs_copy``: host DFloat11 decode vs ``np.copy`` of the bfloat16 array (host-side both), with the
   measured compression ratio in ``sizes``.
+* ``df11_decode_jax_vs_read_write``: the jitted DFloat11 decoder on device vs one jitted read+write pass over the
+  bfloat16 array.
 
 The issue gives no numeric targets for these (they are reported as fractions), so no record carries ``target``.
 
@@ -92,4 +94,12 @@ def run(quick: bool = False) -> list[dict]:
                                                           "size_ratio": d.nbytes / wh.nbytes},
                   "device": harness.device_info(), "op_seconds": t_dec, "baseline_seconds": t_copy,
                   "ratio": t_dec / t_copy})
+  dj = jax.device_put(d)
+  decode = jax.jit(quant.df11_decode_jax)
+  copy = jax.jit(lambda a: a * jnp.bfloat16(1))
+  whj = jnp.asarray(wh)
+  records.append(harness.compare("df11_decode_jax_vs_read_write", lambda: decode(dj), lambda: copy(whj),
+                                 sizes={"shape": list(wh.shape), "size_ratio": d.nbytes / wh.nbytes},
+                                 op_name="jit(paperlab.quant.df11_decode_jax)", baseline_name="jit(x * 1) bfloat16",
+                                 repeats=repeats))
   return records

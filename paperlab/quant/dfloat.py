@@ -9,9 +9,9 @@ per weight. For parallel decoding the bit stream is cut into fixed chunks of ``b
 thread each, 8 in the paper's kernel); per chunk a 5-bit *gap* gives the bit offset of the first code that starts in
 it, and per block of ``chunks_per_block`` chunks the index of its first output element is stored (the paper's
 two-phase kernel: count codes per chunk, prefix-sum, then write; section 3.3). Code lengths are capped at 32 bits
-like the official ``get_32bit_codec``. Everything here is host-side NumPy (encoding and decoding; the decoder is
-vectorized over chunks exactly like the kernel's threads) and is therefore not jittable: DFloat11 is a storage
-format, decompressed before use (e.g. with :func:`df11_decompress_params` ahead of ``jit``).
+like the official ``get_32bit_codec``. Encoding is host-side NumPy; decoding is either host-side
+(:func:`df11_decode`, vectorized over chunks like the kernel's threads) or jittable JAX (:func:`df11_decode_jax`,
+the same two phases, so a compressed model can be decompressed on the accelerator inside the program that uses it).
 
 The round trip is bit-exact for every bfloat16 pattern (+-0, subnormals, Inf, NaN payloads).
 """
@@ -23,12 +23,13 @@ import heapq
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
 
 __all__ = ["DF11", "df11_encode", "df11_decode", "exponent_entropy", "huffman_code_lengths",
-           "df11_compress_params", "df11_decompress_params"]
+           "df11_compress_params", "df11_decompress_params", "df11_decode_jax"]
 
 _GAP_BITS = 5  # the official encoder stores each gap in 5 bits (format(gap, '05b'))
 _MAX_CODE_LEN = 32  # official get_32bit_codec caps code lengths at 32 bits
@@ -68,6 +69,22 @@ class DF11:
     """Stored bytes: sign/mantissa bytes, the exponent stream, the code-length table, gaps and block starts."""
     return sum(int(a.nbytes) for a in (self.sign_mantissa, self.bitstream, self.code_lengths, self.gaps,
                                        self.block_starts))
+
+
+def _df11_flatten(d: DF11):
+  return ((d.sign_mantissa, d.bitstream, d.gaps, d.block_starts),
+          (np.asarray(d.code_lengths, np.uint8).tobytes(), d.shape, d.total_bits, d.bytes_per_chunk,
+           d.chunks_per_block))
+
+
+def _df11_unflatten(aux, children) -> DF11:
+  lengths, shape, total_bits, bytes_per_chunk, chunks_per_block = aux
+  return DF11(*children[:2], np.frombuffer(lengths, np.uint8), *children[2:], shape=shape, total_bits=total_bits,
+              bytes_per_chunk=bytes_per_chunk, chunks_per_block=chunks_per_block)
+
+
+# A pytree (buffers as leaves; the code table, shape and layout static) so that DF11 tensors pass through jit.
+jax.tree_util.register_pytree_node(DF11, _df11_flatten, _df11_unflatten)
 
 
 def _pack_gaps(gaps: np.ndarray) -> np.ndarray:
@@ -192,17 +209,14 @@ def df11_encode(x: Any, *, bytes_per_chunk: int = 8, chunks_per_block: int = 256
               total_bits=total_bits, bytes_per_chunk=bytes_per_chunk, chunks_per_block=chunks_per_block)
 
 
-def df11_decode(d: DF11) -> np.ndarray:
-  """Decompress a :class:`DF11` to the bit-identical bfloat16 NumPy array (host-side, vectorized over chunks like
-  the paper's two-phase kernel: decode every chunk's codes in lock step, then place them by the block starts plus
-  the prefix sum of per-chunk counts)."""
-  n = d.size
-  if n == 0:
-    return np.zeros(d.shape, ml_dtypes.bfloat16)
-  lengths = d.code_lengths.astype(np.int64)
-  codes = _canonical_codes(d.code_lengths).astype(np.int64)
+def _decode_tables(code_lengths: np.ndarray) -> tuple:
+  """Canonical-Huffman decoding tables (host NumPy) shared by both decoders: ``max_len``; a first-level table over
+  the leading ``lut_bits = min(max_len, 12)`` bits (``lut_sym``, ``lut_len``; length 0 = a longer code); and the
+  per-length ranges of the canonical code: for length ``l`` the codes ``first[l] .. first[l] + count[l] - 1`` map to
+  ``syms[offset[l] + k]`` (the paper's hierarchical lookup tables, section 3.3)."""
+  lengths = np.asarray(code_lengths).astype(np.int64)
+  codes = _canonical_codes(np.asarray(code_lengths)).astype(np.int64)
   max_len = int(lengths.max())
-  # canonical decoding tables: for length l, codes first[l] .. first[l] + count[l] - 1 map to syms[offset[l] + k]
   syms = np.array(sorted((l, s) for s, l in enumerate(lengths) if l > 0), np.int64)[:, 1]
   count = np.bincount(lengths[lengths > 0], minlength=max_len + 1)
   first = np.zeros(max_len + 1, np.int64)
@@ -219,6 +233,17 @@ def df11_decode(d: DF11) -> np.ndarray:
       lo = int(codes[s]) << (lut_bits - l)
       lut_sym[lo:lo + (1 << (lut_bits - l))] = s
       lut_len[lo:lo + (1 << (lut_bits - l))] = l
+  return max_len, lut_bits, lut_sym, lut_len, syms, count, first, offset
+
+
+def df11_decode(d: DF11) -> np.ndarray:
+  """Decompress a :class:`DF11` to the bit-identical bfloat16 NumPy array (host-side, vectorized over chunks like
+  the paper's two-phase kernel: decode every chunk's codes in lock step, then place them by the block starts plus
+  the prefix sum of per-chunk counts)."""
+  n = d.size
+  if n == 0:
+    return np.zeros(d.shape, ml_dtypes.bfloat16)
+  max_len, lut_bits, lut_sym, lut_len, syms, count, first, offset = _decode_tables(d.code_lengths)
   chunk_bits = 8 * d.bytes_per_chunk
   n_chunks = max(1, -(-d.total_bits // chunk_bits))
   gaps = _unpack_gaps(d.gaps, n_chunks)
@@ -270,6 +295,79 @@ def df11_decode(d: DF11) -> np.ndarray:
   sm = d.sign_mantissa.astype(np.uint16)
   bits = ((sm & 0x80) << 8) | (exp.astype(np.uint16) << 7) | (sm & 0x7F)
   return bits.view(ml_dtypes.bfloat16).reshape(d.shape)
+
+
+def df11_decode_jax(d: DF11) -> jax.Array:
+  """Decompress a :class:`DF11` to the bit-identical bfloat16 array with JAX: jittable, for decompressing on the
+  accelerator inside the program that uses the weights (the point of DFloat11's GPU kernel).
+
+  The same two-phase decoding as the paper's kernel (Zhang et al., arXiv:2504.11651, section 3.3, Algorithm 1) and
+  :func:`df11_decode`: phase 1 decodes every chunk's codes in lock step (a ``lax.scan`` of
+  ``ceil(8 bytes_per_chunk / shortest code)`` steps, each reading the 32-bit window at every chunk's bit position
+  and resolving it with the first-level table or, for codes longer than 12 bits, the canonical per-length ranges);
+  phase 2 places each chunk's symbols at its block's start plus the prefix sum of the per-chunk counts. :class:`DF11`
+  is a pytree whose buffers are its leaves and whose code lengths, shape and layout are static, so
+  ``jax.jit(lambda d, x: x @ df11_decode_jax(d))(d, x)`` compiles the decoding tables in as constants (one program
+  per code table and shape).
+
+  Args:
+    d: a :class:`DF11` (host buffers, or traced leaves under ``jit``).
+
+  Returns:
+    ``bfloat16`` array of shape ``d.shape``, bit-identical to the encoded array.
+
+  Raises:
+    ValueError: the exponent stream has ``2**31 - 64`` bits or more (bit positions are int32 without x64).
+  """
+  n = d.size
+  if n == 0:
+    return jnp.zeros(d.shape, jnp.bfloat16)
+  if d.total_bits >= 2 ** 31 - 64:
+    raise ValueError(f"d.total_bits must be < 2**31 - 64 for the int32 bit positions, got {d.total_bits}: split "
+                     "the tensor.")
+  max_len, lut_bits, lut_sym, lut_len, syms, count, first, offset = _decode_tables(d.code_lengths)
+  chunk_bits = 8 * d.bytes_per_chunk
+  n_chunks = max(1, -(-d.total_bits // chunk_bits))
+  steps = -(-chunk_bits // int(d.code_lengths[d.code_lengths > 0].min()))  # codes that can start in one chunk
+  packed = jnp.asarray(d.gaps, jnp.uint8).astype(jnp.int32)
+  gap_bit = jnp.arange(n_chunks * _GAP_BITS, dtype=jnp.int32)
+  gap_bits = (packed[gap_bit >> 3] >> (gap_bit & 7)) & 1  # little-endian 5-bit gaps, as _pack_gaps
+  gaps = jnp.sum(gap_bits.reshape(n_chunks, _GAP_BITS) << jnp.arange(_GAP_BITS, dtype=jnp.int32), axis=1)
+  stream = jnp.concatenate([jnp.asarray(d.bitstream, jnp.uint8), jnp.zeros(16, jnp.uint8)]).astype(jnp.uint32)
+  chunk = jnp.arange(n_chunks, dtype=jnp.int32)
+  end = jnp.minimum((chunk + 1) * chunk_bits, d.total_bits)
+  long_lengths = [l for l in range(max_len, lut_bits, -1) if count[l]]  # longest first: the shortest match wins
+  lut_sym_j, lut_len_j = jnp.asarray(lut_sym, jnp.int32), jnp.asarray(lut_len, jnp.int32)
+
+  def step(pos, _):
+    active = pos < end
+    byte, shift = jnp.minimum(pos >> 3, stream.shape[0] - 5), (pos & 7).astype(jnp.uint32)
+    b = [stream[byte + k] for k in range(5)]
+    hi = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]
+    window = (hi << shift) | (b[4] >> (8 - shift))  # the 32 bits from pos on, most significant first
+    top = (window >> (32 - lut_bits)).astype(jnp.int32)
+    sym, length = lut_sym_j[top], lut_len_j[top]
+    miss = length == 0
+    for l in long_lengths:
+      c = window >> (32 - l)
+      lo = jnp.uint32(first[l])
+      hit = miss & (c >= lo) & (c - lo < jnp.uint32(count[l]))  # no overflow at the 32-bit code 2**32 - 1
+      length = jnp.where(hit, l, length)
+      sym = jnp.where(hit, jnp.asarray(syms, jnp.int32)[jnp.clip(offset[l] + (c - lo).astype(jnp.int32), 0,
+                                                                   syms.size - 1)], sym)
+    return jnp.where(active, pos + length, pos), (sym, active)
+
+  _, (sym, valid) = jax.lax.scan(step, chunk * chunk_bits + gaps, None, length=steps)
+  sym, valid = sym.T, valid.T  # (chunk, code)
+  per_chunk = jnp.sum(valid, axis=1, dtype=jnp.int32)
+  block = chunk // d.chunks_per_block
+  csum = jnp.cumsum(per_chunk) - per_chunk
+  chunk_out = jnp.asarray(d.block_starts).astype(jnp.int32)[block] + csum - csum[block * d.chunks_per_block]
+  where = jnp.where(valid, chunk_out[:, None] + jnp.arange(steps, dtype=jnp.int32), n)
+  exp = jnp.zeros(n, jnp.uint16).at[where.reshape(-1)].set(sym.reshape(-1).astype(jnp.uint16), mode="drop")
+  sm = jnp.asarray(d.sign_mantissa, jnp.uint8).astype(jnp.uint16)
+  bits = ((sm & 0x80) << 8) | (exp << 7) | (sm & 0x7F)
+  return jax.lax.bitcast_convert_type(bits, jnp.bfloat16).reshape(d.shape)
 
 
 def df11_compress_params(params: Any, **kwargs: Any) -> Any:

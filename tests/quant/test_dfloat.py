@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -101,3 +102,46 @@ def test_non_bfloat16_input_is_rejected():
     quant.df11_encode(np.ones(4, np.float32))
   with pytest.raises(ValueError, match="bytes_per_chunk must be >= 4"):
     quant.df11_encode(_trained_like((8,)), bytes_per_chunk=2)
+
+
+# --- the jittable decoder (df11_decode_jax): the host decoder above and the encoded bits are its oracles ---
+
+
+def test_jax_decoder_round_trips_every_bfloat16_pattern_under_jit():
+  x = np.arange(2 ** 16, dtype=np.uint16).view(ml_dtypes.bfloat16)
+  d = quant.df11_encode(x)
+  np.testing.assert_array_equal(_bits(jax.jit(quant.df11_decode_jax)(d)), _bits(x))
+
+
+@pytest.mark.parametrize("n,bytes_per_chunk,chunks_per_block", [(1, 8, 256), (7, 8, 256), (1001, 4, 3),
+                                                                 (5000, 8, 2), (200_000, 8, 256)])
+def test_jax_decoder_matches_the_host_decoder_on_odd_sizes_and_layouts(n, bytes_per_chunk, chunks_per_block):
+  x = _trained_like((n,), seed=n, dist="t")
+  d = quant.df11_encode(x, bytes_per_chunk=bytes_per_chunk, chunks_per_block=chunks_per_block)
+  np.testing.assert_array_equal(_bits(quant.df11_decode_jax(d)), _bits(x))
+  np.testing.assert_array_equal(_bits(quant.df11_decode_jax(d)), _bits(quant.df11_decode(d)))
+
+
+def test_jax_decoder_resolves_codes_up_to_32_bits(monkeypatch):
+  # A complete prefix code with every length 1..32 (Kraft: 1/2 + ... + 1/2^31 + 2/2^32 = 1), the longest two being
+  # 0xfffffffe and 0xffffffff: the rare-code path past the 12-bit table and the top of the uint32 range.
+  lengths = np.zeros(256, np.uint8)
+  lengths[100:133] = list(range(1, 33)) + [32]
+  monkeypatch.setattr(quant.dfloat, "huffman_code_lengths", lambda counts, max_len=32: lengths)
+  rng = np.random.default_rng(0)
+  exp = rng.permutation(np.repeat(np.arange(100, 133), 37)).astype(np.uint16)
+  x = ((exp << 7) | rng.integers(0, 1 << 16, exp.size).astype(np.uint16) & 0x807F).view(ml_dtypes.bfloat16)
+  d = quant.df11_encode(x)
+  assert d.code_lengths.max() == 32 and d.total_bits == 37 * sum(range(1, 33)) + 37 * 32
+  np.testing.assert_array_equal(_bits(quant.df11_decode(d)), _bits(x))
+  np.testing.assert_array_equal(_bits(jax.jit(quant.df11_decode_jax)(d)), _bits(x))
+
+
+def test_compressed_weights_decompress_inside_the_jitted_program_that_uses_them():
+  w = _trained_like((64, 48), seed=5)
+  d = quant.df11_encode(w)
+  leaves, treedef = jax.tree.flatten(d)
+  assert len(leaves) == 4 and isinstance(jax.tree.unflatten(treedef, leaves), quant.DF11)
+  x = jnp.asarray(np.random.default_rng(1).standard_normal((3, 64)), jnp.bfloat16)
+  out = jax.jit(lambda d, x: x @ quant.df11_decode_jax(d))(d, x)
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(x @ jnp.asarray(w), np.float32))
