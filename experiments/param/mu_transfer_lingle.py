@@ -23,9 +23,20 @@ the test split is read once per arm. Claim: under muP the argmin moves by at mos
 Control: the same claim with SP's argmins in muP's place must fail (if SP also moves <= 1 step, the claim is vacuous
 and recorded as not reproduced). A PNG of validation loss vs learning rate goes to the workdir.
 
-Measured at full scale (get_config(): ...): TBD.
+Measured at full scale (get_config(): widths 16/32/64, 2 layers, context 32, 120 Adam steps of batch 8, grid
+2^-10..2^-4, seeds 0-2; record experiments/records/412.json, ~221 CPU-s on 2 shared cores): reproduced -- best log2
+learning rate (seed-mean validation loss) muP -5/-5/-5 (0 grid steps; per-seed argmins -5,-5,-6 at every width),
+SP -6/-7/-9 (3 grid steps; per seed -5,-5,-6 / -7,-6,-7 / -9,-9,-8), so the control fails as it must; muP with
+trainable gains -6/-6/-6 (0 steps; per seed -6,-5,-6 / -5,-5,-6 / -6,-6,-7), i.e. no exception at this scale (report
+only). Seed-mean validation loss at 2^-10..2^-4: muP w16 2.773 2.398 2.140 2.010 1.953 1.948 1.966, w64 2.697 2.296
+2.052 1.947 1.915 1.915 1.937; SP w16 2.596 2.291 2.077 1.987 1.964 1.967 1.988, w64 1.914 1.897 1.903 1.912 1.921
+1.970 2.630 (the chain's entropy rate: 1.748 nats). The best loss is flat within ~0.01 over 2 grid points at w64,
+so the argmins are noisier than the 0-step shift suggests.
 
-CI scale (CI_CONFIG): TBD.
+CI scale (CI_CONFIG): widths 16/64, 1 layer, context 16, 40 steps, grid 2^-9..2^-5, kinds muP and SP only, XLA
+backend optimization level 0; at it: reproduced, best log2 lr muP -5/-5 (0 steps; per seed -5,-5,-5 at both), SP
+-5/-8 (3 steps; per seed -5,-5,-5 / -7,-8,-8), 42 CPU-s at load ~4.5 on 2 cores (over the 25 CPU-s asked: two
+compiles and tracing are most of it).
 """
 
 from __future__ import annotations
@@ -59,7 +70,8 @@ DEVIATIONS = (
 )
 
 _KINDS = ("mup", "mup_gains", "sp")
-CI_CONFIG = {"widths": (16, 64), "steps": 40, "log2_lrs": tuple(range(-9, -4)), "num_layers": 1, "seq_len": 16}
+CI_CONFIG = {"widths": (16, 64), "steps": 40, "log2_lrs": tuple(range(-9, -4)), "num_layers": 1, "seq_len": 16,
+             "kinds": ("mup", "sp"), "xla_opt_level": 0}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -78,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.steps = 120
   c.batch_size = 8
   c.xla_opt_level = 1
+  c.kinds = _KINDS  # "mup" and "sp" are required (claim and control); "mup_gains" is reported when present
   return c
 
 
@@ -130,9 +143,12 @@ def _trial(config, ds, width: int):
   delta = shapes(2 * base) if width == base else None
   presets = [param.mup_transformer(shapes(width), shapes(base), delta=delta, trainable_gains=g) for g in (False, True)]
   sp = param.parametrize(shapes(width), shapes(base), kind="sp", delta=delta)
-  ps = [presets[0].parametrization, presets[1].parametrization, sp]
   d_head = width // config.num_heads
-  scales = jnp.asarray([1.0 / d_head, 1.0 / d_head, 1.0 / math.sqrt(d_head)], jnp.float32)
+  every = {"mup": (presets[0].parametrization, 1.0 / d_head), "mup_gains": (presets[1].parametrization, 1.0 / d_head),
+           "sp": (sp, 1.0 / math.sqrt(d_head))}
+  kinds = tuple(config.kinds)
+  ps = [every[k][0] for k in kinds]
+  scales = jnp.asarray([every[k][1] for k in kinds], jnp.float32)
   x, y = ds["train"]
 
   def trial(kind, lr, key):
@@ -142,8 +158,8 @@ def _trial(config, ds, width: int):
     graphdef, init = train.make_init(_model_fn(config, width), tx)
     step = train.make_train_step(graphdef, loss_fn, tx)
     state = init(key)
-    inits = [param.mup_transformer_init(key, state.params, pr) for pr in presets]
-    inits.append(param.init_params(key, state.params, sp))
+    inits = [param.mup_transformer_init(key, state.params, presets[k == "mup_gains"]) if k != "sp" else
+             param.init_params(key, state.params, sp) for k in kinds]
     state = state._replace(params=lr_transfer.select(kind, inits),
                            model_state=_with_attn_scale(state.model_state, scales[kind]))
     state, _ = train.run_steps(step, state, (x, y), key, batch_size=config.batch_size, num_steps=config.steps)
@@ -158,7 +174,7 @@ def _sweep(width: int, config, ds) -> dict:
   options = lr_transfer.fast_compile_options()
   if options is not None:
     options["xla_backend_optimization_level"] = config.xla_opt_level
-  return lr_transfer.sweep_program(_trial(config, ds, width), _KINDS, config.log2_lrs, config.seeds,
+  return lr_transfer.sweep_program(_trial(config, ds, width), tuple(config.kinds), config.log2_lrs, config.seeds,
                                    compiler_options=options)
 
 
@@ -167,6 +183,9 @@ def _finite(a):
 
 
 def run(config: ml_collections.ConfigDict, ctx) -> dict:
+  kinds = tuple(config.kinds)
+  if not {"mup", "sp"} <= set(kinds) or not set(kinds) <= set(_KINDS):
+    raise ValueError(f"config.kinds must hold 'mup' and 'sp' and only kinds of {list(_KINDS)}, got {kinds!r}.")
   ds = _data(config)
   grid = [int(k) for k in config.log2_lrs]
   sweeps = {}
@@ -179,22 +198,22 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     i = grid.index(hparams["log2_lr"])
     return {k: v[i] for k, v in sweeps[(kind, int(width))].items()}
 
-  arms = [protocol.Arm(f"{kind}_w{w}", [{"log2_lr": k} for k in grid]) for kind in _KINDS for w in config.widths]
+  arms = [protocol.Arm(f"{kind}_w{w}", [{"log2_lr": k} for k in grid]) for kind in kinds for w in config.widths]
   comparison = protocol.compare(arms, range(config.seeds), fit, validate=lambda out: _finite(out["val_loss"]),
                                 test=lambda out: {"test_loss": out["test_loss"]},
                                 maximize=False)
-  best = {kind: [comparison[f"{kind}_w{w}"].chosen["log2_lr"] for w in config.widths] for kind in _KINDS}
+  best = {kind: [comparison[f"{kind}_w{w}"].chosen["log2_lr"] for w in config.widths] for kind in kinds}
   steps = {kind: max(grid.index(k) for k in b) - min(grid.index(k) for k in b) for kind, b in best.items()}
   per_seed = {kind: [[grid[i] for i in np.argmin(_finite(sweeps[(kind, w)]["val_loss"]), axis=0)]
-                     for w in config.widths] for kind in _KINDS}
+                     for w in config.widths] for kind in kinds}
   for (kind, w), s in sorted(sweeps.items()):
     for k, v in zip(grid, s["val_loss"].mean(axis=1)):
       ctx.log(k, {f"{kind}_w{w}/val_loss": float(v)})
   ctx.print(f"best log2 lr by width {list(config.widths)} (validation loss): muP {best['mup']} ({steps['mup']} "
-            f"grid steps), muP + trainable gains {best['mup_gains']} ({steps['mup_gains']}), SP {best['sp']} "
-            f"({steps['sp']}); entropy rate {ds['entropy_rate']:.4f} nats")
+            f"grid steps), muP + trainable gains {best.get('mup_gains')} ({steps.get('mup_gains')}), SP "
+            f"{best['sp']} ({steps['sp']}); entropy rate {ds['entropy_rate']:.4f} nats")
   plot = {key: {"train_loss": s["val_loss"]} for key, s in sweeps.items()}  # plot_loss_vs_lr reads "train_loss"
-  lr_transfer.plot_loss_vs_lr(plot, {k: grid for k in _KINDS}, config.widths, ctx.workdir / "mu_transfer_lingle.png",
+  lr_transfer.plot_loss_vs_lr(plot, {k: grid for k in kinds}, config.widths, ctx.workdir / "mu_transfer_lingle.png",
                               panels=("sp", "mup"), size_label=lambda w: f"d_model {w}",
                               title=lambda kind: f"{kind.upper()}: validation loss after {config.steps} Adam steps")
 
@@ -209,8 +228,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
           "passed": bool(holds and not control), "holds": bool(holds), "control_passes": bool(control),
           "vacuous": bool(control), "statement": CLAIM, "widths": list(config.widths),
           "best_log2_lr_mup": best["mup"], "best_log2_lr_sp": best["sp"],
-          "best_log2_lr_mup_trainable_gains": best["mup_gains"],
+          "best_log2_lr_mup_trainable_gains": best.get("mup_gains"),
           "grid_steps_mup": steps["mup"], "grid_steps_sp": steps["sp"],
-          "grid_steps_mup_trainable_gains": steps["mup_gains"],
+          "grid_steps_mup_trainable_gains": steps.get("mup_gains"),
           "best_log2_lr_per_seed": per_seed, "entropy_rate": ds["entropy_rate"],
           "test_loss": {name: arm.mean("test_loss") for name, arm in comparison.arms.items()}}}
