@@ -108,14 +108,22 @@ def _train(tree, grad_fn, tx, xy, key, steps, batch_size):
   return tree
 
 
-@functools.partial(jax.jit, static_argnames=("arm", "bits", "fp_steps", "qat_steps", "batch_size", "widths", "lr"))
-def _fit(keys, xy, *, arm, bits, fp_steps, qat_steps, batch_size, widths, lr):
-  """Per seed (vmapped): the float model, then the arm's QAT; returns ``(params, steps)``."""
+@functools.partial(jax.jit, static_argnames=("fp_steps", "batch_size", "widths", "lr"))
+def _fit_fp(keys, xy, *, fp_steps, batch_size, widths, lr):
+  """Per seed (vmapped): the float model every arm starts from (trained once, shared by the arms' QAT programs)."""
 
   def one(key):
-    params = _init(key, widths)
-    params = _train(params, lambda p, b: jax.grad(_ce)(p, *b), optax.adam(lr), xy, jax.random.fold_in(key, 1),
-                    fp_steps, batch_size)
+    return _train(_init(key, widths), lambda p, b: jax.grad(_ce)(p, *b), optax.adam(lr), xy,
+                  jax.random.fold_in(key, 1), fp_steps, batch_size)
+
+  return jax.vmap(one)(keys)
+
+
+@functools.partial(jax.jit, static_argnames=("arm", "bits", "qat_steps", "batch_size", "lr"))
+def _fit_qat(fp_params, keys, xy, *, arm, bits, qat_steps, batch_size, lr):
+  """Per seed (vmapped): the arm's QAT from the seed's float model; returns ``(params, steps)``."""
+
+  def one(params, key):
     qkey = jax.random.fold_in(key, 2)
     if arm == "fp":
       return params, _init_steps(params, 8)
@@ -131,7 +139,7 @@ def _fit(keys, xy, *, arm, bits, fp_steps, qat_steps, batch_size, widths, lr):
     tree = _train(tree, grad_fn, tx, xy, qkey, qat_steps, batch_size)
     return tree["params"], tree["steps"]
 
-  return jax.vmap(one)(keys)
+  return jax.vmap(one)(fp_params, keys)
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "bits_hi"))
@@ -148,18 +156,20 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   seeds = np.arange(config.seeds)
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds))
   per_epoch = x.shape[0] // config.batch_size
-  common = dict(fp_steps=config.fp_epochs * per_epoch, qat_steps=config.qat_epochs * per_epoch,
-                batch_size=config.batch_size, widths=tuple(config.widths), lr=float(config.learning_rate))
+  fp_params = _fit_fp(keys, (x, y), fp_steps=config.fp_epochs * per_epoch, batch_size=config.batch_size,
+                      widths=tuple(config.widths), lr=float(config.learning_rate))
+  common = dict(qat_steps=config.qat_epochs * per_epoch, batch_size=config.batch_size, lr=float(config.learning_rate))
 
   def fit(arm, hparams, seeds):
     out = {"val": [], **{f"acc_w{b}": [] for b in BITS}}
     if arm.name == "separate":  # one model per precision
       for b in BITS:
-        p, s = _fit(keys, (x, y), arm="lsq", bits=b, **common)
+        p, s = _fit_qat(fp_params, keys, (x, y), arm="lsq", bits=b, **common)
         out[f"acc_w{b}"] = _accuracy(p, s, *test, bits=b, bits_hi=b)
         out["val"].append(_accuracy(p, s, *val, bits=b, bits_hi=b))
     else:
-      p, s = _fit(keys, (x, y), arm={"joint": "joint", "switch8": "lsq", "fp": "fp"}[arm.name], bits=8, **common)
+      qat_arm = {"joint": "joint", "switch8": "lsq", "fp": "fp"}[arm.name]
+      p, s = _fit_qat(fp_params, keys, (x, y), arm=qat_arm, bits=8, **common)
       for b in BITS:
         q_bits = None if arm.name == "fp" else b
         out[f"acc_w{b}"] = _accuracy(p, s, *splits["test"], bits=q_bits, bits_hi=8)
