@@ -25,20 +25,22 @@ the PQI sum.
 
 Measured at the default config (seeds 0-2; per-seed values in ``experiments/records/40.json``):
 
-* loss change on the 256-image batch, N = 32: dL_true per seed 0.0051 / 0.0050 / 0.0077 (x ~1: W3 per-channel
-  RTN costs little here); ``|sum PQI - dL| / dL`` = 0.0002 on seed means (per seed 0.00004, 0.0016, 0.0005):
-  holds; second-order Taylor 0.468 (per seed 0.443, 0.464, 0.484): *not* above 0.5 -- the Taylor estimate is
-  off by about half, not by orders of magnitude, at this scale.
-* test cross-entropy after detaching 0.5%: RTN alone 0.1307, by |PQI| 0.1271, by |w| 0.1340, by |Taylor| 0.1259,
-  random 0.1297 (signed PQI, reported: 0.1305). PQI beats magnitude (on every seed) but not Taylor (lower on
-  seed 0 only... see the record), so the detach part fails as well.
+* loss change on the 256-image batch, N = 32: dL_true per seed 0.00032 / 0.00028 / 0.00058 (W3 per-channel RTN
+  costs little here); ``|sum PQI - dL| / dL`` = 0.0002 on seed means (per seed 0.00004, 0.0016, 0.0005): holds;
+  second-order Taylor 0.468 (per seed 0.443, 0.464, 0.484): *not* above 0.5 -- the Taylor estimate is off by
+  about half, not by orders of magnitude, at this scale.
+* test cross-entropy after detaching 0.5% (seed means; per seed in the record): RTN alone 0.1307, by |PQI|
+  0.1271, by |w| 0.1340, by |Taylor| 0.1259, random 0.1297 (signed PQI, reported: 0.1305). PQI beats magnitude on
+  every seed (0.1185 / 0.1130 / 0.1497 vs 0.1227 / 0.1234 / 0.1558) but not Taylor (0.1161 / 0.1147 / 0.1470:
+  PQI lower on seed 1 only), so the detach part fails as well.
 
 Not reproduced: both parts fail at full scale (the Taylor error 0.468 <= 0.5; PQI's detach loss above Taylor's).
-Both controls fail, as they must. Full run ~41 CPU-s (77 s wall on the loaded 2-core machine).
+Both controls fail, as they must. Full run ~43 CPU-s (75 s wall on the loaded 2-core machine).
 
-CI scale (CI_CONFIG: 5 training epochs, N = 16, the signed arm left out); at it: Taylor error 0.300 (per seed 0.763,
-0.216, 0.317; PQI 0.0004) fails, while the detach part holds (PQI 0.1467 < Taylor 0.1479 < magnitude 0.1491;
-RTN 0.1480, random 0.1480): not reproduced, strict xfail; 28 CPU-s (pytest -n 0, load ~5.5 on 2 cores).
+CI scale (CI_CONFIG: 5 training epochs, N = 16, the signed arm left out); at it: dL_true 0.0007 / 0.0057 / 0.0086,
+Taylor error 0.300 on seed means (per seed 0.763, 0.216, 0.317; PQI 0.0004) fails, while the detach part holds
+(PQI 0.1467 < Taylor 0.1479 < magnitude 0.1491; RTN 0.1480, random 0.1480): not reproduced, strict xfail;
+28 CPU-s (pytest -n 0, load ~5.5 on 2 cores).
 """
 
 from __future__ import annotations
