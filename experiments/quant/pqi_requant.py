@@ -156,7 +156,8 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
   arms = _ARMS + (("detach_pqi_signed",) if config.signed_arm else ())
   cmp = protocol.compare([protocol.Arm(a) for a in arms], seeds, fit, validate=lambda out: out["val"],
                          maximize=False,
-                         test=lambda out: {"loss": out["test"], **{k: v for k, v in out.items() if k.startswith("dl_")}})
+                         test=lambda out: {"loss": out["test"],
+                                           **{k: v for k, v in out.items() if k.startswith("dl_")}})
   dl = {k: np.asarray(cmp["rtn"].test[k], dtype=np.float64) for k in ("dl_true", "dl_pqi", "dl_taylor")}
   # relative errors of the seed-mean sums (the claim on seed means) and per seed (reported)
   true_m = float(dl["dl_true"].mean())
