@@ -35,7 +35,7 @@ Measured at the default config (seeds 0-2; per-seed values in ``experiments/reco
   PQI lower on seed 1 only), so the detach part fails as well.
 
 Not reproduced: both parts fail at full scale (the Taylor error 0.468 <= 0.5; PQI's detach loss above Taylor's).
-Both controls fail, as they must. Full run ~43 CPU-s (75 s wall on the loaded 2-core machine).
+Both controls fail, as they must. Full run 26-43 CPU-s (22-75 s wall, by the load of the shared 2 cores).
 
 CI scale (CI_CONFIG: 5 training epochs, N = 16, the signed arm left out); at it: dL_true 0.0007 / 0.0057 / 0.0086,
 Taylor error 0.300 on seed means (per seed 0.763, 0.216, 0.317; PQI 0.0004) fails, while the detach part holds
