@@ -24,7 +24,7 @@ Control: the same claim with SP's argmins in muP's place must fail (if SP also m
 and recorded as not reproduced). A PNG of validation loss vs learning rate goes to the workdir.
 
 Measured at full scale (get_config(): widths 16/32/64, 2 layers, context 32, 120 Adam steps of batch 8, grid
-2^-10..2^-4, seeds 0-2; record experiments/records/412.json, ~221 CPU-s on 2 shared cores): reproduced -- best log2
+2^-10..2^-4, seeds 0-2; record experiments/records/412.json, 170-221 CPU-s on 2 shared cores): reproduced -- best log2
 learning rate (seed-mean validation loss) muP -5/-5/-5 (0 grid steps; per-seed argmins -5,-5,-6 at every width),
 SP -6/-7/-9 (3 grid steps; per seed -5,-5,-6 / -7,-6,-7 / -9,-9,-8), so the control fails as it must; muP with
 trainable gains -6/-6/-6 (0 steps; per seed -6,-5,-6 / -5,-5,-6 / -6,-6,-7), i.e. no exception at this scale (report
