@@ -225,7 +225,8 @@ def mup_transformer_init(key: jax.Array, params: Any, preset: MupTransformerPres
 def mup_transformer_config(**overrides: Any):
   """The ml-collections preset of Lingle's muP transformer (arXiv:2404.05728): ``model`` (the
   ``paperlab.models.CharTransformer`` arguments of the catalogue's reproduction shape -- 2 layers, 4 heads, context
-  64, ``d_model`` and the muP base width ``base_d_model`` -- not the paper's model sizes) and ``mup`` (keyword arguments of :func:`mup_transformer`,
+  64, ``d_model`` and the muP base width ``base_d_model`` -- not the paper's model sizes) and ``mup`` (keyword
+  arguments of :func:`mup_transformer`,
   the paper's defaults: fixed gains, ``1/d_head``, zero query and readout). Overrides are dotted keys
   (``mup_transformer_config(**{"mup.trainable_gains": True})``); a typo raises ``ValueError``.
   Host-side (returns a ``ml_collections.ConfigDict``)."""
