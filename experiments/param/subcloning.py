@@ -132,13 +132,15 @@ def run(config: ml_collections.ConfigDict, ctx) -> dict:
     if "teachers" not in cache:
       cache["teachers"] = teachers(keys)
     t_params, importance, _ = cache["teachers"]
-    if arm.name == "subclone":
+    if arm.name in cache:  # the arm's starting points, shared by its learning rates
+      starts = cache[arm.name]
+    elif arm.name == "subclone":
       starts = [param.subclone(jax.tree.map(lambda a, i=i: a[i], t_params), s_shapes,
                                jax.tree.map(lambda a, i=i: a[i], importance), num_heads=c.teacher.num_heads)
                 for i in range(len(seeds))]
-      starts = jax.tree.map(lambda *a: jnp.stack(a), *starts)
-    else:
-      starts = jax.vmap(lambda k: init_params(s_fn, jax.random.fold_in(k, 2)))(keys)
+      starts = cache[arm.name] = jax.tree.map(lambda *a: jnp.stack(a), *starts)
+    else:  # one jitted program (an eager vmap compiles every operation of the initializers)
+      starts = cache[arm.name] = jax.jit(jax.vmap(lambda k: init_params(s_fn, jax.random.fold_in(k, 2))))(keys)
     out, losses = trial(starts, keys, jnp.float32(hparams["learning_rate"]))
     losses = np.asarray(losses).mean(axis=0)
     for i in range(0, c.steps, 10):
