@@ -203,6 +203,8 @@ BUILDERS = {
         lambda x, **w: pl.neural_ndcg_loss(x, jnp.asarray(np.abs(_logits(1.0)).round(), x.dtype), **w),
         _logits(s), True),
     # distillation
+    "topk_kl": lambda s: _case(lambda x, **w: pl.topk_kl(jnp.asarray(_logits(2.0, (N, C)) * 0.5, x.dtype), x, k=2,
+                                                         w_tail=0.5, **w), _logits(s), True),
     "kd_loss": lambda s: _case(lambda x, **w: pl.kd_loss(x, jnp.asarray(_logits(2.0, (N, C)) * 0.5, x.dtype), **w),
                                _logits(s), True),
     "normalized_kd_loss_with_integer_labels": lambda s: _case(
