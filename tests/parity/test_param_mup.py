@@ -34,6 +34,7 @@ mup = pytest.importorskip("mup")
 
 from paperlab import param  # noqa: E402
 from paperlab.models import MLP, CharTransformer  # noqa: E402
+from _mup_torch_models import TorchTransformer, flax_name as _flax_name  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = 1e-6
@@ -51,36 +52,6 @@ class TorchMLP(torch.nn.Module):
     for layer in self.hidden:
       x = torch.relu(layer(x))
     return self.head(x)
-
-
-class TorchBlock(torch.nn.Module):
-  def __init__(self, d: int):
-    super().__init__()
-    self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
-    self.attn = torch.nn.Module()
-    self.attn.qkv = torch.nn.Linear(d, 3 * d, bias=False)
-    self.attn.out = torch.nn.Linear(d, d, bias=False)
-    self.fc1, self.fc2 = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
-
-
-class TorchTransformer(torch.nn.Module):
-  """Only the parameter shapes and module types matter for the checks it is used in."""
-
-  def __init__(self, d: int, vocab: int = 50, seq: int = 16, layers: int = 2):
-    super().__init__()
-    self.embed = torch.nn.Embedding(vocab, d)
-    self.pos = torch.nn.Parameter(torch.randn(seq, d) * 0.02)
-    self.blocks = torch.nn.ModuleList([TorchBlock(d) for _ in range(layers)])
-    self.ln_f = torch.nn.LayerNorm(d)
-    self.head = mup.MuReadout(d, vocab, bias=False)
-
-
-def _flax_name(model: torch.nn.Module, name: str) -> str:
-  module_path, _, leaf = name.rpartition(".")
-  module = model.get_submodule(module_path) if module_path else model
-  if leaf == "weight":
-    leaf = {torch.nn.Embedding: "embedding", torch.nn.LayerNorm: "scale"}.get(type(module), "kernel")
-  return "/".join(module_path.split(".") + [leaf]) if module_path else leaf
 
 
 def _to_flax(t: torch.Tensor, flax_name: str) -> np.ndarray:

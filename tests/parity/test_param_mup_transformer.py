@@ -3,8 +3,8 @@ implementation of Tensor Programs V): ``paperlab.param.mup_transformer``'s per-l
 group lrs of ``mup.MuAdam(lr=1)`` and its init stds equal those of the same shapes in PyTorch after
 ``mup.set_base_shapes`` with ``MuReadout(readout_zero_init=True)`` (relative error <= 1e-6), leaf by leaf.
 
-The PyTorch model has ``paperlab.models.CharTransformer``'s parameter shapes (the construction of
-tests/parity/test_param_mup.py); the init std of each tensor is measured from PyTorch's default init (std
+The PyTorch model has ``paperlab.models.CharTransformer``'s parameter shapes (tests/parity/_mup_torch_models.py,
+shared with tests/parity/test_param_mup.py); the init std of each tensor is measured from PyTorch's default init (std
 ``1/sqrt(3 fan_in)`` for ``nn.Linear``) times ``set_base_shapes``' rescaling factor (ratio after / before).
 """
 
@@ -21,6 +21,8 @@ mup = pytest.importorskip("mup")
 
 from paperlab import param  # noqa: E402
 from paperlab.models import CharTransformer  # noqa: E402
+import _mup_torch_models as _models  # noqa: E402
+from _mup_torch_models import flax_name as _flax_name  # noqa: E402
 
 torch.set_num_threads(1)
 TOL = 1e-6
@@ -28,32 +30,9 @@ TORCH_GAIN = 1 / math.sqrt(3)
 VOCAB, SEQ = 50, 16
 
 
-class TorchBlock(torch.nn.Module):
-  def __init__(self, d: int):
-    super().__init__()
-    self.ln1, self.ln2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
-    self.attn = torch.nn.Module()
-    self.attn.qkv = torch.nn.Linear(d, 3 * d, bias=False)
-    self.attn.out = torch.nn.Linear(d, d, bias=False)
-    self.fc1, self.fc2 = torch.nn.Linear(d, 4 * d), torch.nn.Linear(4 * d, d)
-
-
-class TorchTransformer(torch.nn.Module):
-  def __init__(self, d: int, layers: int = 2):
-    super().__init__()
-    self.embed = torch.nn.Embedding(VOCAB, d)
-    self.pos = torch.nn.Parameter(torch.randn(SEQ, d) * 0.02)
-    self.blocks = torch.nn.ModuleList([TorchBlock(d) for _ in range(layers)])
-    self.ln_f = torch.nn.LayerNorm(d)
-    self.head = mup.MuReadout(d, VOCAB, bias=False, readout_zero_init=True)
-
-
-def _flax_name(model, name: str) -> str:
-  module_path, _, leaf = name.rpartition(".")
-  module = model.get_submodule(module_path) if module_path else model
-  if leaf == "weight":
-    leaf = {torch.nn.Embedding: "embedding", torch.nn.LayerNorm: "scale"}.get(type(module), "kernel")
-  return "/".join(module_path.split(".") + [leaf]) if module_path else leaf
+def TorchTransformer(d: int) -> torch.nn.Module:  # pylint: disable=invalid-name
+  """The shared reference model with Lingle's zero-initialized readout (``MuReadout(readout_zero_init=True)``)."""
+  return _models.TorchTransformer(d, vocab=VOCAB, seq=SEQ, readout_zero_init=True)
 
 
 def _flax(d: int):
